@@ -1,0 +1,104 @@
+"""Shared benchmark harness: CUDA-event timing, medians, side-by-side rows with PyTorch.
+
+Each bench/bench_<op>.py builds rows with ``time_gpu`` for ours and, when torch
+imports, for PyTorch/cuDNN on the same shapes in the same process; ``Row`` prints
+the ratio.  Precision modes are separate rows: 'fp32' (TF32 off on both sides)
+and 'tf32' (TF32 on both sides).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+try:  # PyTorch is the yardstick where it is importable (it is on the lent H100)
+    import torch  # type: ignore
+except Exception:  # noqa: BLE001
+    torch = None
+
+
+@dataclass
+class Row:
+    suite: str          # e.g. "conv"
+    name: str           # e.g. "L1 3->96 11x11/4 128^2 fwd"
+    mode: str           # "fp32" | "tf32" | "bf16"
+    ours_ms: float | None
+    theirs_ms: float | None = None
+    work: float | None = None     # FLOPs or bytes of one call
+    unit: str = "TFLOP/s"         # or "GB/s", "img/s"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def rate(self, ms: float | None) -> float | None:
+        if ms is None or self.work is None:
+            return None
+        scale = 1e12 if self.unit == "TFLOP/s" else 1e9 if self.unit == "GB/s" else 1.0
+        return self.work / (ms * 1e-3) / scale
+
+    @property
+    def ratio(self) -> float | None:
+        """theirs/ours time: > 1 means we are faster."""
+        if self.ours_ms and self.theirs_ms:
+            return self.theirs_ms / self.ours_ms
+        return None
+
+    def markdown(self) -> str:
+        def f(v: float | None, spec: str = ".3f") -> str:
+            return "—" if v is None else format(v, spec)
+        return (f"| {self.suite} | {self.name} | {self.mode} | {f(self.ours_ms)} | {f(self.rate(self.ours_ms), '.2f')} | "
+                f"{f(self.theirs_ms)} | {f(self.rate(self.theirs_ms), '.2f')} | {f(self.ratio, '.2f')} |")
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ratio": self.ratio})
+
+
+HEADER = ("| suite | case | mode | ours ms | ours rate | torch ms | torch rate | torch/ours |\n"
+          "|---|---|---|---|---|---|---|---|")
+
+
+def time_gpu(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20) -> float:
+    """Median milliseconds of fn() on the current CUDA stream, timed with CUDA events."""
+    import cupy as cp  # noqa: PLC0415  (benchmarks are GPU-side code)
+
+    for _ in range(warmup):
+        fn()
+    cp.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(iters):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return statistics.median(times)
+
+
+def time_torch(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20) -> float | None:
+    """Median milliseconds of a PyTorch CUDA call, or None without torch/CUDA."""
+    if torch is None or not torch.cuda.is_available():
+        return None
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def set_torch_tf32(enabled: bool) -> None:
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(HEADER)
+    for r in rows:
+        print(r.markdown(), flush=True)

@@ -1,0 +1,116 @@
+"""Kernel loading: compile ``kernels/*.cu`` with NVRTC through cupy.RawModule.
+
+This and ``gpuconv.device`` are the only modules that touch cupy.  Modules are
+compiled once per (device, file) and cached in memory; CuPy also caches the
+compiled cubin on disk (``~/.cupy/kernel_cache``) keyed by source and options,
+which is why the kernels are plain ``extern "C"`` functions with types fixed in
+the source (``name_expressions`` would bypass that cache).
+
+``compile_ptx`` runs NVRTC alone, with no GPU and no driver: CI uses it to prove
+that every kernel compiles for sm_80 and sm_90.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import device
+
+KERNEL_DIR = Path(os.environ.get("GPUCONV_KERNEL_DIR", Path(__file__).resolve().parent.parent / "kernels"))
+# -std=c++17 for constexpr/if constexpr; CuPy adds -arch itself (and -ftz=true).
+NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
+TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
+
+_modules: dict[tuple[int, str], Any] = {}
+
+
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a kernel source; the message carries NVRTC's log."""
+
+
+def kernel_names() -> list[str]:
+    """Every kernel file's stem, e.g. ['conv', 'pool', ...]."""
+    return sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
+
+
+def kernel_source(name: str) -> str:
+    path = KERNEL_DIR / f"{name}.cu"
+    if not path.is_file():
+        raise FileNotFoundError(f"kernel source {path} not found (set GPUCONV_KERNEL_DIR?)")
+    return path.read_text()
+
+
+def compile_ptx(name: str, arch: str = "compute_90") -> str:
+    """Compile kernels/<name>.cu to PTX with NVRTC only (no GPU needed)."""
+    from cupy.cuda import nvrtc  # noqa: PLC0415
+
+    src = kernel_source(name)
+    prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, f"-arch={arch}", "-ftz=true"])
+        except nvrtc.NVRTCError as exc:
+            raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
+        ptx = nvrtc.getPTX(prog)
+        return ptx.decode() if isinstance(ptx, bytes) else ptx
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def get_module(name: str) -> Any:
+    """The compiled cupy.RawModule for kernels/<name>.cu on the current device."""
+    cp = device._cupy()
+    if cp is None:
+        raise device.DeviceError("cupy is not installed: CUDA kernels are unavailable")
+    key = (cp.cuda.runtime.getDevice(), name)
+    mod = _modules.get(key)
+    if mod is None:
+        mod = cp.RawModule(code=kernel_source(name), options=NVRTC_OPTIONS)
+        try:
+            mod.compile()
+        except cp.cuda.compiler.CompileException as exc:
+            raise KernelCompileError(f"{name}.cu: {exc}") from exc
+        _modules[key] = mod
+    return mod
+
+
+def get_function(module: str, function: str) -> Any:
+    """A cupy RawKernel: ``get_function('conv', 'conv_fwd')``."""
+    return get_module(module).get_function(function)
+
+
+def _as_kernel_arg(a: Any) -> Any:
+    # Python ints/floats would be passed as 64-bit; the kernels take int/float.
+    if isinstance(a, bool):
+        return np.int32(a)
+    if isinstance(a, int):
+        return np.int32(a)
+    if isinstance(a, float):
+        return np.float32(a)
+    return a
+
+
+def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
+           args: Sequence[Any], shared_mem: int = 0) -> None:
+    """Launch a kernel on the current stream, converting Python scalars to int32/float32."""
+    grid = tuple(int(g) for g in grid)
+    block = tuple(int(b) for b in block)
+    if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
+        return  # empty problem: nothing to launch (a zero grid is a CUDA error)
+    fn = get_function(module, function)
+    fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division, for grid sizes."""
+    return -(-a // b)
+
+
+def use_debug_allocation() -> None:
+    """One cudaMalloc per tensor (no pool), so compute-sanitizer sees every overrun."""
+    cp = device._cupy()
+    if cp is not None:
+        cp.cuda.set_allocator(None)

@@ -1,0 +1,150 @@
+"""CONV and its unshared variant, the locally-connected layer (the notes' K, F, S, P)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..geometry import GeometryError, window_output_size
+from ..ops import activation as act_ops
+from ..ops import conv as conv_ops
+from ..ops import local as local_ops
+from .base import NO_BUFFERS, Buffers, Layer, Shape, check_positive_int, init_weight
+
+
+def _require_volume(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise GeometryError(f"{layer.name}: {layer.kind} needs a 3-D input volume (C, H, W), got {in_shape}")
+    return in_shape  # type: ignore[return-value]
+
+
+class Conv(Layer):
+    """K filters of F x F (x C), stride S, zero padding P, dilation D; bias per filter.
+
+    ``fused_relu`` is set by the Net when a RELU follows: the kernel applies it in
+    its epilogue and backward masks the gradient with the kept output.
+    """
+
+    kind = "CONV"
+
+    def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
+                 bias: bool = True, init: str = "he", name: str | None = None) -> None:
+        super().__init__(name)
+        check_positive_int(self.name, K=K, F=F, S=S, dilation=dilation)
+        if not isinstance(P, (int, np.integer)) or P < 0:
+            raise GeometryError(f"{self.name}: P={P!r} must be an integer >= 0")
+        self.K, self.F, self.S, self.P, self.dilation = int(K), int(F), int(S), int(P), int(dilation)
+        self.bias, self.init = bias, init
+        self.fused_relu = False
+        self.precision = "fp32"
+
+    @property
+    def keeps_input(self) -> bool:  # type: ignore[override]
+        return True  # dW needs x
+
+    @property
+    def keeps_output(self) -> bool:  # type: ignore[override]
+        return self.fused_relu  # the ReLU mask comes from y > 0
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        c, h, w = _require_volume(self, in_shape)
+        ho = window_output_size(h, self.F, self.S, self.P, self.dilation, layer=self.name, axis="height")
+        wo = window_output_size(w, self.F, self.S, self.P, self.dilation, layer=self.name, axis="width")
+        return (self.K, ho, wo)
+
+    def param_shapes(self) -> dict[str, Shape]:
+        assert self.in_shape is not None
+        shapes = {"w": (self.K, self.in_shape[0], self.F, self.F)}
+        if self.bias:
+            shapes["b"] = (self.K,)
+        return shapes
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        c = self.in_shape[0]  # type: ignore[index]
+        fan_in, fan_out = c * self.F * self.F, self.K * self.F * self.F
+        p = {"w": init_weight(rng, self.param_shapes()["w"], fan_in, fan_out, self.init)}
+        if self.bias:
+            p["b"] = np.zeros(self.K)
+        return p
+
+    def flops(self, batch: int) -> int:
+        k, ho, wo = self.out_shape  # type: ignore[misc]
+        return 2 * batch * k * ho * wo * self.in_shape[0] * self.F * self.F  # type: ignore[index]
+
+    def describe(self) -> str:
+        extra = "".join([f"/{self.S}" if self.S != 1 else "", f" p{self.P}" if self.P else "",
+                         f" d{self.dilation}" if self.dilation != 1 else ""])
+        return f"CONV{self.F}-{self.K}{extra}" + ("+RELU" if self.fused_relu else "")
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        y = conv_ops.conv_forward(x, self.params["w"], self.params.get("b"), self.S, self.P, self.dilation,
+                                  relu=self.fused_relu, out=buf.out, precision=self.precision)
+        if train:
+            self._cache["x"] = x
+            if self.fused_relu:
+                self._cache["y"] = y
+        return y
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        x = self._cache["x"]
+        if self.fused_relu:
+            dy = act_ops.relu_backward(dy, self._cache["y"], out=dy)  # dy is ours to overwrite
+        conv_ops.conv_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
+                                      with_bias=self.bias, dw_out=self.grads["w"],
+                                      db_out=self.grads.get("b"), precision=self.precision)
+        return conv_ops.conv_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
+                                           out=buf.dx, precision=self.precision)
+
+
+class LocallyConnected(Layer):
+    """CONV without weight sharing: every output position has its own K filters."""
+
+    kind = "LOCAL"
+    keeps_input = True
+
+    def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
+                 bias: bool = True, init: str = "he", name: str | None = None) -> None:
+        super().__init__(name)
+        check_positive_int(self.name, K=K, F=F, S=S, dilation=dilation)
+        if not isinstance(P, (int, np.integer)) or P < 0:
+            raise GeometryError(f"{self.name}: P={P!r} must be an integer >= 0")
+        self.K, self.F, self.S, self.P, self.dilation = int(K), int(F), int(S), int(P), int(dilation)
+        self.bias, self.init = bias, init
+
+    infer_shape = Conv.infer_shape
+
+    def param_shapes(self) -> dict[str, Shape]:
+        c = self.in_shape[0]  # type: ignore[index]
+        _, ho, wo = self.out_shape  # type: ignore[misc]
+        shapes = {"w": (ho, wo, self.K, c, self.F, self.F)}
+        if self.bias:
+            shapes["b"] = (self.K, ho, wo)
+        return shapes
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        c = self.in_shape[0]  # type: ignore[index]
+        shapes = self.param_shapes()
+        p = {"w": init_weight(rng, shapes["w"], c * self.F * self.F, self.K * self.F * self.F, self.init)}
+        if self.bias:
+            p["b"] = np.zeros(shapes["b"])
+        return p
+
+    def flops(self, batch: int) -> int:
+        k, ho, wo = self.out_shape  # type: ignore[misc]
+        return 2 * batch * k * ho * wo * self.in_shape[0] * self.F * self.F  # type: ignore[index]
+
+    def describe(self) -> str:
+        return f"LOCAL{self.F}-{self.K}" + (f"/{self.S}" if self.S != 1 else "")
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        if train:
+            self._cache["x"] = x
+        return local_ops.local_forward(x, self.params["w"], self.params.get("b"), self.S, self.P,
+                                       self.dilation, out=buf.out)
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        x = self._cache["x"]
+        local_ops.local_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
+                                        with_bias=self.bias, dw_out=self.grads["w"], db_out=self.grads.get("b"))
+        return local_ops.local_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
+                                             out=buf.dx)

@@ -1,0 +1,90 @@
+"""FC (fully-connected) and FLATTEN.  FC flattens a volume input itself (a view)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..ops import activation as act_ops
+from ..ops import fc as fc_ops
+from .base import NO_BUFFERS, Buffers, Layer, Shape, check_positive_int, init_weight
+
+
+class Flatten(Layer):
+    """(C, H, W) -> (C*H*W,): a reshape, so its output aliases its input."""
+
+    kind = "FLATTEN"
+    inplace = True
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        return (int(math.prod(in_shape)),)
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        return dy.reshape((dy.shape[0], *self.in_shape))  # type: ignore[misc]
+
+
+class FC(Layer):
+    """M neurons, each connected to every input value: y = W x + b, W of shape (M, D)."""
+
+    kind = "FC"
+    keeps_input = True
+
+    def __init__(self, M: int, *, bias: bool = True, init: str = "he", name: str | None = None) -> None:
+        super().__init__(name)
+        check_positive_int(self.name, M=M)
+        self.M, self.bias, self.init = int(M), bias, init
+        self.fused_relu = False
+        self.precision = "fp32"
+
+    @property
+    def keeps_output(self) -> bool:  # type: ignore[override]
+        return self.fused_relu
+
+    @property
+    def in_features(self) -> int:
+        return int(math.prod(self.in_shape))  # type: ignore[arg-type]
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        return (self.M,)
+
+    def param_shapes(self) -> dict[str, Shape]:
+        shapes = {"w": (self.M, self.in_features)}
+        if self.bias:
+            shapes["b"] = (self.M,)
+        return shapes
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        p = {"w": init_weight(rng, (self.M, self.in_features), self.in_features, self.M, self.init)}
+        if self.bias:
+            p["b"] = np.zeros(self.M)
+        return p
+
+    def flops(self, batch: int) -> int:
+        return 2 * batch * self.M * self.in_features
+
+    def describe(self) -> str:
+        return f"FC-{self.M}" + ("+RELU" if self.fused_relu else "")
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        x2 = x.reshape(x.shape[0], -1)
+        y = fc_ops.fc_forward(x2, self.params["w"], self.params.get("b"), relu=self.fused_relu,
+                              out=buf.out, precision=self.precision)
+        if train:
+            self._cache["x"] = x2
+            if self.fused_relu:
+                self._cache["y"] = y
+        return y
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        x2 = self._cache["x"]
+        if self.fused_relu:
+            dy = act_ops.relu_backward(dy, self._cache["y"], out=dy)
+        fc_ops.fc_backward_weight(x2, dy, with_bias=self.bias, dw_out=self.grads["w"],
+                                  db_out=self.grads.get("b"), precision=self.precision)
+        out = None if buf.dx is None else buf.dx.reshape(dy.shape[0], -1)
+        dx = fc_ops.fc_backward_data(dy, self.params["w"], out=out, precision=self.precision)
+        return dx.reshape((dy.shape[0], *self.in_shape))  # type: ignore[misc]

@@ -1,0 +1,382 @@
+"""2-D convolution (the notes' CONV layer): forward, backward-data, backward-filter.
+
+Conventions (the notes'): x[N,C,H,W], w[K,C,FH,FW], b[K], y[N,K,Ho,Wo]; the
+operation is a cross-correlation; stride S, zero padding P and dilation D are
+ints applied to both axes (D=1 is an ordinary filter, effective size D*(F-1)+1);
+Ho = (H - F_eff + 2P)/S + 1.
+
+CPU path (``*_cpu``): im2col + one matrix multiply, as the notes describe.  The
+column matrix is read from the padded input through a strided view and copied
+once into [C*FH*FW, N*Ho*Wo] so the whole batch is a single BLAS GEMM.
+Backward-data is the transposed GEMM followed by col2im, done as FH*FW strided
+slice-adds (one per filter tap) rather than per-element scatter.
+
+GPU path (``*_gpu``): implicit GEMM kernels from ``kernels/conv.cu`` (no im2col
+buffer), bias and ReLU fused into the forward epilogue; ``precision="tf32"``
+uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
+(they back the GPU gradient checks).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .. import cuda, device
+from ..geometry import window_output_size
+from ._checks import OpArgumentError, check_array, check_out
+
+__all__ = [
+    "conv_output_shape",
+    "conv_forward",
+    "conv_backward_data",
+    "conv_backward_filter",
+    "conv_forward_loops",
+    "conv_forward_cpu",
+    "conv_backward_data_cpu",
+    "conv_backward_filter_cpu",
+    "conv_forward_gpu",
+    "conv_backward_data_gpu",
+    "conv_backward_filter_gpu",
+]
+
+PRECISIONS = ("fp32", "tf32")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT32_MAX = 2**31 - 1
+_BK = 8  # reduction slice depth of the GEMM kernels (kernels/conv.cu BK)
+_TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points compiled in conv.cu
+
+
+# ----------------------------------------------------------------------------------
+# Geometry and argument checks
+# ----------------------------------------------------------------------------------
+
+def _check_hparams(op: str, stride: int, pad: int, dilation: int) -> None:
+    for name, value, low in (("stride", stride, 1), ("pad", pad, 0), ("dilation", dilation, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise OpArgumentError(f"{op}: {name} must be an int >= {low}, got {value!r}")
+
+
+def conv_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: int = 1, pad: int = 0,
+                      dilation: int = 1) -> tuple[int, int, int, int]:
+    """(N, K, Ho, Wo) of conv(x[N,C,H,W], w[K,C,FH,FW]); GeometryError if the window does not fit."""
+    op = "conv"
+    if len(x_shape) != 4:
+        raise OpArgumentError(f"{op}: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise OpArgumentError(f"{op}: w must be 4-D (K, C, FH, FW), got shape {tuple(w_shape)}")
+    n, c, h, wd = (int(v) for v in x_shape)
+    k, cw, fh, fw = (int(v) for v in w_shape)
+    if cw != c:
+        raise OpArgumentError(f"{op}: w has {cw} input channels (shape {tuple(w_shape)}) but x has {c} "
+                              f"(shape {tuple(x_shape)})")
+    if min(n, c, h, wd, k, fh, fw) < 1:
+        raise OpArgumentError(f"{op}: empty dimension in x {tuple(x_shape)} or w {tuple(w_shape)}")
+    _check_hparams(op, stride, pad, dilation)
+    ho = window_output_size(h, fh, stride, pad, dilation, layer=op, axis="height")
+    wo = window_output_size(wd, fw, stride, pad, dilation, layer=op, axis="width")
+    return (n, k, ho, wo)
+
+
+def _check_dtype(op: str, name: str, a: Any) -> np.dtype:
+    check_array(op, name, a, ndim=4, dtype=None)
+    if a.dtype not in _FLOAT_DTYPES:
+        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+    return a.dtype
+
+
+def _check_precision(op: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise OpArgumentError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
+    try:
+        t = tuple(int(v) for v in shape)
+    except TypeError:
+        raise OpArgumentError(f"{op}: {name} must be a shape tuple, got {shape!r}") from None
+    if len(t) != 4:
+        raise OpArgumentError(f"{op}: {name} must have 4 entries, got {t}")
+    return t
+
+
+# ----------------------------------------------------------------------------------
+# Public API (dispatch on where the data lives)
+# ----------------------------------------------------------------------------------
+
+def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, dilation: int = 1,
+                 relu: bool = False, out: Any = None, precision: str = "fp32") -> Any:
+    """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU)."""
+    op = "conv_forward"
+    dt = _check_dtype(op, "x", x)
+    check_array(op, "w", w, ndim=4, dtype=dt, like=x)
+    if b is not None:
+        check_array(op, "b", b, shape=(w.shape[0],), dtype=dt, like=x)
+    _check_precision(op, precision)
+    shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
+    y = check_out(op, out, shape, like=x, dtype=dt)
+    if device.is_gpu_array(x):
+        return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
+    return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
+
+
+def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
+                       dilation: int = 1, out: Any = None, precision: str = "fp32") -> Any:
+    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w)."""
+    op = "conv_backward_data"
+    dt = _check_dtype(op, "dy", dy)
+    check_array(op, "w", w, ndim=4, dtype=dt, like=dy)
+    _check_precision(op, precision)
+    x_shape = _check_shape_tuple(op, "x_shape", x_shape)
+    y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
+    check_array(op, "dy", dy, shape=y_shape, dtype=dt)
+    dx = check_out(op, out, x_shape, like=dy, dtype=dt)
+    if device.is_gpu_array(dy):
+        return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
+    return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
+
+
+def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 1, pad: int = 0,
+                         dilation: int = 1, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
+                         precision: str = "fp32") -> tuple[Any, Any]:
+    """(dw[K,C,FH,FW], db[K] or None): gradients of sum(y*dy) for y = conv(x, w) + b.
+
+    The buffers are overwritten (not accumulated into).
+    """
+    op = "conv_backward_filter"
+    dt = _check_dtype(op, "x", x)
+    check_array(op, "dy", dy, ndim=4, dtype=dt, like=x)
+    _check_precision(op, precision)
+    w_shape = _check_shape_tuple(op, "w_shape", w_shape)
+    y_shape = conv_output_shape(x.shape, w_shape, stride, pad, dilation)
+    check_array(op, "dy", dy, shape=y_shape, dtype=dt)
+    dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
+    db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
+    if device.is_gpu_array(x):
+        return conv_backward_filter_gpu(x, dy, stride, pad, dilation, dw, db, precision)
+    return conv_backward_filter_cpu(x, dy, stride, pad, dilation, dw, db)
+
+
+# ----------------------------------------------------------------------------------
+# Plain-loop reference (tests only: slow, obviously correct)
+# ----------------------------------------------------------------------------------
+
+def conv_forward_loops(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int,
+                       dilation: int) -> np.ndarray:
+    """The notes' definition, one output neuron at a time (float64)."""
+    n_, c_, h_, w_ = x.shape
+    k_, _, fh_, fw_ = w.shape
+    _, _, ho_, wo_ = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
+    xp = np.zeros((n_, c_, h_ + 2 * pad, w_ + 2 * pad), dtype=np.float64)
+    xp[:, :, pad:pad + h_, pad:pad + w_] = x
+    y = np.zeros((n_, k_, ho_, wo_), dtype=np.float64)
+    ext_h, ext_w = dilation * (fh_ - 1) + 1, dilation * (fw_ - 1) + 1
+    for n in range(n_):
+        for k in range(k_):
+            for i in range(ho_):
+                for j in range(wo_):
+                    hs, ws = i * stride, j * stride
+                    patch = xp[n, :, hs:hs + ext_h:dilation, ws:ws + ext_w:dilation]
+                    y[n, k, i, j] = np.sum(patch * w[k]) + (0.0 if b is None else b[k])
+    return y
+
+
+# ----------------------------------------------------------------------------------
+# CPU path: im2col + GEMM (the spec)
+# ----------------------------------------------------------------------------------
+
+def _pad(x: np.ndarray, pad: int) -> np.ndarray:
+    if pad == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    return xp
+
+
+def _im2col(x: np.ndarray, fh: int, fw: int, ho: int, wo: int, stride: int, pad: int,
+            dilation: int) -> np.ndarray:
+    """X_col[C*FH*FW, N*Ho*Wo]: every column one receptive field (the notes' im2col)."""
+    xp = _pad(x, pad)
+    n, c = xp.shape[:2]
+    sn, sc, sh, sw = xp.strides
+    # view [C, FH, FW, N, Ho, Wo] of the padded input; the reshape copies it once
+    view = as_strided(xp, (c, fh, fw, n, ho, wo), (sc, sh * dilation, sw * dilation, sn, sh * stride, sw * stride),
+                      writeable=False)
+    return view.reshape(c * fh * fw, n * ho * wo)
+
+
+def conv_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int, dilation: int,
+                     relu: bool, out: np.ndarray) -> np.ndarray:
+    """NumPy forward into ``out``: y = W_row @ X_col (+ b, ReLU)."""
+    n = x.shape[0]
+    k, _, fh, fw = w.shape
+    ho, wo = out.shape[2:]
+    cols = _im2col(x, fh, fw, ho, wo, stride, pad, dilation)
+    y2 = w.reshape(k, -1) @ cols                           # [K, N*Ho*Wo]
+    if b is not None:
+        y2 += b[:, None]
+    if relu:
+        np.maximum(y2, 0, out=y2)
+    out[...] = y2.reshape(k, n, ho, wo).transpose(1, 0, 2, 3)
+    return out
+
+
+def conv_backward_data_cpu(dy: np.ndarray, w: np.ndarray, stride: int, pad: int, dilation: int,
+                           out: np.ndarray) -> np.ndarray:
+    """NumPy backward-data into ``out``: dX_col = W_row^T @ dY, then col2im."""
+    n, c, h, wd = out.shape
+    k, _, fh, fw = w.shape
+    ho, wo = dy.shape[2:]
+    dy2 = dy.transpose(1, 0, 2, 3).reshape(k, n * ho * wo)       # [K, N*Ho*Wo]
+    dcols = (w.reshape(k, -1).T @ dy2).reshape(c, fh, fw, n, ho, wo)
+    # col2im: each filter tap (i, j) adds one strided slab into the padded gradient;
+    # [C, N, Hp, Wp] order keeps the slabs of dcols contiguous.
+    dxp = np.zeros((c, n, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+    hspan, wspan = stride * (ho - 1) + 1, stride * (wo - 1) + 1
+    for i in range(fh):
+        for j in range(fw):
+            hi, wj = i * dilation, j * dilation
+            dxp[:, :, hi:hi + hspan:stride, wj:wj + wspan:stride] += dcols[:, i, j]
+    out[...] = dxp[:, :, pad:pad + h, pad:pad + wd].transpose(1, 0, 2, 3)
+    return out
+
+
+def conv_backward_filter_cpu(x: np.ndarray, dy: np.ndarray, stride: int, pad: int, dilation: int,
+                             dw: np.ndarray, db: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """NumPy backward-filter: dW_row = dY @ X_col^T, db = sum of dy over (N, Ho, Wo)."""
+    n = x.shape[0]
+    k, _, fh, fw = dw.shape
+    ho, wo = dy.shape[2:]
+    cols = _im2col(x, fh, fw, ho, wo, stride, pad, dilation)
+    dy2 = dy.transpose(1, 0, 2, 3).reshape(k, n * ho * wo)
+    np.matmul(dy2, cols.T, out=dw.reshape(k, -1))
+    if db is not None:
+        np.sum(dy2, axis=1, out=db)
+    return dw, db
+
+
+# ----------------------------------------------------------------------------------
+# GPU path: implicit-GEMM kernels
+# ----------------------------------------------------------------------------------
+
+_NUM_SMS_GUESS = 132  # H100 SXM; only shapes the heuristics, never correctness
+
+
+def _num_sms() -> int:
+    try:
+        return int(device.get_device("cuda").xp.cuda.Device().attributes["MultiProcessorCount"])
+    except Exception:  # noqa: BLE001  (heuristic only)
+        return _NUM_SMS_GUESS
+
+
+def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
+                    num_sms: int = _NUM_SMS_GUESS) -> tuple[int, int, int]:
+    """(BM, BN, splits) for a GEMM of rows x cols reducing over red.
+
+    kind is 'fwd', 'bwdd' or 'bwdf'; only 'bwdf' splits the reduction (its output,
+    dW, is small while the reduction N*Ho*Wo is long).  The plug-in point for an
+    autotuner: any (BM, BN) in _TILES and any splits >= 1 are valid for any shape.
+    """
+    bm = 64 if rows <= 64 else 128
+    bn = 64 if cols <= 64 else 128
+    target = 2 * num_sms  # at least two resident blocks per SM worth of tiles
+    blocks = -(-rows // bm) * -(-cols // bn)
+    if blocks < target and bn == 128:
+        bn = 64
+        blocks = -(-rows // bm) * -(-cols // bn)
+    if blocks < target and bm == 128:
+        bm = 64
+        blocks = -(-rows // bm) * -(-cols // bn)
+    splits = 1
+    if kind == "bwdf" and blocks < 4 * num_sms:
+        max_splits = max(1, red // (16 * _BK))  # keep >= 16 reduction slices per split
+        splits = max(1, min(-(-4 * num_sms // blocks), max_splits, 4096))
+    return bm, bn, splits
+
+
+def _geo_args(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int], stride: int, pad: int,
+              dilation: int) -> list[int]:
+    n, c, h, wd = x_shape
+    k, _, fh, fw = w_shape
+    _, _, ho, wo = y_shape
+    return [n, c, h, wd, k, fh, fw, ho, wo, stride, pad, dilation]
+
+
+def _check_int32(op: str, **sizes: int) -> None:
+    # the GEMM kernels index rows/cols/reduction with 32-bit unsigned arithmetic
+    for name, v in sizes.items():
+        if v > _INT32_MAX:
+            raise OpArgumentError(f"{op}: {name} = {v} exceeds 2^31-1, too large for the conv kernels; "
+                                  f"split the batch")
+
+
+def _direct_grid(total: int) -> tuple[int, int, int]:
+    return (max(1, min(cuda.cdiv(total, 256), 65535)), 1, 1)
+
+
+def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: int, relu: bool, out: Any,
+                     precision: str = "fp32") -> Any:
+    """Implicit-GEMM forward into ``out`` with the bias + ReLU epilogue."""
+    n, c, h, wd = x.shape
+    k, _, fh, fw = w.shape
+    _, _, ho, wo = out.shape
+    geo = _geo_args(x.shape, w.shape, out.shape, stride, pad, dilation)
+    has_bias = b is not None
+    bptr = b if has_bias else w  # any valid pointer; the kernel does not read it
+    if x.dtype == np.float64:
+        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(out.size), (256, 1, 1),
+                    [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
+        return out
+    rows, cols, red = k, n * ho * wo, c * fh * fw
+    _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
+    bm, bn, _ = _choose_variant("fwd", rows, cols, red, precision, _num_sms())
+    grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), 1)
+    cuda.launch("conv", f"conv_fwd_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1),
+                [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
+    return out
+
+
+def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int, out: Any,
+                           precision: str = "fp32") -> Any:
+    """Implicit-GEMM backward-data into ``out`` (every element written)."""
+    n, c, h, wd = out.shape
+    k, _, fh, fw = w.shape
+    geo = _geo_args(out.shape, w.shape, dy.shape, stride, pad, dilation)
+    if dy.dtype == np.float64:
+        cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(out.size), (256, 1, 1), [dy, w, out, *geo])
+        return out
+    rows, cols, red = c, n * h * wd, k * fh * fw
+    _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
+    bm, bn, _ = _choose_variant("bwdd", rows, cols, red, precision, _num_sms())
+    grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), 1)
+    cuda.launch("conv", f"conv_bwdd_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1), [dy, w, out, *geo])
+    return out
+
+
+def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: int, dw: Any, db: Any,
+                             precision: str = "fp32") -> tuple[Any, Any]:
+    """Implicit-GEMM backward-filter (split reduction + atomicAdd) and the bias reduction."""
+    n, c, h, wd = x.shape
+    k, _, fh, fw = dw.shape
+    _, _, ho, wo = dy.shape
+    geo = _geo_args(x.shape, dw.shape, dy.shape, stride, pad, dilation)
+    if x.dtype == np.float64:
+        cuda.launch("conv", "conv_bwdf_direct_f64", _direct_grid(dw.size), (256, 1, 1), [x, dy, dw, *geo])
+    else:
+        rows, cols, red = k, c * fh * fw, n * ho * wo
+        _check_int32("conv_backward_filter", **{"N*Ho*Wo": red, "C*FH*FW": cols})
+        bm, bn, splits = _choose_variant("bwdf", rows, cols, red, precision, _num_sms())
+        if splits > 1:
+            dw.fill(0)  # the splits accumulate with atomicAdd
+        grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), splits)
+        cuda.launch("conv", f"conv_bwdf_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1),
+                    [x, dy, dw, *geo, int(splits > 1)])
+    if db is not None:
+        db.fill(0)
+        per_k = n * ho * wo
+        gy = max(1, min(cuda.cdiv(per_k, 256 * 16), max(1, 1024 // max(k, 1)), 65535))
+        suffix = "f64" if x.dtype == np.float64 else "f32"
+        cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1), [dy, db, n, k, ho, wo])
+    return dw, db

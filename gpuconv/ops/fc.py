@@ -1,0 +1,258 @@
+"""Fully-connected layer ops and the GEMM they are built on.
+
+Conventions (the notes' ``W x + b``, batched over rows): ``x[N, D]``, weights
+``w[M, D]`` (out, in), bias ``b[M]``, output ``y[N, M] = x @ w.T + b``.
+
+The GPU path is our own tiled GEMM in ``kernels/fc.cu`` (no cuBLAS): an FP32 FMA
+kernel and a TF32 tensor-core kernel (``precision="tf32"``), both with split-K for
+skinny problems, bias + ReLU fused in the epilogue; float64 uses a simple kernel.
+``precision`` only affects float32 GPU arrays (the CPU path is plain NumPy).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from .. import cuda, device
+from ._checks import OpArgumentError, check_array, check_out
+
+PRECISIONS = ("fp32", "tf32")
+_TILE = 128            # block tile of the f32/tf32 kernels (M and N)
+_SLICE = {"fp32": 8, "tf32": 16}  # K slice per shared-memory stage
+_INT32_MAX = 2**31 - 1
+
+
+# ---------------------------------------------------------------- validation helpers
+def _float_dtype(op: str, name: str, a: Any) -> np.dtype:
+    if not hasattr(a, "dtype"):
+        raise OpArgumentError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+    return a.dtype
+
+
+def _check_precision(op: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise OpArgumentError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _gemm_dims(op: str, a: Any, b: Any, trans_a: bool, trans_b: bool) -> tuple[int, int, int]:
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if k != kb:
+        raise OpArgumentError(
+            f"{op}: inner dimensions differ: op(a) is {m}x{k} (a shape {tuple(a.shape)}, trans_a={trans_a}) "
+            f"but op(b) is {kb}x{n} (b shape {tuple(b.shape)}, trans_b={trans_b})")
+    for name, v in (("M", m), ("N", n), ("K", k)):
+        if v > _INT32_MAX:
+            raise OpArgumentError(f"{op}: {name}={v} exceeds the kernels' 32-bit dimension limit")
+    return m, n, k
+
+
+# ---------------------------------------------------------------- NumPy reference
+def gemm_cpu(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, trans_a: bool = False, trans_b: bool = False,
+             alpha: float = 1.0, beta: float = 0.0, bias: np.ndarray | None = None,
+             relu: bool = False) -> np.ndarray:
+    """out = alpha * op(a) @ op(b) + beta * out (+ bias per column) (ReLU): the spec of the kernels."""
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    if beta != 0.0:
+        prod = opa @ opb
+        out *= out.dtype.type(beta)
+        out += out.dtype.type(alpha) * prod
+    else:
+        # beta == 0 never reads out (it may hold garbage/NaN), like the kernels.
+        np.matmul(opa, opb, out=out)
+        if alpha != 1.0:
+            out *= out.dtype.type(alpha)
+    if bias is not None:
+        out += bias
+    if relu:
+        np.maximum(out, 0, out=out)  # keeps NaN, like the kernels
+    return out
+
+
+def fc_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, relu: bool, out: np.ndarray) -> np.ndarray:
+    """y = x @ w.T + b, optionally ReLU."""
+    return gemm_cpu(x, w, out, trans_b=True, bias=b, relu=relu)
+
+
+def fc_backward_data_cpu(dy: np.ndarray, w: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """dx = dy @ w."""
+    return gemm_cpu(dy, w, out)
+
+
+def fc_backward_weight_cpu(x: np.ndarray, dy: np.ndarray, dw: np.ndarray,
+                           db: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """dw = dy.T @ x, db = sum of dy over the batch."""
+    gemm_cpu(dy, x, dw, trans_a=True)
+    if db is not None:
+        np.sum(dy, axis=0, out=db)
+    return dw, db
+
+
+# ---------------------------------------------------------------- CUDA launchers
+@functools.lru_cache(maxsize=8)
+def _sm_count(dev_id: int) -> int:
+    try:
+        xp = device.get_device("cuda").xp
+        return int(xp.cuda.Device(dev_id).attributes["MultiProcessorCount"])
+    except Exception:  # noqa: BLE001  (only a tuning hint)
+        return 132
+
+
+def _aligned(a: Any, nbytes: int) -> bool:
+    return a.data.ptr % nbytes == 0
+
+
+def _split_k(m: int, n: int, k: int, kslice: int, sms: int) -> tuple[int, int]:
+    """(splits, K per split): split K when the output tiles alone cannot fill the GPU."""
+    tiles = cuda.cdiv(m, _TILE) * cuda.cdiv(n, _TILE)
+    target = 2 * sms  # two resident 256-thread blocks per SM
+    splits = 1
+    if tiles < target and k >= 1024:
+        splits = max(1, min(cuda.cdiv(target, tiles), k // 512, 16))
+    kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), kslice) * kslice
+    splits = max(1, cuda.cdiv(k, kps))
+    return splits, kps
+
+
+def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
+             beta: float = 0.0, bias: Any = None, relu: bool = False, precision: str = "fp32") -> Any:
+    """Launch the GEMM kernels (arguments already validated); returns out."""
+    m, n, k = _gemm_dims("gemm", a, b, trans_a, trans_b)
+    if m == 0 or n == 0:
+        return out
+    xp = device.array_module(a)
+    tag = ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else out  # never read when has_bias == 0 (a pointer is still needed)
+    if a.dtype == np.float64:
+        if cuda.cdiv(n, 16) > 65535:
+            raise OpArgumentError(f"gemm: N={n} too large for the float64 kernel's grid")
+        cuda.launch("fc", f"gemm_f64_{tag}", (cuda.cdiv(m, 16), cuda.cdiv(n, 16), 1), (16, 16, 1),
+                    (a, b, out, bias_arg, m, n, k, np.float64(alpha), np.float64(beta), has_bias, relu))
+        return out
+    if cuda.cdiv(n, _TILE) > 65535:
+        raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
+    kernel = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}"
+    kslice = _SLICE[precision]
+    lda, ldb = (m if trans_a else k), (k if trans_b else n)
+    flags = (1 if lda % 4 == 0 and _aligned(a, 16) else 0) | (2 if ldb % 4 == 0 and _aligned(b, 16) else 0)
+    splits, kps = _split_k(m, n, k, kslice, _sm_count(a.device.id))
+    grid = (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), splits)
+    if splits == 1:
+        flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
+        cuda.launch("fc", kernel, grid, (256, 1, 1),
+                    (a, b, out, bias_arg, m, n, k, kps, np.float32(alpha), np.float32(beta), has_bias, relu, flags))
+        return out
+    # Split-K: partial products into a workspace, then one pass sums them and runs the epilogue.
+    ws = xp.empty((splits, m, n), dtype=np.float32)
+    flags |= (4 if n % 4 == 0 else 0) | (8 if n % 2 == 0 else 0)  # pool allocations are 256-B aligned
+    cuda.launch("fc", kernel, grid, (256, 1, 1),
+                (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags))
+    mn = m * n
+    cuda.launch("fc", "splitk_reduce_f32", (min(cuda.cdiv(mn, 256), 65536), 1, 1), (256, 1, 1),
+                (ws, out, bias_arg, np.int64(mn), n, splits, np.float32(alpha), np.float32(beta), has_bias, relu))
+    return out
+
+
+def colsum_gpu(dy: Any, db: Any) -> Any:
+    """db[m] = sum_n dy[n, m]."""
+    n, m = dy.shape
+    fn = "colsum_f64" if dy.dtype == np.float64 else "colsum_f32"
+    cuda.launch("fc", fn, (cuda.cdiv(m, 32), 1, 1), (32, 8, 1), (dy, db, n, m))
+    return db
+
+
+# ---------------------------------------------------------------- public API
+def _gemm_impl(op: str, a: Any, b: Any, out: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
+               bias: Any, relu: bool, precision: str) -> Any:
+    if device.is_gpu_array(a):
+        return gemm_gpu(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias,
+                        relu=relu, precision=precision)
+    return gemm_cpu(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias, relu=relu)
+
+
+def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
+         out: Any = None, precision: str = "fp32") -> Any:
+    """c = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x.
+
+    a, b: 2-D C-contiguous float32/float64 on one device (a transposed operand is
+    passed as the untransposed array plus the flag).  beta != 0 needs ``out``
+    (its current contents are the c being accumulated into).
+    """
+    op = "gemm"
+    _check_precision(op, precision)
+    dt = _float_dtype(op, "a", a)
+    check_array(op, "a", a, ndim=2, dtype=dt)
+    check_array(op, "b", b, ndim=2, dtype=dt, like=a)
+    m, n, _ = _gemm_dims(op, a, b, trans_a, trans_b)
+    if beta != 0.0 and out is None:
+        raise OpArgumentError(f"{op}: beta={beta} accumulates into out, so out must be given")
+    out = check_out(op, out, (m, n), like=a, dtype=dt)
+    return _gemm_impl(op, a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=None,
+                      relu=False, precision=precision)
+
+
+def fc_forward(x: Any, w: Any, b: Any = None, relu: bool = False, out: Any = None,
+               precision: str = "fp32") -> Any:
+    """y[N, M] = x[N, D] @ w[M, D].T (+ b[M]) (then ReLU), bias and ReLU fused on the GPU."""
+    op = "fc_forward"
+    _check_precision(op, precision)
+    dt = _float_dtype(op, "x", x)
+    check_array(op, "x", x, ndim=2, dtype=dt)
+    check_array(op, "w", w, ndim=2, dtype=dt, like=x)
+    n, d = x.shape
+    mo = w.shape[0]
+    if w.shape[1] != d:
+        raise OpArgumentError(f"{op}: w must have shape (out, {d}) to match x of shape {tuple(x.shape)}, "
+                              f"got {tuple(w.shape)}")
+    if b is not None:
+        check_array(op, "b", b, shape=(mo,), dtype=dt, like=x)
+    out = check_out(op, out, (n, mo), like=x, dtype=dt)
+    if device.is_gpu_array(x):
+        return gemm_gpu(x, w, out, trans_b=True, bias=b, relu=relu, precision=precision)
+    return fc_forward_cpu(x, w, b, relu, out)
+
+
+def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32") -> Any:
+    """dx[N, D] = dy[N, M] @ w[M, D]."""
+    op = "fc_backward_data"
+    _check_precision(op, precision)
+    dt = _float_dtype(op, "dy", dy)
+    check_array(op, "dy", dy, ndim=2, dtype=dt)
+    check_array(op, "w", w, ndim=2, dtype=dt, like=dy)
+    n, mo = dy.shape
+    if w.shape[0] != mo:
+        raise OpArgumentError(f"{op}: w must have shape ({mo}, in) to match dy of shape {tuple(dy.shape)}, "
+                              f"got {tuple(w.shape)}")
+    out = check_out(op, out, (n, w.shape[1]), like=dy, dtype=dt)
+    if device.is_gpu_array(dy):
+        return gemm_gpu(dy, w, out, precision=precision)
+    return fc_backward_data_cpu(dy, w, out)
+
+
+def fc_backward_weight(x: Any, dy: Any, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
+                       precision: str = "fp32") -> tuple[Any, Any]:
+    """(dw[M, D] = dy.T @ x, db[M] = dy summed over the batch, or None when not with_bias)."""
+    op = "fc_backward_weight"
+    _check_precision(op, precision)
+    dt = _float_dtype(op, "x", x)
+    check_array(op, "x", x, ndim=2, dtype=dt)
+    check_array(op, "dy", dy, ndim=2, dtype=dt, like=x)
+    n, d = x.shape
+    if dy.shape[0] != n:
+        raise OpArgumentError(f"{op}: dy must have {n} rows to match x of shape {tuple(x.shape)}, "
+                              f"got {tuple(dy.shape)}")
+    mo = dy.shape[1]
+    dw = check_out(op, dw_out, (mo, d), like=x, dtype=dt)
+    db = check_out(op, db_out, (mo,), like=x, dtype=dt) if with_bias else None
+    if device.is_gpu_array(x):
+        gemm_gpu(dy, x, dw, trans_a=True, precision=precision)
+        if db is not None:
+            colsum_gpu(dy, db)
+        return dw, db
+    return fc_backward_weight_cpu(x, dy, dw, db)

@@ -1,0 +1,220 @@
+"""Training: the loop behind ``gpuconv train``.
+
+Data is uploaded to the device once; batches are gathered there.  Loss and
+accuracy accumulate on the device and reach the host only every ``log_every``
+steps (for the progress line) and at the end of an epoch, so a GPU run has a
+handful of sync points per epoch.  Checkpoints are atomic ``.npz`` files (no
+pickle); ``resume`` continues exactly where the run stopped: same seed, same
+batches, same dropout masks, same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from . import device as devmod
+from .augment import augment as augment_batch
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DATASETS, BatchIterator, Dataset
+from .net import Net
+from .ops import loss as loss_ops
+from .optim import Optimizer, Schedule
+from .progress import MetricsWriter, Progress
+from .zoo import get_model
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "small"
+    dataset: str = "fashion-mnist"
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    device: str = "auto"
+    seed: int = 0
+    data_dir: str | None = None
+    out_dir: str = "runs/latest"
+    resume: bool = False
+    augment: bool = False
+    log_every: int = 50
+    limit_train: int | None = None
+    limit_test: int | None = None
+    precision: str = "fp32"
+    eval_batch: int = 1000
+    save: bool = True
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "log_every", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    test_accuracy: float
+    test_loss: float
+    train_loss: float
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    net: Net | None = None
+
+
+def load_dataset(cfg: TrainConfig) -> Dataset:
+    ds = DATASETS[cfg.dataset](data_dir=cfg.data_dir, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    return ds.normalize()
+
+
+def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device]:
+    dev = devmod.get_device(cfg.device)
+    net = get_model(cfg.model, input_shape=ds.input_shape, classes=ds.num_classes) \
+        if not cfg.model.strip().upper().startswith("INPUT") else get_model(cfg.model)
+    if net.input_shape != ds.input_shape:
+        raise ValueError(f"model {cfg.model!r} takes {net.input_shape} inputs, dataset {ds.name} has {ds.input_shape}")
+    net.bind(dev, seed=cfg.seed)
+    net.set_precision(cfg.precision)
+    schedule = Schedule(cfg.schedule, total_epochs=cfg.epochs, step_epochs=max(cfg.epochs // 3, 1))
+    opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule).bind(net)
+    return net, opt, dev
+
+
+def evaluate(net: Net, x: Any, y: Any, batch: int = 1000) -> tuple[float, float]:
+    """(accuracy, mean loss) over a device-resident set; one host sync at the end."""
+    xp = devmod.array_module(x)
+    correct = xp.zeros((), dtype=np.int64)
+    loss_sum = xp.zeros((), dtype=np.float64)
+    for i in range(0, x.shape[0], batch):
+        scores = net.forward(x[i:i + batch], train=False)
+        yb = y[i:i + batch]
+        loss, _ = net.loss_and_grad(scores, yb)
+        loss_sum += loss * yb.shape[0]
+        correct += loss_ops.accuracy_count(scores, yb)
+    n = int(x.shape[0])
+    return float(devmod.to_host(correct)) / n, float(devmod.to_host(loss_sum)) / n
+
+
+def _save(out: Path, net: Net, opt: Optimizer, cfg: TrainConfig, epoch: int, next_batch: int,
+          history: list[dict[str, Any]], norm: tuple[np.ndarray, np.ndarray]) -> None:
+    arrays = {**net.state_arrays(), **opt.state_arrays(), "norm.mean": norm[0], "norm.std": norm[1]}
+    meta = {"config": dataclasses.asdict(cfg), "epoch": epoch, "next_batch": next_batch, "step": net.step,
+            "history": history, "model": cfg.model, "dataset": cfg.dataset, "format": 1}
+    save_checkpoint(out / CHECKPOINT, arrays, meta)
+
+
+def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns the final metrics."""
+    stream = stream if stream is not None else sys.stderr
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg)
+    net, opt, dev = build(cfg, ds)
+    xp = dev.xp
+    start_epoch, start_batch, history = 0, 0, []
+    if cfg.resume:
+        arrays, meta = load_checkpoint(out / CHECKPOINT)
+        if meta.get("model") != cfg.model or meta.get("dataset") != cfg.dataset:
+            raise ValueError(f"{out / CHECKPOINT} is a {meta.get('model')}/{meta.get('dataset')} run, "
+                             f"not {cfg.model}/{cfg.dataset}")
+        net.load_state_arrays(arrays)
+        opt.load_state_arrays(arrays)
+        net.step = int(meta["step"])
+        start_epoch, start_batch, history = int(meta["epoch"]), int(meta["next_batch"]), list(meta["history"])
+        print(f"resuming {out / CHECKPOINT}: epoch {start_epoch + 1}, batch {start_batch}", file=stream)
+    # Upload once; from here on batches are gathered on the device.
+    x_train, y_train = xp.asarray(ds.x_train), xp.asarray(ds.y_train)
+    x_test, y_test = xp.asarray(ds.x_test), xp.asarray(ds.y_test)
+    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    opt.steps_per_epoch = len(batches)
+    norm = (ds.mean, ds.std)
+    metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
+    if cfg.save:
+        out.mkdir(parents=True, exist_ok=True)
+    print(f"gpuconv: training {net.name} ({net.num_params:,} params) on {ds.name} "
+          f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}, {cfg.optimizer} "
+          f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs", file=stream)
+    acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
+            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp)
+            acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
+                      "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(record)
+            if metrics:
+                metrics.write(record)
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
+                  f"test accuracy {acc * 100:.2f}%", file=stream)
+            if cfg.save:
+                _save(out, net, opt, cfg, epoch + 1, 0, history, norm)
+    except KeyboardInterrupt:
+        if cfg.save and getattr(net, "_batches_done", None) is not None:
+            _save(out, net, opt, cfg, epoch, net._batches_done, history, norm)  # type: ignore[attr-defined]
+            print(f"\ninterrupted: saved {out / CHECKPOINT}; continue with --resume", file=stream)
+        raise
+    finally:
+        if metrics:
+            metrics.close()
+    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
+
+
+def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, epoch: int,
+                 stream: IO[str], xp: Any) -> float:
+    loss_acc = xp.zeros((), dtype=np.float64)   # device-side running sums since the last sync
+    correct_acc = xp.zeros((), dtype=np.int64)
+    images_acc = 0
+    epoch_loss, epoch_images = 0.0, 0
+    pending = 0
+    progress = Progress(len(it), stream=stream, desc=f"epoch {epoch + 1}/{cfg.epochs}", start=it.start_batch)
+    net._batches_done = it.start_batch  # type: ignore[attr-defined]
+    for b, (xb, yb) in enumerate(it, start=it.start_batch):
+        if cfg.augment:
+            xb = augment_batch(xb, np.random.default_rng([cfg.seed, epoch, b]), pad=2)
+        scores = net.forward(xb, train=True)
+        loss, dscores = net.loss_and_grad(scores, yb)
+        net.backward(dscores)
+        opt.step()
+        net.step += 1
+        n = int(yb.shape[0])
+        loss_acc += loss * n
+        correct_acc += loss_ops.accuracy_count(scores, yb)
+        images_acc += n
+        pending += 1
+        net._batches_done = b + 1  # type: ignore[attr-defined]
+        if pending == cfg.log_every or b + 1 == len(it):
+            loss_sum = float(devmod.to_host(loss_acc))   # the only sync points of the loop
+            correct = int(devmod.to_host(correct_acc))
+            if not math.isfinite(loss_sum):
+                progress.close()
+                raise TrainingDiverged(
+                    f"loss became {loss_sum / images_acc} at epoch {epoch + 1}, batch {b + 1}: stopping. The last "
+                    f"good checkpoint (end of epoch {epoch}) is kept; try a lower --lr")
+            progress.update(pending, loss=loss_sum / images_acc, acc=correct / images_acc, images=images_acc)
+            epoch_loss += loss_sum
+            epoch_images += images_acc
+            loss_acc[...] = 0
+            correct_acc[...] = 0
+            images_acc, pending = 0, 0
+    progress.close()
+    return epoch_loss / max(epoch_images, 1)

@@ -1,0 +1,424 @@
+// fc.cu: general matrix multiply for the fully-connected layer (and anyone else).
+//
+// Computes C[M,N] = alpha * op(A) @ op(B) + beta * C (+ bias[n]) (then ReLU),
+// all arrays dense row-major:  op(A) is A[M,K] (nn/nt) or A stored as [K,M] (tn/tt),
+// op(B) is B[K,N] (nn/tn) or B stored as [N,K] (nt/tt).  The name suffix _XY gives
+// X = trans_a, Y = trans_b.  The fc layer maps onto it as
+//   forward      y[N,M]  = x[N,D] @ w[M,D]^T (+b, ReLU)   -> gemm_*_nt
+//   backward dx  dx[N,D] = dy[N,M] @ w[M,D]             -> gemm_*_nn
+//   backward dw  dw[M,D] = dy[N,M]^T @ x[N,D]           -> gemm_*_tn
+//
+// Entry points and launch geometry:
+//   gemm_f32_{nn,nt,tn,tt}   FP32 FMA (SIMT) kernel: block tile 128x128, K slice 8,
+//                            256 threads, 8x8 outputs per thread (two 4x4 quads 64 apart
+//                            so shared reads are float4), register-prefetched double-
+//                            buffered shared tiles (2*2*8*132 floats = 16.9 KB static).
+//                            grid = (cdiv(M,128), cdiv(N,128), splits).
+//   gemm_tf32_{nn,nt,tn,tt}  TF32 tensor cores via inline PTX mma.sync m16n8k8: block tile
+//                            128x128, K slice 16, 256 threads = 8 warps in 2x4, warp tile
+//                            64x32 (4x4 mma tiles); operands rounded to TF32 (cvt.rna)
+//                            when stored to shared (2*2*16*136 floats = 34.8 KB static).
+//                            grid = (cdiv(M,128), cdiv(N,128), splits).
+//   Split-K (both): blockIdx.z handles K range [z*kps, min(K,(z+1)*kps)) (kps a multiple
+//   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
+//   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
+//   the slices and applies alpha/beta/bias/ReLU.
+//   flags bits: 1 = A rows float4-loadable (ld % 4 == 0, 16-B aligned), 2 = same for B,
+//               4 = C float4-storable, 8 = C float2-storable.
+//   gemm_f64_{nn,nt,tn,tt}   simple 16x16 shared-tile kernel, one output per thread,
+//                            block (16,16), grid (cdiv(M,16), cdiv(N,16)); used by the
+//                            float64 gradient checks, not for speed.
+//   splitk_reduce_f32        grid-stride over M*N, block 256.
+//   colsum_{f32,f64}         db[m] = sum_n dy[n,m] for dy[N,M]; block (32,8), grid cdiv(M,32).
+//
+// Every load is bounds-checked (zero-filled) and every store guarded, so any M,N,K works
+// (K = 0 gives beta*C + bias).  Row offsets use 64-bit arithmetic.
+
+#define GEMM_BM 128
+#define GEMM_BN 128
+#define GEMM_THREADS 256
+
+__device__ __forceinline__ float to_tf32(float x) {
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+}
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+
+// Loads a 128 x BK tile of a logical operand X(r, k) (r = the M or N side) into registers.
+// RMAJOR: X(r,k) lives at X[r*ld + k] (k contiguous); else at X[k*ld + r] (r contiguous).
+// Each thread moves BK/8 groups of 4 consecutive elements along the contiguous axis.
+template <int BK, bool RMAJOR>
+struct TileLoader {
+    static constexpr int NV = BK / 8;
+    float v[NV][4];
+
+    __device__ __forceinline__ static void coords(int id, int& rr, int& kk) {
+        if (RMAJOR) { rr = id / (BK / 4); kk = (id % (BK / 4)) * 4; }
+        else        { kk = id / 32;       rr = (id % 32) * 4; }
+    }
+
+    __device__ __forceinline__ void load(const float* __restrict__ X, long long ld, int R, int kend,
+                                         int r0, int k0, bool vec, int tid) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            int rr, kk;
+            coords(tid + j * GEMM_THREADS, rr, kk);
+            const int gr = r0 + rr, gk = k0 + kk;
+            if (RMAJOR) {
+                // vec implies ld % 4 == 0 and kend % 4 == 0, so gk < kend covers gk+3.
+                if (vec && gr < R && gk < kend) {
+                    const float4 t = *reinterpret_cast<const float4*>(X + (long long)gr * ld + gk);
+                    v[j][0] = t.x; v[j][1] = t.y; v[j][2] = t.z; v[j][3] = t.w;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        v[j][i] = (gr < R && gk + i < kend) ? X[(long long)gr * ld + gk + i] : 0.f;
+                }
+            } else {
+                // vec implies R % 4 == 0, so gr < R covers gr+3.
+                if (vec && gk < kend && gr < R) {
+                    const float4 t = *reinterpret_cast<const float4*>(X + (long long)gk * ld + gr);
+                    v[j][0] = t.x; v[j][1] = t.y; v[j][2] = t.z; v[j][3] = t.w;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        v[j][i] = (gk < kend && gr + i < R) ? X[(long long)gk * ld + gr + i] : 0.f;
+                }
+            }
+        }
+    }
+
+    // Shared layout is k-major S[k*LDS + r] for both operand orders.
+    template <int LDS, bool TF32>
+    __device__ __forceinline__ void store(float* S, int tid) const {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            int rr, kk;
+            coords(tid + j * GEMM_THREADS, rr, kk);
+            float a[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = TF32 ? to_tf32(v[j][i]) : v[j][i];
+            if (RMAJOR) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) S[(kk + i) * LDS + rr] = a[i];
+            } else {
+                *reinterpret_cast<float4*>(S + kk * LDS + rr) = make_float4(a[0], a[1], a[2], a[3]);
+            }
+        }
+    }
+};
+
+// ReLU that keeps NaN (like np.maximum), so a broken input is not silently hidden.
+template <typename T>
+__device__ __forceinline__ T relu_keep_nan(T r) { return r < T(0) ? T(0) : r; }
+
+// Writes W consecutive outputs C[m, n..n+W) = epilogue(v[i]).
+template <int W>
+__device__ __forceinline__ void store_out(float* __restrict__ C, int M, int N, int m, int n, const float* v,
+                                          float alpha, float beta, const float* __restrict__ bias,
+                                          int has_bias, int relu, bool vec) {
+    if (m >= M || n >= N) return;
+    float* p = C + (long long)m * N + n;
+    if (vec) {  // vec implies N % W == 0 and p aligned, so n < N covers n+W-1
+        float old[W];
+        if (beta != 0.f) {
+            if constexpr (W == 4) {
+                const float4 t = *reinterpret_cast<const float4*>(p);
+                old[0] = t.x; old[1] = t.y; old[2] = t.z; old[3] = t.w;
+            } else {
+                const float2 t = *reinterpret_cast<const float2*>(p);
+                old[0] = t.x; old[1] = t.y;
+            }
+        }
+        float o[W];
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+            float r = alpha * v[i];
+            if (beta != 0.f) r += beta * old[i];  // never read C when beta == 0 (it may hold NaN)
+            if (has_bias) r += bias[n + i];
+            o[i] = relu ? relu_keep_nan(r) : r;
+        }
+        if constexpr (W == 4) *reinterpret_cast<float4*>(p) = make_float4(o[0], o[1], o[2], o[3]);
+        else *reinterpret_cast<float2*>(p) = make_float2(o[0], o[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+            if (n + i < N) {
+                float r = alpha * v[i];
+                if (beta != 0.f) r += beta * p[i];
+                if (has_bias) r += bias[n + i];
+                p[i] = relu ? relu_keep_nan(r) : r;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- FP32 SIMT kernel
+template <bool TA, bool TB>
+__device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const float* __restrict__ B,
+                                           float* __restrict__ C, const float* __restrict__ bias,
+                                           int M, int N, int K, int kps, float alpha, float beta,
+                                           int has_bias, int relu, int flags) {
+    constexpr int BK = 8;
+    constexpr int LDS = GEMM_BM + 4;  // +4: transposed scalar stores hit distinct banks
+    __shared__ __align__(16) float As[2][BK * LDS];
+    __shared__ __align__(16) float Bs[2][BK * LDS];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
+    const int kbeg = blockIdx.z * kps;
+    const int kend = imin(K, kbeg + kps);
+    C += (long long)blockIdx.z * M * N;
+    const long long lda = TA ? M : K, ldb = TB ? K : N;
+    const bool va = flags & 1, vb = flags & 2, vc = flags & 4;
+
+    TileLoader<BK, !TA> la;  // A(m,k): k contiguous unless transposed
+    TileLoader<BK, TB> lb;   // B(n,k): k contiguous only when transposed
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+    const int nk = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    la.load(A, lda, M, kend, m0, kbeg, va, tid);
+    lb.load(B, ldb, N, kend, n0, kbeg, vb, tid);
+    la.template store<LDS, false>(As[0], tid);
+    lb.template store<LDS, false>(Bs[0], tid);
+    __syncthreads();
+
+    int cur = 0;
+    for (int kt = 0; kt < nk; ++kt) {
+        const bool more = kt + 1 < nk;
+        if (more) {  // prefetch the next slice into registers while computing this one
+            la.load(A, lda, M, kend, m0, kbeg + (kt + 1) * BK, va, tid);
+            lb.load(B, ldb, N, kend, n0, kbeg + (kt + 1) * BK, vb, tid);
+        }
+        const float* as = As[cur];
+        const float* bs = Bs[cur];
+#pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float a[8], b[8];
+            float4 t;
+            t = *reinterpret_cast<const float4*>(as + k * LDS + ty * 4);
+            a[0] = t.x; a[1] = t.y; a[2] = t.z; a[3] = t.w;
+            t = *reinterpret_cast<const float4*>(as + k * LDS + 64 + ty * 4);
+            a[4] = t.x; a[5] = t.y; a[6] = t.z; a[7] = t.w;
+            t = *reinterpret_cast<const float4*>(bs + k * LDS + tx * 4);
+            b[0] = t.x; b[1] = t.y; b[2] = t.z; b[3] = t.w;
+            t = *reinterpret_cast<const float4*>(bs + k * LDS + 64 + tx * 4);
+            b[4] = t.x; b[5] = t.y; b[6] = t.z; b[7] = t.w;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        if (more) {  // the other buffer was last read before the previous barrier
+            la.template store<LDS, false>(As[cur ^ 1], tid);
+            lb.template store<LDS, false>(Bs[cur ^ 1], tid);
+        }
+        __syncthreads();
+        cur ^= 1;
+    }
+
+#pragma unroll
+    for (int ih = 0; ih < 2; ++ih)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int jh = 0; jh < 2; ++jh)
+                store_out<4>(C, M, N, m0 + ih * 64 + ty * 4 + i, n0 + jh * 64 + tx * 4, &acc[ih * 4 + i][jh * 4],
+                             alpha, beta, bias, has_bias, relu, vc);
+}
+
+// ---------------------------------------------------------------- TF32 tensor-core kernel
+__device__ __forceinline__ void mma_tf32(float* c, const unsigned int* a, const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void tf32_body(const float* __restrict__ A, const float* __restrict__ B,
+                                          float* __restrict__ C, const float* __restrict__ bias,
+                                          int M, int N, int K, int kps, float alpha, float beta,
+                                          int has_bias, int relu, int flags) {
+    constexpr int BK = 16;
+    constexpr int LDS = GEMM_BM + 8;  // 136 = 8 mod 32: fragment reads (t*LDS + g) are conflict-free
+    __shared__ __align__(16) float As[2][BK * LDS];
+    __shared__ __align__(16) float Bs[2][BK * LDS];
+
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps, warp tile 64 x 32
+    const int g = lane >> 2, t = lane & 3;    // mma fragment coordinates
+    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
+    const int kbeg = blockIdx.z * kps;
+    const int kend = imin(K, kbeg + kps);
+    C += (long long)blockIdx.z * M * N;
+    const long long lda = TA ? M : K, ldb = TB ? K : N;
+    const bool va = flags & 1, vb = flags & 2, vc2 = flags & 8;
+
+    TileLoader<BK, !TA> la;
+    TileLoader<BK, TB> lb;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+    const int nk = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    la.load(A, lda, M, kend, m0, kbeg, va, tid);
+    lb.load(B, ldb, N, kend, n0, kbeg, vb, tid);
+    la.template store<LDS, true>(As[0], tid);
+    lb.template store<LDS, true>(Bs[0], tid);
+    __syncthreads();
+
+    int cur = 0;
+    for (int kt = 0; kt < nk; ++kt) {
+        const bool more = kt + 1 < nk;
+        if (more) {
+            la.load(A, lda, M, kend, m0, kbeg + (kt + 1) * BK, va, tid);
+            lb.load(B, ldb, N, kend, n0, kbeg + (kt + 1) * BK, vb, tid);
+        }
+        const float* as = As[cur];
+        const float* bs = Bs[cur];
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 8) {
+            unsigned int a[4][4], b[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+                const int mr = wm * 64 + mi * 16 + g;
+                // A fragment (16x8, row): a0=(g,t) a1=(g+8,t) a2=(g,t+4) a3=(g+8,t+4)
+                a[mi][0] = __float_as_uint(as[(kk + t) * LDS + mr]);
+                a[mi][1] = __float_as_uint(as[(kk + t) * LDS + mr + 8]);
+                a[mi][2] = __float_as_uint(as[(kk + t + 4) * LDS + mr]);
+                a[mi][3] = __float_as_uint(as[(kk + t + 4) * LDS + mr + 8]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const int nc = wn * 32 + ni * 8 + g;
+                // B fragment (8x8, col): b0=(k=t, n=g) b1=(k=t+4, n=g)
+                b[ni][0] = __float_as_uint(bs[(kk + t) * LDS + nc]);
+                b[ni][1] = __float_as_uint(bs[(kk + t + 4) * LDS + nc]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
+        }
+        if (more) {
+            la.template store<LDS, true>(As[cur ^ 1], tid);
+            lb.template store<LDS, true>(Bs[cur ^ 1], tid);
+        }
+        __syncthreads();
+        cur ^= 1;
+    }
+
+    // C fragment (16x8): c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const int r = m0 + wm * 64 + mi * 16 + g;
+            const int c = n0 + wn * 32 + ni * 8 + 2 * t;
+            store_out<2>(C, M, N, r, c, &acc[mi][ni][0], alpha, beta, bias, has_bias, relu, vc2);
+            store_out<2>(C, M, N, r + 8, c, &acc[mi][ni][2], alpha, beta, bias, has_bias, relu, vc2);
+        }
+}
+
+// ---------------------------------------------------------------- simple kernel (float64)
+template <typename T, bool TA, bool TB>
+__device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
+                                            const T* __restrict__ bias, int M, int N, int K, T alpha, T beta,
+                                            int has_bias, int relu) {
+    __shared__ T As[16][17];
+    __shared__ T Bs[16][17];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int mb = blockIdx.x * 16, nb = blockIdx.y * 16;
+    T acc = T(0);
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        const int am = mb + ty, ak = k0 + tx;  // As[ty][tx] = A(mb+ty, k0+tx)
+        As[ty][tx] = (am < M && ak < K) ? (TA ? A[(long long)ak * M + am] : A[(long long)am * K + ak]) : T(0);
+        const int bk = k0 + ty, bn = nb + tx;  // Bs[ty][tx] = B(k0+ty, nb+tx)
+        Bs[ty][tx] = (bk < K && bn < N) ? (TB ? B[(long long)bn * K + bk] : B[(long long)bk * N + bn]) : T(0);
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < 16; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+        __syncthreads();
+    }
+    const int m = mb + ty, n = nb + tx;
+    if (m < M && n < N) {
+        T* p = C + (long long)m * N + n;
+        T r = alpha * acc;
+        if (beta != T(0)) r += beta * *p;
+        if (has_bias) r += bias[n];
+        *p = relu ? relu_keep_nan(r) : r;
+    }
+}
+
+#define GEMM_ENTRIES(TAG, TA, TB)                                                                          \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32_##TAG(                            \
+        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
+        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
+        sgemm_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);             \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_##TAG(                           \
+        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
+        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
+        tf32_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);              \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) gemm_f64_##TAG(                                     \
+        const double* A, const double* B, double* C, const double* bias, int M, int N, int K,            \
+        double alpha, double beta, int has_bias, int relu) {                                              \
+        gemm_simple<double, TA, TB>(A, B, C, bias, M, N, K, alpha, beta, has_bias, relu);                \
+    }
+
+GEMM_ENTRIES(nn, false, false)
+GEMM_ENTRIES(nt, false, true)
+GEMM_ENTRIES(tn, true, false)
+GEMM_ENTRIES(tt, true, true)
+
+// C[i] = epilogue(sum_z ws[z*MN + i]); ws holds the split-K partial products.
+extern "C" __global__ void splitk_reduce_f32(const float* __restrict__ ws, float* __restrict__ C,
+                                             const float* __restrict__ bias, long long MN, int N, int splits,
+                                             float alpha, float beta, int has_bias, int relu) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < MN;
+         i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int z = 0; z < splits; ++z) s += ws[(long long)z * MN + i];
+        float r = alpha * s;
+        if (beta != 0.f) r += beta * C[i];
+        if (has_bias) r += bias[i % N];
+        C[i] = relu ? relu_keep_nan(r) : r;
+    }
+}
+
+// db[m] = sum over rows n of dy[n, m]; 32 columns per block, 8 row-strided partial sums each.
+template <typename T>
+__device__ __forceinline__ void colsum_body(const T* __restrict__ dy, T* __restrict__ db, int N, int M) {
+    __shared__ T part[8][33];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int c = blockIdx.x * 32 + tx;
+    T s = T(0);
+    if (c < M)
+        for (int r = ty; r < N; r += 8) s += dy[(long long)r * M + c];
+    part[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && c < M) {
+        T tot = T(0);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) tot += part[j][tx];
+        db[c] = tot;
+    }
+}
+
+extern "C" __global__ void colsum_f32(const float* dy, float* db, int N, int M) { colsum_body<float>(dy, db, N, M); }
+extern "C" __global__ void colsum_f64(const double* dy, double* db, int N, int M) { colsum_body<double>(dy, db, N, M); }

@@ -1,0 +1,39 @@
+"""Test helpers: relative error, float64 finite differences, output poisoning."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from gpuconv import device
+
+
+def rel_error(a: Any, b: Any) -> float:
+    """max |a-b| / max(|a|,|b|, tiny): one number for 'how far apart'."""
+    a = device.to_host(a).astype(np.float64)
+    b = device.to_host(b).astype(np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), 1e-30)
+    return float(np.abs(a - b).max(initial=0.0) / scale)
+
+
+def numeric_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of scalar f() with respect to x (modified in place, restored)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])
+    while not it.finished:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+        it.iternext()
+    return g
+
+
+def poison(xp: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
+    """An output buffer full of NaN, so any element a kernel fails to write shows up."""
+    return xp.full(shape, np.nan, dtype=dtype)

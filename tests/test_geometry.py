@@ -1,0 +1,45 @@
+"""The notes' output-size formula and its errors."""
+import pytest
+
+from gpuconv.geometry import GeometryError, effective_filter, window_output_size
+
+
+@pytest.mark.parametrize("w,f,s,p,d,expected", [
+    (7, 3, 1, 0, 1, 5), (7, 3, 2, 0, 1, 3),           # the notes' 1-D example
+    (227, 11, 4, 0, 1, 55),                            # AlexNet's first layer
+    (224, 3, 1, 1, 1, 224), (32, 5, 1, 2, 1, 32),      # 'same' padding P=(F-1)/2
+    (32, 3, 1, 0, 2, 28), (32, 3, 1, 2, 2, 32),        # dilation: effective F = D*(F-1)+1
+    (1, 1, 1, 0, 1, 1),
+])
+def test_output_size(w, f, s, p, d, expected):
+    assert window_output_size(w, f, s, p, d) == expected
+
+
+def test_notes_invalid_example_names_layer_formula_and_numbers():
+    with pytest.raises(GeometryError) as e:
+        window_output_size(10, 3, 2, 0, layer="conv1")
+    msg = str(e.value)
+    assert "conv1" in msg and "(W - F + 2P)/S + 1" in msg
+    assert "W=10" in msg and "F=3" in msg and "P=0" in msg and "S=2" in msg and "4.5" in msg
+
+
+def test_filter_larger_than_input():
+    with pytest.raises(GeometryError, match="does not fit"):
+        window_output_size(4, 7, 1, 0, layer="c")
+
+
+def test_dilation_named_in_error():
+    with pytest.raises(GeometryError, match="effective F"):
+        window_output_size(10, 3, 2, 0, 2)
+
+
+@pytest.mark.parametrize("kw", [dict(f=0), dict(s=0), dict(p=-1), dict(dilation=0)])
+def test_bad_hyperparameters(kw):
+    args = dict(w=8, f=3, s=1, p=0, dilation=1)
+    args.update(kw)
+    with pytest.raises(GeometryError):
+        window_output_size(**args)
+
+
+def test_effective_filter():
+    assert effective_filter(3, 1) == 3 and effective_filter(3, 2) == 5 and effective_filter(5, 4) == 17

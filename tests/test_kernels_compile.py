@@ -1,0 +1,41 @@
+"""Every kernel compiles with NVRTC for sm_80 and sm_90 (no GPU needed, only cupy + NVRTC)."""
+import pytest
+
+from gpuconv import cuda
+
+try:
+    from cupy.cuda import nvrtc  # noqa: F401
+    HAVE_NVRTC = True
+except Exception:  # noqa: BLE001
+    HAVE_NVRTC = False
+
+pytestmark = pytest.mark.nvrtc
+
+
+def test_there_are_kernels():
+    assert {"conv", "pool", "fc", "loss", "optim", "activation"} <= set(cuda.kernel_names())
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
+@pytest.mark.parametrize("name", cuda.kernel_names())
+def test_kernel_compiles(name, arch):
+    ptx = cuda.compile_ptx(name, arch)
+    assert ".entry" in ptx
+
+
+@pytest.mark.parametrize("name", cuda.kernel_names())
+def test_kernel_header_says_what_layout_and_geometry(name):
+    head = cuda.kernel_source(name)[:3000].lower()
+    assert head.lstrip().startswith(("/*", "//")), f"{name}.cu must open with a header comment"
+    assert "nchw" in head or "layout" in head, f"{name}.cu header must state the layout"
+    assert "grid" in head or "block" in head, f"{name}.cu header must state the launch geometry"
+
+
+def test_compile_error_is_reported(tmp_path, monkeypatch):
+    if not HAVE_NVRTC:
+        pytest.skip("cupy/NVRTC not installed")
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void k() { this is not C; }')
+    monkeypatch.setattr(cuda, "KERNEL_DIR", tmp_path)
+    with pytest.raises(cuda.KernelCompileError, match="broken.cu"):
+        cuda.compile_ptx("broken")

@@ -1,0 +1,88 @@
+"""Training end to end on the CPU: real Fashion-MNIST, exact resume, NaN stop, CLI."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gpuconv import cli, data
+from gpuconv.checkpoint import load_checkpoint
+from gpuconv.train import TrainConfig, TrainingDiverged, train
+
+
+def _have_fashion_mnist() -> bool:
+    try:
+        data.find_data_dir("fashion-mnist")
+        return True
+    except data.DataError:
+        if os.environ.get("GPUCONV_REQUIRE_DATA"):
+            raise
+        return False
+
+
+needs_data = pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not installed")
+
+
+@needs_data
+def test_tiny_net_learns_real_fashion_mnist_subset(tmp_path):
+    cfg = TrainConfig(model="INPUT[28x28x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10", epochs=2, batch_size=64,
+                      limit_train=3000, limit_test=1000, out_dir=str(tmp_path), device="cpu", log_every=10)
+    result = train(cfg)
+    assert result.test_accuracy > 0.70, result.history   # chance is 0.10
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
+
+
+def _synthetic_cfg(tmp_path, **kw):
+    base = dict(model="INPUT[32x32x3] -> CONV3-4/2p1 -> RELU -> POOL2 -> FC-16 -> RELU -> DROPOUT0.3 -> FC-10",
+                dataset="synthetic", epochs=2, batch_size=32, limit_train=256, limit_test=64, device="cpu",
+                out_dir=str(tmp_path), optimizer="adam", log_every=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
+    full = train(_synthetic_cfg(tmp_path / "full"))
+    first = train(_synthetic_cfg(tmp_path / "split", epochs=1))
+    assert first.epochs_done == 1
+    resumed = train(_synthetic_cfg(tmp_path / "split", epochs=2, resume=True))
+    a, _ = load_checkpoint(tmp_path / "full" / "checkpoint.npz")
+    b, meta = load_checkpoint(tmp_path / "split" / "checkpoint.npz")
+    np.testing.assert_array_equal(a["params"], b["params"])
+    np.testing.assert_array_equal(a["opt.state1"], b["opt.state1"])
+    assert meta["epoch"] == 2 and resumed.test_accuracy == full.test_accuracy
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    train(_synthetic_cfg(tmp_path, epochs=1, optimizer="sgd", lr=0.01))
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(_synthetic_cfg(tmp_path, epochs=3, optimizer="sgd", lr=1e30, resume=True))
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(_synthetic_cfg(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="not"):
+        train(_synthetic_cfg(tmp_path, model="INPUT[32x32x3] -> FC-10", resume=True))
+
+
+def test_cli_summary_and_errors(capsys):
+    assert cli.main(["summary", "INPUT[10x10x3] -> CONV3-4/2p0 -> FC-10"]) == 2
+    assert "W=10" in capsys.readouterr().err
+    assert cli.main(["summary", "lenet5"]) == 0
+    assert "61,706" in capsys.readouterr().out
+
+
+def test_cli_train_synthetic(tmp_path, capsys):
+    rc = cli.main(["train", "--dataset", "synthetic", "--model", "INPUT[32x32x3] -> POOL4 -> FC-10",
+                   "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--out", str(tmp_path),
+                   "--device", "cpu"])
+    assert rc == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_cli_train_missing_data_is_a_clear_error(tmp_path, capsys):
+    rc = cli.main(["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--device", "cpu"])
+    assert rc == 2
+    assert "nowhere" in capsys.readouterr().err
