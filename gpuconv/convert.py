@@ -5,6 +5,8 @@ F=H (=W), stride 1, no padding; later FC layers are 1x1 CONVs.  The weights are
 reshaped, not retrained, so the converted net slides the original over a larger
 image in one forward pass: each output position equals the original net on the
 corresponding crop (offset by the product of the strides before the first FC).
+The equality is exact when the convolutions are unpadded; zero padding makes a
+crop's border pixels see zeros where the big image has neighbours.
 """
 from __future__ import annotations
 

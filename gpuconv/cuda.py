@@ -83,12 +83,11 @@ def get_function(module: str, function: str) -> Any:
 
 
 def _as_kernel_arg(a: Any) -> Any:
-    # Python ints/floats would be passed as 64-bit; the kernels take int/float.
-    if isinstance(a, bool):
+    # Plain Python ints/floats become int32/float32 (what most kernel parameters are).
+    # Exact type checks on purpose: np.float64 subclasses float and must stay 64-bit.
+    if type(a) is bool or type(a) is int:
         return np.int32(a)
-    if isinstance(a, int):
-        return np.int32(a)
-    if isinstance(a, float):
+    if type(a) is float:
         return np.float32(a)
     return a
 

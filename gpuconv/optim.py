@@ -122,4 +122,3 @@ class Optimizer:
             s[...] = xp.asarray(arrays[key])
         self.t = int(arrays["opt.t"])
 
-OptimizerFactory = Callable[..., Optimizer]

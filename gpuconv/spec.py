@@ -212,7 +212,12 @@ class _Parser:
 
     @staticmethod
     def _replay(body: list[Layer]) -> list[Layer]:
-        return [parse_layer(layer._spec_word) for layer in body]  # type: ignore[attr-defined]
+        fresh = []
+        for layer in body:
+            new = parse_layer(layer._spec_word)  # type: ignore[attr-defined]
+            new._spec_word = layer._spec_word  # type: ignore[attr-defined]
+            fresh.append(new)
+        return fresh
 
     def seq(self) -> list[Layer]:
         layers = self.item()

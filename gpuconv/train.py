@@ -146,9 +146,9 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     opt.steps_per_epoch = len(batches)
     norm = (ds.mean, ds.std)
-    metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
     if cfg.save:
         out.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
     print(f"gpuconv: training {net.name} ({net.num_params:,} params) on {ds.name} "
           f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}, {cfg.optimizer} "
           f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs", file=stream)

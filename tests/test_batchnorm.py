@@ -178,7 +178,10 @@ def test_gpu_forward_backward_fp32(cp, rng, shape, train):
     assert dx is dx_o and dg is dg_o and db is db_o
     assert rel_error(dg, rdg) < 1e-4
     assert rel_error(db, rdb) < 1e-4
-    assert rel_error(dx, rdx) < 1e-4  # (train-mode formula with whichever stats were saved)
+    # dx is a difference of nearly equal terms (exactly 0 for N*H*W == 2), so measure its error
+    # against the size of those terms, |dy| * |gamma * invstd|, not against dx itself.
+    scale = max(np.abs(rdx).max(), np.abs(dy64).max() * np.abs(g64 * rsi).max())
+    assert np.abs(cp.asnumpy(dx) - rdx).max() <= 1e-4 * scale
 
 
 @pytest.mark.gpu

@@ -7,15 +7,16 @@ from tests.helpers import rel_error
 
 
 def test_converted_net_equals_original_on_crops(rng):
-    net = net_from_spec("INPUT[16x16x3] -> CONV3-8 -> RELU -> POOL2 -> CONV3-8 -> RELU -> POOL2 "
+    # Unpadded convs: a crop then sees exactly the pixels its window sees in the big image.
+    net = net_from_spec("INPUT[18x18x3] -> CONV3-8p0 -> RELU -> POOL2 -> CONV3-8p0 -> RELU -> POOL2 "
                         "-> FC-12 -> RELU -> DROPOUT0.5 -> FC-5", dtype=np.float64)
     net.bind("cpu", seed=int(rng.integers(100)))
-    big = rng.standard_normal((2, 3, 32, 24))
-    conv_net = fc_to_conv(net, (3, 32, 24))
+    big = rng.standard_normal((2, 3, 34, 26))
+    conv_net = fc_to_conv(net, (3, 34, 26))
     scores = conv_net.forward(big, train=False)          # (2, 5, 5, 3): one score vector per crop
     assert scores.shape == (2, 5, 5, 3)
     stride = 4                                           # two POOL2 layers before the first FC
-    crops = sliding_crops(big, (16, 16), stride)
+    crops = sliding_crops(big, (18, 18), stride)
     assert len(crops) == 15
     for i, j, crop in crops:
         assert rel_error(scores[:, :, i, j], net.forward(crop, train=False)) < 1e-12

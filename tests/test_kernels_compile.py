@@ -28,7 +28,8 @@ def test_kernel_compiles(name, arch):
 def test_kernel_header_says_what_layout_and_geometry(name):
     head = cuda.kernel_source(name)[:3000].lower()
     assert head.lstrip().startswith(("/*", "//")), f"{name}.cu must open with a header comment"
-    assert "nchw" in head or "layout" in head, f"{name}.cu header must state the layout"
+    assert any(w in head for w in ("nchw", "layout", "row-major", "contiguous", "flat")), \
+        f"{name}.cu header must state the memory layout"
     assert "grid" in head or "block" in head, f"{name}.cu header must state the launch geometry"
 
 

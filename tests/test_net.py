@@ -10,8 +10,8 @@ from tests.helpers import numeric_grad, rel_error
 
 
 def _all_layers_net(dtype=np.float64, fuse=True):
-    layers = [Conv(4, 3, P=1), ReLU(), BatchNorm(), MaxPool(2), LRN(3), Conv(6, 3, S=1, P=0, dilation=1),
-              ReLU(0.1), AvgPool(2), LocallyConnected(3, 1), L2Pool(1, 1), Flatten(), FC(7), ReLU(),
+    layers = [Conv(4, 3, P=1), ReLU(), BatchNorm(), MaxPool(2), LRN(3), Conv(6, 3, S=1, P=1, dilation=1),
+              ReLU(0.1), AvgPool(3, 2), LocallyConnected(3, 1), L2Pool(1, 1), Flatten(), FC(7), ReLU(),
               Dropout(0.3), FC(5)]
     return Net(layers, (2, 10, 10), dtype=dtype, fuse=fuse)
 

@@ -17,7 +17,7 @@ CASES = [
     (1, 1, 5, 5, 1, 1, 0),
     (3, 2, 6, 10, 2, 1, 1),
     (1, 3, 10, 10, 2, 4, 0),
-    (2, 1, 11, 11, 5, 3, 2),
+    (2, 1, 10, 10, 5, 3, 2),
     (1, 2, 4, 6, 4, 2, 3),
 ]
 
@@ -195,9 +195,10 @@ def test_max_ties_first_wins_and_padding_never_wins() -> None:
     np.testing.assert_array_equal(sw[0, 0], [[4, 3], [1, 0]])
     # negative inputs next to zero padding: padding must not win with its 0
     x = -np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
-    y, sw = pool.maxpool_forward(x, 2, 2, pad=1)
-    np.testing.assert_array_equal(y[0, 0], [[-1, -2], [-4, -5]])
-    np.testing.assert_array_equal(sw[0, 0], [[3, 2], [1, 0]])
+    y, sw = pool.maxpool_forward(x, 3, 1, pad=1)
+    np.testing.assert_array_equal(y[0, 0], [[-1, -1, -2], [-1, -1, -2], [-4, -4, -5]])
+    np.testing.assert_array_equal(sw, loop_forward(x, 3, 1, 1, "max")[1])
+    assert sw[0, 0, 0, 0] == 4
 
 
 def test_max_nan_propagates() -> None:
@@ -378,10 +379,11 @@ def test_gpu_misaligned_input_uses_generic_path(cp, rng: np.random.Generator) ->
 
 @pytest.mark.gpu
 def test_gpu_ties_and_nan_match_cpu(cp) -> None:
-    x = np.zeros((1, 2, 6, 8), np.float32)
-    x[0, 0, 1, 1] = np.nan
-    x[0, 1] = -np.inf
     for F, S, pad in [(2, 2, 0), (3, 2, 1), (2, 1, 1)]:
+        size = 7 if (F, S, pad) == (3, 2, 1) else 8  # (W - F + 2P)/S + 1 must be an integer
+        x = np.zeros((1, 2, size, size + 2), np.float32)
+        x[0, 0, 1, 1] = np.nan
+        x[0, 1] = -np.inf
         y_ref, sw_ref = pool.maxpool_forward(x, F, S, pad)
         y, sw = pool.maxpool_forward(cp.asarray(x), F, S, pad)
         np.testing.assert_array_equal(cp.asnumpy(sw), sw_ref)

@@ -36,7 +36,7 @@ def test_layer_words():
     ("CONV3-8 -> FC-10", "starts with INPUT"),
     ("INPUT[28x28] -> FC-10", "HxWxC"),
     ("INPUT[28x28x1] -> CONV3-8 ->", "expected a layer"),
-    ("INPUT[28x28x1] -> [CONV3-8 -> RELU*2 -> FC-10", "unknown layer"),
+    ("INPUT[28x28x1] -> [CONV3-8 -> RELU*2 -> FC-10", "found '*' at column 35"),
     ("INPUT[28x28x1] -> [CONV3-8 -> RELU -> FC-10", "expected ']'"),
     ("INPUT[28x28x1] -> [CONV3-8]*0 -> FC-10", ">= 1"),
     ("INPUT[28x28x1] -> BLOB3 -> FC-10", "unknown layer 'BLOB3'"),

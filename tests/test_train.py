@@ -34,7 +34,7 @@ def test_tiny_net_learns_real_fashion_mnist_subset(tmp_path):
 
 
 def _synthetic_cfg(tmp_path, **kw):
-    base = dict(model="INPUT[32x32x3] -> CONV3-4/2p1 -> RELU -> POOL2 -> FC-16 -> RELU -> DROPOUT0.3 -> FC-10",
+    base = dict(model="INPUT[32x32x3] -> CONV4-4/2p1 -> RELU -> POOL2 -> FC-16 -> RELU -> DROPOUT0.3 -> FC-10",
                 dataset="synthetic", epochs=2, batch_size=32, limit_train=256, limit_test=64, device="cpu",
                 out_dir=str(tmp_path), optimizer="adam", log_every=3)
     base.update(kw)

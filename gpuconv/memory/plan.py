@@ -150,6 +150,7 @@ class Plan:
     state_slots: int
     layer_tensors: list[dict[str, Any]] = field(default_factory=list)  # per layer: out, dx, saved, workspace names
     other_mode_total_bytes: int | None = None   # training total for an inference plan and vice versa
+    forward_values_per_example: int = 0         # the notes' count: input + every non-aliased test-time output
 
     # ---- derived numbers ----------------------------------------------------------
     @property
@@ -220,8 +221,12 @@ class Plan:
                          f"{(r.param_bytes + r.param_grad_bytes + r.optimizer_state_bytes) / MiB:>9.2f}")
         lines.append("-" * len(cols))
         vals = self.activation_values_per_example()
-        lines.append(f"TOTAL memory: {vals:,} values x {isz} bytes = {fmt_bytes(vals * isz)} / example "
-                     f"(forward only, input included)")
+        fwd = self.forward_values_per_example
+        lines.append(f"TOTAL memory: {fwd:,} values x {isz} bytes = {fmt_bytes(fwd * isz)} / example "
+                     f"(forward at test time, input included: the notes' count)")
+        if vals != fwd:
+            lines.append(f"  training also keeps outputs that are aliases at test time (dropout): {vals:,} values "
+                         f"/ example; gradients double it")
         lines.append(f"TOTAL params: {self.num_params:,} ({fmt_bytes(self.num_params * isz)})")
         lines.append("")
         lines.append("Categories (the notes' three sources of memory):")
@@ -484,7 +489,9 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
                 tensors=tensors_all, arena_bytes=arena_bytes, no_reuse_bytes=no_reuse,
                 peak_live_bytes=peak_live(tensors, num_steps), param_store_bytes=param_store,
                 param_segments=segments, misc_bytes=misc_bytes, num_params=n_params, state_slots=slots,
-                layer_tensors=layer_tensors)
+                layer_tensors=layer_tensors,
+                forward_values_per_example=int(math.prod(net.input_shape)) + sum(
+                    int(math.prod(l.out_shape)) for l in layers if not _is_inplace(l, True)))
     if _other_mode:
         other = make_plan(net, batch, optimizer=optimizer, inference=not inference, dtype=dtype,
                           include_input=include_input, augment=augment, _other_mode=False)

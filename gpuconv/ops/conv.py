@@ -301,7 +301,8 @@ def _geo_args(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[
     n, c, h, wd = x_shape
     k, _, fh, fw = w_shape
     _, _, ho, wo = y_shape
-    return [n, c, h, wd, k, fh, fw, ho, wo, stride, pad, dilation]
+    # plain ints: cuda.launch turns them into int32 (a numpy int64 would be passed as 64-bit)
+    return [int(v) for v in (n, c, h, wd, k, fh, fw, ho, wo, stride, pad, dilation)]
 
 
 def _check_int32(op: str, **sizes: int) -> None:

@@ -112,7 +112,7 @@ def _split_k(m: int, n: int, k: int, kslice: int, sms: int) -> tuple[int, int]:
     tiles = cuda.cdiv(m, _TILE) * cuda.cdiv(n, _TILE)
     target = 2 * sms  # two resident 256-thread blocks per SM
     splits = 1
-    if tiles < target and k >= 1024:
+    if tiles < sms and k >= 1024:  # fewer tiles than SMs: most of the GPU would idle
         splits = max(1, min(cuda.cdiv(target, tiles), k // 512, 16))
     kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), kslice) * kslice
     splits = max(1, cuda.cdiv(k, kps))
@@ -168,7 +168,7 @@ def colsum_gpu(dy: Any, db: Any) -> Any:
 
 
 # ---------------------------------------------------------------- public API
-def _gemm_impl(op: str, a: Any, b: Any, out: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
+def _gemm_impl(a: Any, b: Any, out: Any, *, trans_a: bool, trans_b: bool, alpha: float, beta: float,
                bias: Any, relu: bool, precision: str) -> Any:
     if device.is_gpu_array(a):
         return gemm_gpu(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=bias,
@@ -193,7 +193,7 @@ def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha:
     if beta != 0.0 and out is None:
         raise OpArgumentError(f"{op}: beta={beta} accumulates into out, so out must be given")
     out = check_out(op, out, (m, n), like=a, dtype=dt)
-    return _gemm_impl(op, a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=None,
+    return _gemm_impl(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, bias=None,
                       relu=False, precision=precision)
 
 

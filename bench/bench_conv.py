@@ -1,0 +1,161 @@
+"""Benchmark conv (forward and forward+backward) against torch.nn.functional.conv2d / cuDNN.
+
+    python bench/bench_conv.py [--quick] [--json]
+
+Layers: convnet-benchmarks L1-L5, VGG16 conv1_2/conv3_2/conv5_2, CIFAR-size 3x3,
+dilated 3x3, AlexNet conv1, a 1x1.  Each layer gets fp32 rows (TF32 off on both
+sides) and tf32 rows (our mma.sync kernels vs cuDNN with TF32 on), for the forward
+alone and for forward + backward-data + backward-filter (+ bias grad).  FLOPs:
+2*N*K*Ho*Wo*C*FH*FW per forward, 3x that for forward+backward.  Inputs are fresh
+random normals, shared with torch through DLPack so both sides see the same data;
+``extra['fwd_rel_err']`` records how far our forward is from torch's.
+
+Importing this module needs no GPU; all GPU work happens inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+
+if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    f: int
+    s: int = 1
+    p: int = 0
+    d: int = 1
+
+    @property
+    def label(self) -> str:
+        extra = "".join([f"/{self.s}" if self.s != 1 else "", f" p{self.p}" if self.p else "",
+                         f" d{self.d}" if self.d != 1 else ""])
+        return f"{self.name} {self.c}->{self.k} {self.f}x{self.f}{extra} {self.h}^2 b{self.n}"
+
+
+LAYERS = [
+    Layer("L1", 128, 3, 128, 128, 96, 11),
+    Layer("L2", 128, 64, 64, 64, 128, 9),
+    Layer("L3", 128, 128, 32, 32, 128, 9),
+    Layer("L4", 128, 128, 16, 16, 128, 7),
+    Layer("L5", 128, 384, 13, 13, 384, 3, 1, 1),
+    Layer("VGG conv1_2", 64, 64, 224, 224, 64, 3, 1, 1),
+    Layer("VGG conv3_2", 64, 256, 56, 56, 256, 3, 1, 1),
+    Layer("VGG conv5_2", 64, 512, 14, 14, 512, 3, 1, 1),
+    Layer("CIFAR 64", 128, 64, 32, 32, 64, 3, 1, 1),
+    Layer("CIFAR 128", 128, 128, 16, 16, 128, 3, 1, 1),
+    Layer("dilated d2", 32, 64, 56, 56, 64, 3, 1, 2, 2),
+    Layer("dilated d4", 32, 64, 56, 56, 64, 3, 1, 4, 4),
+    Layer("AlexNet conv1", 128, 3, 227, 227, 96, 11, 4, 0),
+    Layer("1x1", 64, 256, 56, 56, 64, 1),
+]
+QUICK = ("L5", "CIFAR 64", "1x1")
+MODES = ("fp32", "tf32")
+
+
+def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
+    n, c, h, w, k, f, s, p, d = L.n, L.c, L.h, L.w, L.k, L.f, L.s, L.p, L.d
+    yshape = conv.conv_output_shape((n, c, h, w), (k, c, f, f), s, p, d)
+    _, _, ho, wo = yshape
+    flops = 2.0 * n * k * ho * wo * c * f * f
+    x = cp.random.standard_normal((n, c, h, w), dtype=cp.float32)
+    wt = cp.random.standard_normal((k, c, f, f), dtype=cp.float32) * np.float32(1.0 / np.sqrt(c * f * f))
+    b = cp.random.standard_normal((k,), dtype=cp.float32)
+    dy = cp.random.standard_normal(yshape, dtype=cp.float32)
+    y, dx = cp.empty(yshape, cp.float32), cp.empty((n, c, h, w), cp.float32)
+    dw, db = cp.empty(wt.shape, cp.float32), cp.empty((k,), cp.float32)
+
+    def ours_fwd() -> None:
+        conv.conv_forward(x, wt, b, s, p, d, out=y, precision=mode)
+
+    def ours_fwdbwd() -> None:
+        conv.conv_forward(x, wt, b, s, p, d, out=y, precision=mode)
+        conv.conv_backward_data(dy, wt, x.shape, s, p, d, out=dx, precision=mode)
+        conv.conv_backward_filter(x, dy, wt.shape, s, p, d, dw_out=dw, db_out=db, precision=mode)
+
+    extra: dict = {"variant_fwd": conv._choose_variant("fwd", k, n * ho * wo, c * f * f, mode)}
+    ours_f = time_gpu(ours_fwd)
+    ours_fb = time_gpu(ours_fwdbwd)
+    theirs_f = theirs_fb = None
+    if torch is not None and torch.cuda.is_available():
+        import torch.nn.functional as F  # noqa: PLC0415
+
+        torch.backends.cudnn.benchmark = True
+        set_torch_tf32(mode == "tf32")
+        tx = torch.from_dlpack(x).requires_grad_(True)
+        tw = torch.from_dlpack(wt).requires_grad_(True)
+        tb = torch.from_dlpack(b).requires_grad_(True)
+        tdy = torch.from_dlpack(dy)
+
+        def torch_fwd() -> None:
+            with torch.no_grad():
+                F.conv2d(tx, tw, tb, s, p, d)
+
+        def torch_fwdbwd() -> None:
+            ty = F.conv2d(tx, tw, tb, s, p, d)
+            torch.autograd.grad(ty, (tx, tw, tb), tdy)
+
+        theirs_f = time_torch(torch_fwd)
+        theirs_fb = time_torch(torch_fwdbwd)
+        with torch.no_grad():
+            ref = cp.from_dlpack(F.conv2d(tx, tw, tb, s, p, d).contiguous())
+        ours_fwd()
+        extra["fwd_rel_err"] = float(cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
+        set_torch_tf32(False)
+    return [
+        Row("conv", f"{L.label} fwd", mode, ours_f, theirs_f, flops, extra=extra),
+        Row("conv", f"{L.label} fwd+bwd", mode, ours_fb, theirs_fb, 3 * flops, extra=dict(extra)),
+    ]
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Time every layer in both precisions; a layer that fails gets a row carrying the error."""
+    from gpuconv import device  # noqa: PLC0415
+    from gpuconv.ops import conv  # noqa: PLC0415
+
+    cp = device.get_device("cuda").xp
+    layers = [L for L in LAYERS if not quick or L.name in QUICK]
+    rows: list[Row] = []
+    for L in layers:
+        for mode in MODES:
+            try:
+                rows.extend(_bench_layer(L, mode, cp, conv))
+            except Exception as exc:  # noqa: BLE001  (keep benchmarking the other layers)
+                traceback.print_exc()
+                rows.append(Row("conv", f"{L.label}", mode, None, extra={"error": f"{type(exc).__name__}: {exc}"}))
+            finally:
+                cp.get_default_memory_pool().free_all_blocks()
+                if torch is not None and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
+    args = ap.parse_args(argv)
+    rows = run(args.quick)
+    print_rows(rows)
+    if args.json:
+        for r in rows:
+            print(r.to_json())
+
+
+if __name__ == "__main__":
+    main()

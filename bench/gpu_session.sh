@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One batched GPU session on the lent H100: run from the repo root with $OUT set.
+#   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
+#   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
+#   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
+# Logs land in $OUT (at most 8 files come back).
+set -u
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpuconv-out}
+mkdir -p "$OUT"
+what=${1:-tests}
+{ date -u; git rev-parse --short HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
+
+case "$what" in
+tests)
+  rm -rf ~/.cupy/kernel_cache
+  { echo "cold:"; python3 -m gpuconv kernels --load; echo "warm (new process, disk cache):"; python3 -m gpuconv kernels --load; } > "$OUT/kernel_load.txt" 2>&1
+  timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider -rf --timeout 120 tests > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  { for m in small fmnist; do timeout 60 python3 -m gpuconv check $m; done; } > "$OUT/check.log" 2>&1
+  tail -5 "$OUT/gpu_tests.log"
+  ;;
+sanitize)
+  export GPUCONV_DEBUG_ALLOC=1
+  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+      tests/test_conv.py tests/test_pool.py tests/test_fc.py tests/test_activation.py tests/test_dropout.py \
+      tests/test_loss.py tests/test_optim.py tests/test_batchnorm.py tests/test_lrn.py tests/test_local.py \
+      > "$OUT/memcheck.log" 2>&1
+  echo "memcheck rc=$?" >> "$OUT/memcheck.log"
+  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+      tests/test_conv.py tests/test_fc.py tests/test_batchnorm.py tests/test_loss.py -k "not float64" \
+      > "$OUT/racecheck.log" 2>&1
+  echo "racecheck rc=$?" >> "$OUT/racecheck.log"
+  tail -3 "$OUT/memcheck.log" "$OUT/racecheck.log"
+  ;;
+bench)
+  timeout 300 python3 bench/run_all.py --out "$OUT/results.md" > "$OUT/bench.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/bench.log"
+  tail -3 "$OUT/bench.log"
+  ;;
+esac

@@ -1,0 +1,114 @@
+"""RELU ops: max(0, x), or leaky max(slope*x, x), forward and backward, any shape.
+
+The backward takes the layer's OUTPUT y rather than its input: for slope >= 0, y > 0 exactly
+when x > 0, so the layer need not keep x (and may run in place: ``out=x`` forward,
+``out=dy`` backward).  NaN inputs propagate forward; with slope == 0 the x <= 0 branch is an
+exact +0 (so relu(-inf) = 0 and the backward is a select, never 0 * inf).  Both paths agree.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import cuda, device
+from ._checks import OpArgumentError, check_array, check_out
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_BLOCK = 256
+_UNROLL = 4  # elements per thread per grid-stride step, as in kernels/activation.cu
+_MAX_GRID = 65536  # grid-stride loop covers the rest; plenty of blocks to fill any GPU
+
+
+def _check_float(op: str, name: str, a: Any, *, like: Any = None) -> None:
+    check_array(op, name, a, dtype=None, shape=None if like is None else like.shape, like=like)
+    if a.dtype not in _FLOATS:
+        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+    if like is not None and a.dtype != like.dtype:
+        raise OpArgumentError(f"{op}: {name} must be {like.dtype} like the other operands, got {a.dtype}")
+
+
+def _check_slope(op: str, slope: Any) -> float:
+    try:
+        s = float(slope)
+    except (TypeError, ValueError):
+        raise OpArgumentError(f"{op}: slope must be a number, got {slope!r}") from None
+    if not (math.isfinite(s) and s >= 0.0):
+        raise OpArgumentError(f"{op}: slope={slope!r} must be a finite number >= 0 "
+                              f"(the backward pass reads the sign of the output)")
+    return s
+
+
+def _launch(function: str, args: tuple, n: int) -> None:
+    grid = min(cuda.cdiv(n, _BLOCK * _UNROLL), _MAX_GRID)
+    cuda.launch("activation", function, (grid, 1, 1), (_BLOCK, 1, 1), args)
+
+
+def _suffix(dtype: np.dtype) -> str:
+    return "f32" if dtype == np.float32 else "f64"
+
+
+# ---------------------------------------------------------------------------- NumPy reference
+
+def _slope_branch(a: np.ndarray, slope: float, where: np.ndarray) -> None:
+    """a[where] = slope * a[where]; an exact +0 when slope == 0 (no 0*inf = NaN)."""
+    if slope == 0.0:
+        np.copyto(a, a.dtype.type(0), where=where)
+    else:
+        np.multiply(a, a.dtype.type(slope), out=a, where=where)
+
+
+def relu_forward_cpu(x: np.ndarray, slope: float, y: np.ndarray) -> None:
+    neg = ~(x > 0) & ~np.isnan(x)  # computed before writing (y may be x); NaN propagates
+    if y is not x:
+        np.copyto(y, x)
+    _slope_branch(y, slope, neg)
+
+
+def relu_backward_cpu(dy: np.ndarray, y: np.ndarray, slope: float, dx: np.ndarray) -> None:
+    neg = ~(y > 0)
+    if dx is not dy:
+        np.copyto(dx, dy)
+    _slope_branch(dx, slope, neg)
+
+
+# ---------------------------------------------------------------------------- CUDA launchers
+
+def relu_forward_gpu(x: Any, slope: float, y: Any) -> None:
+    s = x.dtype.type(slope)  # the kernel takes a T-typed slope (float or double)
+    _launch(f"relu_fwd_{_suffix(x.dtype)}", (x, y, np.int64(x.size), s), x.size)
+
+
+def relu_backward_gpu(dy: Any, y: Any, slope: float, dx: Any) -> None:
+    s = dy.dtype.type(slope)
+    _launch(f"relu_bwd_{_suffix(dy.dtype)}", (dy, y, dx, np.int64(dy.size), s), dy.size)
+
+
+# ---------------------------------------------------------------------------- public ops
+
+def relu_forward(x: Any, slope: float = 0.0, out: Any = None) -> Any:
+    """y = x where x > 0, else slope*x.  ``out`` may be x itself (in place)."""
+    op = "relu_forward"
+    _check_float(op, "x", x)
+    slope = _check_slope(op, slope)
+    y = check_out(op, out, x.shape, x, dtype=x.dtype)
+    if device.is_gpu_array(x):
+        relu_forward_gpu(x, slope, y)
+    else:
+        relu_forward_cpu(x, slope, y)
+    return y
+
+
+def relu_backward(dy: Any, y: Any, slope: float = 0.0, out: Any = None) -> Any:
+    """dx = dy where y > 0, else slope*dy (y is the forward OUTPUT).  ``out`` may be dy."""
+    op = "relu_backward"
+    _check_float(op, "dy", dy)
+    _check_float(op, "y", y, like=dy)
+    slope = _check_slope(op, slope)
+    dx = check_out(op, out, dy.shape, dy, dtype=dy.dtype)
+    if device.is_gpu_array(dy):
+        relu_backward_gpu(dy, y, slope, dx)
+    else:
+        relu_backward_cpu(dy, y, slope, dx)
+    return dx
