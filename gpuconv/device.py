@@ -30,6 +30,9 @@ def _cupy() -> ModuleType | None:
         import cupy  # noqa: PLC0415  (the only cupy import outside gpuconv/cuda.py)
     except Exception:  # ImportError, or a broken CUDA install raising at import
         return None
+    if os.environ.get("GPUCONV_DEBUG_ALLOC") == "1":
+        # One cudaMalloc per array, no pool: compute-sanitizer then sees every overrun.
+        cupy.cuda.set_allocator(None)
     return cupy
 
 
