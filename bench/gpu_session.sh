@@ -34,7 +34,8 @@ sanitize)
   tail -3 "$OUT/memcheck.log" "$OUT/racecheck.log"
   ;;
 bench)
-  timeout 300 python3 bench/run_all.py --out "$OUT/results.md" > "$OUT/bench.log" 2>&1
+  cp -r ${GPUCONV_DATA_SRC:-.data/fashion-mnist} /tmp/fmnist 2>/dev/null && export GPUCONV_DATA=/tmp/fmnist
+  timeout ${BENCH_TIMEOUT:-540} python3 bench/run_all.py ${BENCH_ARGS:-} --out "$OUT/results.md" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?" >> "$OUT/bench.log"
   tail -3 "$OUT/bench.log"
   ;;

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import HEADER, Row  # noqa: E402
 
-SUITES = ["conv", "pool", "fc", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
-          "train", "memory"]
+SUITES = ["conv", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
+          "memory"]
 
 
 def _describe_device() -> str:

@@ -32,22 +32,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--log-every", type=int, default=50, help="steps between progress updates (host syncs)")
+    p.add_argument("--budget", default=None, help="device memory budget, e.g. 12GiB or 0.9 (fraction of the "
+                   "card); the run is refused before it starts if its memory plan does not fit")
+    p.add_argument("--unplanned", action="store_true", help="allocate as you go instead of one planned arena")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from .checkpoint import CheckpointError  # noqa: PLC0415
     from .data import DataError  # noqa: PLC0415
-    from .train import TrainConfig, TrainingDiverged, train  # noqa: PLC0415
+    from .train import PlanExceedsBudget, TrainConfig, TrainingDiverged, train  # noqa: PLC0415
 
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                       schedule=args.schedule, device=args.device, seed=args.seed, data_dir=args.data_dir,
                       out_dir=args.out, resume=args.resume, augment=args.augment, log_every=args.log_every,
-                      limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision)
+                      limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
+                      budget=args.budget, planned=not args.unplanned)
     try:
         result = train(cfg)
-    except (DataError, CheckpointError, ValueError, KeyError) as exc:
+    except (DataError, CheckpointError, ValueError, KeyError, PlanExceedsBudget) as exc:
         print(f"gpuconv train: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -59,11 +59,15 @@ class TrainConfig:
     precision: str = "fp32"
     eval_batch: int = 1000
     save: bool = True
+    budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory
+    planned: bool = True            # run inside the memory plan's arena (False: allocate as you go)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in ("fp32", "tf32"):
+            raise ValueError(f"--precision must be fp32 or tf32, got {self.precision!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
 
@@ -84,27 +88,58 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     return ds.normalize()
 
 
-def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device]:
+class PlanExceedsBudget(RuntimeError):
+    """The memory plan does not fit the device budget; the message gives a batch that would."""
+
+
+def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device, Any]:
+    """Net, optimizer, device and (when planned) the executor whose arena everything runs in."""
     dev = devmod.get_device(cfg.device)
     net = get_model(cfg.model, input_shape=ds.input_shape, classes=ds.num_classes) \
         if not cfg.model.strip().upper().startswith("INPUT") else get_model(cfg.model)
     if net.input_shape != ds.input_shape:
         raise ValueError(f"model {cfg.model!r} takes {net.input_shape} inputs, dataset {ds.name} has {ds.input_shape}")
-    net.bind(dev, seed=cfg.seed)
     net.set_precision(cfg.precision)
     schedule = Schedule(cfg.schedule, total_epochs=cfg.epochs, step_epochs=max(cfg.epochs // 3, 1))
-    opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule).bind(net)
-    return net, opt, dev
+    opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule)
+    if not cfg.planned:
+        net.bind(dev, seed=cfg.seed)
+        return net, opt.bind(net), dev, None
+    from .memory import PlannedExecutor, fits, make_plan, max_batch  # noqa: PLC0415
+
+    plan = make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
+    if dev.is_gpu:  # refuse before allocating anything if the plan cannot fit
+        ok, detail = fits(plan, cfg.budget)
+        if not ok:
+            best = max_batch(net, cfg.budget, cfg.optimizer)
+            raise PlanExceedsBudget(
+                f"{net.name} at batch {cfg.batch_size} {detail['summary']}: it does not fit. "
+                f"The largest batch that fits is {best}; run with --batch-size {best} "
+                f"(see `gpuconv plan {cfg.model} --batch {cfg.batch_size}` for where the memory goes)")
+    executor = PlannedExecutor(net, plan, dev, seed=cfg.seed)
+    opt.bind(net, state_buffers=executor.state_views())
+    return net, opt, dev, executor
 
 
-def evaluate(net: Net, x: Any, y: Any, batch: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean loss) over a device-resident set; one host sync at the end."""
+def evaluate(net: Net, x: Any, y: Any, batch: int = 1000, executor: Any = None) -> tuple[float, float]:
+    """(accuracy, mean loss) over a device-resident set; one host sync at the end.
+
+    With an executor, full batches run in its planned buffers (batch = the plan's);
+    a smaller remainder runs unplanned.
+    """
     xp = devmod.array_module(x)
     correct = xp.zeros((), dtype=np.int64)
     loss_sum = xp.zeros((), dtype=np.float64)
+    bufs = executor.train_step_buffers() if executor is not None else None
+    if executor is not None:
+        batch = executor.plan.batch
     for i in range(0, x.shape[0], batch):
-        scores = net.forward(x[i:i + batch], train=False)
         yb = y[i:i + batch]
+        if bufs is not None and yb.shape[0] == batch:
+            executor.input_view()[...] = x[i:i + batch]
+            scores = net.forward(executor.input_view(), train=False, buffers=bufs)
+        else:
+            scores = net.forward(x[i:i + batch], train=False)
         loss, _ = net.loss_and_grad(scores, yb)
         loss_sum += loss * yb.shape[0]
         correct += loss_ops.accuracy_count(scores, yb)
@@ -127,7 +162,9 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     ds = load_dataset(cfg)
-    net, opt, dev = build(cfg, ds)
+    if cfg.planned and len(ds.x_train) < cfg.batch_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} images)")
+    net, opt, dev, executor = build(cfg, ds)
     xp = dev.xp
     start_epoch, start_batch, history = 0, 0, []
     if cfg.resume:
@@ -143,7 +180,9 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     # Upload once; from here on batches are gathered on the device.
     x_train, y_train = xp.asarray(ds.x_train), xp.asarray(ds.y_train)
     x_test, y_test = xp.asarray(ds.x_test), xp.asarray(ds.y_test)
-    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    # Planned runs use full batches only (the arena is laid out for exactly batch_size).
+    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                            drop_last=executor is not None)
     opt.steps_per_epoch = len(batches)
     norm = (ds.mean, ds.std)
     if cfg.save:
@@ -157,8 +196,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp)
-            acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch)
+            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor)
+            acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
                       "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
             history.append(record)
@@ -179,8 +218,24 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
 
 
+def _batches(it: BatchIterator, executor: Any) -> Any:
+    """(xb, yb) per batch; with an executor they are gathered straight into its planned views."""
+    if executor is None:
+        yield from it
+        return
+    xp = devmod.array_module(it.x)
+    x_in, y_in = executor.input_view(), executor.labels_view()
+    perm = xp.asarray(it.permutation())
+    bs = it.batch_size
+    for b in range(it.start_batch, len(it)):
+        idx = perm[b * bs:(b + 1) * bs]
+        xp.take(it.x, idx, axis=0, out=x_in)
+        xp.take(it.y, idx, axis=0, out=y_in)
+        yield x_in, y_in
+
+
 def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, epoch: int,
-                 stream: IO[str], xp: Any) -> float:
+                 stream: IO[str], xp: Any, executor: Any = None) -> float:
     loss_acc = xp.zeros((), dtype=np.float64)   # device-side running sums since the last sync
     correct_acc = xp.zeros((), dtype=np.int64)
     images_acc = 0
@@ -188,12 +243,18 @@ def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, 
     pending = 0
     progress = Progress(len(it), stream=stream, desc=f"epoch {epoch + 1}/{cfg.epochs}", start=it.start_batch)
     net._batches_done = it.start_batch  # type: ignore[attr-defined]
-    for b, (xb, yb) in enumerate(it, start=it.start_batch):
+    bufs = executor.train_step_buffers() if executor is not None else None
+    grad_out = executor.dscores_view() if executor is not None else None
+    for b, (xb, yb) in enumerate(_batches(it, executor), start=it.start_batch):
         if cfg.augment:
-            xb = augment_batch(xb, np.random.default_rng([cfg.seed, epoch, b]), pad=2)
-        scores = net.forward(xb, train=True)
-        loss, dscores = net.loss_and_grad(scores, yb)
-        net.backward(dscores)
+            aug = augment_batch(xb, np.random.default_rng([cfg.seed, epoch, b]), pad=2)
+            if executor is not None:
+                xb[...] = aug
+            else:
+                xb = aug
+        scores = net.forward(xb, train=True, buffers=bufs)
+        loss, dscores = net.loss_and_grad(scores, yb, grad_out=grad_out)
+        net.backward(dscores, buffers=bufs)
         opt.step()
         net.step += 1
         n = int(yb.shape[0])

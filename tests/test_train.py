@@ -86,3 +86,32 @@ def test_cli_train_missing_data_is_a_clear_error(tmp_path, capsys):
     rc = cli.main(["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_planned_arena_run_equals_unplanned_run(tmp_path):
+    # 256 images / batch 32: no partial batch, so both runs see identical batches.
+    a = train(_synthetic_cfg(tmp_path / "planned", epochs=1))
+    b = train(_synthetic_cfg(tmp_path / "unplanned", epochs=1, planned=False))
+    np.testing.assert_array_equal(a.net.param_buffer, b.net.param_buffer)
+    assert a.test_accuracy == b.test_accuracy
+
+
+@pytest.mark.gpu
+def test_gpu_training_syncs_only_at_log_points(tmp_path):
+    from gpuconv import device
+
+    cfg = _synthetic_cfg(tmp_path, epochs=1, device="cuda", limit_train=32 * 20, log_every=5)
+    before = device.SYNCS.count
+    train(cfg)
+    syncs = device.SYNCS.count - before
+    # 20 steps / log_every 5 = 4 progress syncs x 2 scalars, + evaluation's 2 scalars,
+    # + the checkpoint's host copies (params, 2 Adam states, BN-free net).
+    assert syncs <= 4 * 2 + 2 + 3, syncs
+
+
+@pytest.mark.gpu
+def test_gpu_training_matches_cpu_training(tmp_path):
+    a = train(_synthetic_cfg(tmp_path / "cpu", epochs=1, optimizer="sgd", lr=0.05))
+    b = train(_synthetic_cfg(tmp_path / "gpu", epochs=1, optimizer="sgd", lr=0.05, device="cuda"))
+    from tests.helpers import rel_error
+    assert rel_error(a.net.param_buffer, b.net.param_buffer) < 1e-3

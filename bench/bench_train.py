@@ -1,0 +1,169 @@
+"""Whole training runs: ours vs PyTorch in the same process and precision.
+
+    python bench/bench_train.py --cpu-epoch            # one Fashion-MNIST-net epoch on the CPU (issue target: <= 1.5x PyTorch CPU)
+    python bench/bench_train.py                        # GPU: Fashion-MNIST net 10 epochs, VGG16 step at batch 64
+
+GPU rows: time for 10 epochs and test accuracy of the benchmark net (batch 128, Adam),
+and VGG16 training images/s at batch 64 (SGD momentum) in fp32 (TF32 off) and TF32.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from gpuconv import device as devmod  # noqa: E402
+from gpuconv.train import TrainConfig, train  # noqa: E402
+from gpuconv.zoo import get_model  # noqa: E402
+
+
+def torch_fmnist_net():  # the same architecture, for the side-by-side rows
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(3136, 1024), nn.ReLU(), nn.Dropout(0.4), nn.Linear(1024, 10))
+
+
+def torch_train_fmnist(ds, epochs: int, batch: int, dev: str) -> tuple[float, float]:
+    """Seconds and test accuracy of PyTorch on the same data (uploaded once, as ours)."""
+    torch.manual_seed(0)
+    net = torch_fmnist_net().to(dev)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    x = torch.as_tensor(ds.x_train, device=dev)
+    y = torch.as_tensor(ds.y_train.astype(np.int64), device=dev)
+    xt = torch.as_tensor(ds.x_test, device=dev)
+    yt = torch.as_tensor(ds.y_test.astype(np.int64), device=dev)
+    lossf = torch.nn.CrossEntropyLoss()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(epochs):
+        net.train()
+        perm = torch.randperm(len(x), device=dev)
+        for i in range(0, len(x) - batch + 1, batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            lossf(net(x[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = sum(int((net(xt[i:i + 1000]).argmax(1) == yt[i:i + 1000]).sum()) for i in range(0, len(xt), 1000))
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, acc / len(xt)
+
+
+def cpu_epoch(batch: int = 128) -> list[Row]:
+    from gpuconv.data import load_fashion_mnist  # noqa: PLC0415
+
+    cfg = TrainConfig(model="fmnist", epochs=1, batch_size=batch, optimizer="adam", device="cpu",
+                      save=False, log_every=100)
+    t = time.perf_counter()
+    res = train(cfg, stream=sys.stdout)
+    ours = time.perf_counter() - t
+    theirs = None
+    if torch is not None:
+        torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+        ds = load_fashion_mnist().normalize()
+        theirs, tacc = torch_train_fmnist(ds, 1, batch, "cpu")
+        print(f"torch cpu: {theirs:.1f} s, acc {tacc:.4f}")
+    return [Row("train", f"fmnist net 1 epoch CPU batch {batch} adam (acc {res.test_accuracy:.4f})", "fp32",
+                ours * 1e3, None if theirs is None else theirs * 1e3, unit="s")]
+
+
+def gpu_fmnist(epochs: int = 10, batch: int = 128) -> list[Row]:
+    from gpuconv.data import load_fashion_mnist  # noqa: PLC0415
+
+    rows = []
+    cfg = TrainConfig(model="fmnist", epochs=epochs, batch_size=batch, optimizer="adam", device="cuda",
+                      save=False, log_every=200)
+    t = time.perf_counter()
+    res = train(cfg, stream=sys.stdout)
+    ours = time.perf_counter() - t
+    theirs, tacc = (None, None)
+    if torch is not None and torch.cuda.is_available():
+        set_torch_tf32(False)
+        torch.backends.cudnn.benchmark = True
+        theirs, tacc = torch_train_fmnist(load_fashion_mnist().normalize(), epochs, batch, "cuda")
+    rows.append(Row("train", f"fmnist net {epochs} epochs wall s (ours acc {res.test_accuracy:.4f}, torch acc "
+                    f"{tacc if tacc is None else round(tacc, 4)})", "fp32", ours * 1e3,
+                    None if theirs is None else theirs * 1e3, unit="s"))
+    return rows
+
+
+def gpu_vgg16_step(batch: int = 64, precision: str = "fp32") -> Row:
+    import cupy as cp  # noqa: PLC0415
+
+    from gpuconv.memory import PlannedExecutor, make_plan  # noqa: PLC0415
+    from gpuconv.optim import Optimizer  # noqa: PLC0415
+
+    net = get_model("vgg16")
+    net.set_precision(precision)
+    ex = PlannedExecutor(net, make_plan(net, batch, optimizer="momentum"), devmod.get_device("cuda"))
+    opt = Optimizer("momentum", 0.01).bind(net, state_buffers=ex.state_views())
+    rng = cp.random.default_rng(0)
+    ex.input_view()[...] = rng.standard_normal(ex.input_view().shape, dtype=cp.float32)
+    ex.labels_view()[...] = rng.integers(0, 1000, batch).astype(cp.int32)
+
+    def step():
+        ex.forward_backward()
+        opt.step()
+
+    ours = time_gpu(step, warmup=2, iters=5)
+    theirs = None
+    if torch is not None and torch.cuda.is_available():
+        set_torch_tf32(precision == "tf32")
+        torch.backends.cudnn.benchmark = True
+        nn = torch.nn
+        cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+        layers, c = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c = v
+        tnet = nn.Sequential(*layers, nn.Flatten(), nn.Linear(25088, 4096), nn.ReLU(True), nn.Dropout(),
+                             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 1000)).cuda()
+        topt = torch.optim.SGD(tnet.parameters(), 0.01, momentum=0.9)
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        y = torch.randint(0, 1000, (batch,), device="cuda")
+
+        def tstep():
+            topt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(tnet(x), y).backward()
+            topt.step()
+
+        theirs = time_torch(tstep, warmup=2, iters=5)
+        del tnet, topt
+        torch.cuda.empty_cache()
+    del ex
+    cp.get_default_memory_pool().free_all_blocks()
+    return Row("train", f"vgg16 train step batch {batch}", precision, ours, theirs,
+               work=batch, unit="img/s")
+
+
+def run(quick: bool = False) -> list[Row]:
+    if not devmod.gpu_available():
+        return []
+    rows = gpu_fmnist(epochs=2 if quick else 10)
+    for prec in ("fp32", "tf32"):
+        try:
+            rows.append(gpu_vgg16_step(64, prec))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(Row("train", f"vgg16 step failed: {exc}"[:120], prec, None))
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpu-epoch", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    print_rows(cpu_epoch() if a.cpu_epoch else run(a.quick))
