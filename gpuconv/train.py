@@ -254,12 +254,13 @@ def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, 
                 xb = aug
         scores = net.forward(xb, train=True, buffers=bufs)
         loss, dscores = net.loss_and_grad(scores, yb, grad_out=grad_out)
+        # Count now: in the planned arena the scores' memory is reused during backward.
+        correct_acc += loss_ops.accuracy_count(scores, yb)
         net.backward(dscores, buffers=bufs)
         opt.step()
         net.step += 1
         n = int(yb.shape[0])
         loss_acc += loss * n
-        correct_acc += loss_ops.accuracy_count(scores, yb)
         images_acc += n
         pending += 1
         net._batches_done = b + 1  # type: ignore[attr-defined]

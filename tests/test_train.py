@@ -115,3 +115,13 @@ def test_gpu_training_matches_cpu_training(tmp_path):
     b = train(_synthetic_cfg(tmp_path / "gpu", epochs=1, optimizer="sgd", lr=0.05, device="cuda"))
     from tests.helpers import rel_error
     assert rel_error(a.net.param_buffer, b.net.param_buffer) < 1e-3
+
+
+def test_progress_accuracy_is_counted_before_backward_reuses_scores(tmp_path):
+    import io
+    stream = io.StringIO()
+    train(_synthetic_cfg(tmp_path, epochs=2, limit_train=512), stream=stream)
+    # Synthetic classes are easy: the epoch-2 progress line must show a high train accuracy.
+    last = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line.startswith("epoch 2/2 ")]
+    acc = float(last[-1].split(" acc ")[1].split("%")[0])
+    assert acc > 50.0, last[-1]
