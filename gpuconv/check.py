@@ -38,6 +38,7 @@ def _instance(layer: Layer, dev: devmod.Device, dtype: Any, params: dict[str, np
     """A standalone copy of a built layer with its own params on ``dev``."""
     new = copy.copy(layer)
     new._cache = {}
+    new.input_grad = True  # check every layer's dx, the first layer's too
     new.dtype = np.dtype(dtype)
     new.params = {k: dev.xp.asarray(v, dtype=dtype) for k, v in params.items()}
     new.grads = {k: dev.xp.zeros(v.shape, dtype=dtype) for k, v in params.items()}

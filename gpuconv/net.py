@@ -60,6 +60,7 @@ class Net:
                                 f"end the net with an FC layer")
         if fuse:
             self._fuse_relus()
+        self.layers[0].input_grad = False  # the data's gradient is not needed (see backward)
         self.slots = self._layout()
         self.num_params = sum(s.size for s in self.slots)
         self.num_decayed = sum(s.size for s in self.slots if s.name == "w")
@@ -169,13 +170,21 @@ class Net:
             return loss_ops.svm_loss(scores, labels, grad_out=grad_out)
         return loss_ops.softmax_cross_entropy(scores, labels, grad_out=grad_out)
 
-    def backward(self, dscores: Any, buffers: Sequence[Buffers] | None = None) -> Any:
-        """Fill every layer's grads (views into grad_buffer); returns the input gradient."""
+    def backward(self, dscores: Any, buffers: Sequence[Buffers] | None = None, *,
+                 input_grad: bool = False) -> Any:
+        """Fill every layer's grads (views into grad_buffer).
+
+        Returns the gradient of the input batch when ``input_grad`` (else None where the
+        first layer can skip it: training never needs it, and for a first CONV with few
+        channels it is the most expensive kernel of the step).
+        """
+        self.layers[0].input_grad = input_grad
         dy = dscores
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward(dy, buffers[i] if buffers is not None else Buffers())
         for layer in self.layers:
             layer.clear_cache()
+        self.layers[0].input_grad = False
         return dy
 
     def predict(self, x: Any, batch_size: int = 1024) -> Any:

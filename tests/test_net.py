@@ -30,7 +30,7 @@ def test_whole_net_gradient_check_float64(rng):
 
     scores = net.forward(x, train=True)
     _, ds = net.loss_and_grad(scores, y)
-    dx = net.backward(ds)
+    dx = net.backward(ds, input_grad=True)
     analytic = net.grad_buffer.copy()
     p = net.param_buffer
     idx = rng.choice(p.size, size=40, replace=False)
@@ -56,7 +56,7 @@ def test_fused_relu_equals_separate_relu(rng):
     for net in (a, b):
         s = net.forward(x, train=True)
         _, ds = net.loss_and_grad(s, y)
-        outs.append((s, net.backward(ds), net.grad_buffer.copy()))
+        outs.append((s, net.backward(ds, input_grad=True), net.grad_buffer.copy()))
     for u, v in zip(*outs):
         assert rel_error(u, v) < 1e-12
 

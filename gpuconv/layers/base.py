@@ -63,6 +63,7 @@ class Layer:
     keeps_input: ClassVar[bool] = False   # backward reads the forward input
     keeps_output: ClassVar[bool] = False  # backward reads the forward output
     inplace: bool = False                 # output aliases input (no new memory)
+    can_skip_input_grad: ClassVar[bool] = False  # backward can return None when dx is not wanted
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or self.kind.lower()
@@ -72,6 +73,13 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self.dtype: np.dtype = np.dtype(np.float32)
         self._cache: dict[str, Any] = {}
+        # The Net turns this off for its first layer: nobody needs the gradient of the data.
+        self.input_grad = True
+
+    @property
+    def computes_input_grad(self) -> bool:
+        """Whether backward produces dx (the planner plans its memory only then)."""
+        return self.input_grad or not self.can_skip_input_grad
 
     # ---- static graph -------------------------------------------------------------
     def build(self, in_shape: Shape) -> Shape:

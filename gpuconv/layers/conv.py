@@ -26,6 +26,7 @@ class Conv(Layer):
     """
 
     kind = "CONV"
+    can_skip_input_grad = True
 
     def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
                  bias: bool = True, init: str = "he", name: str | None = None) -> None:
@@ -92,6 +93,8 @@ class Conv(Layer):
         conv_ops.conv_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
                                       with_bias=self.bias, dw_out=self.grads["w"],
                                       db_out=self.grads.get("b"), precision=self.precision)
+        if not self.input_grad:
+            return None
         return conv_ops.conv_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
                                            out=buf.dx, precision=self.precision)
 
@@ -101,6 +104,7 @@ class LocallyConnected(Layer):
 
     kind = "LOCAL"
     keeps_input = True
+    can_skip_input_grad = True
 
     def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
                  bias: bool = True, init: str = "he", name: str | None = None) -> None:
@@ -146,5 +150,7 @@ class LocallyConnected(Layer):
         x = self._cache["x"]
         local_ops.local_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
                                         with_bias=self.bias, dw_out=self.grads["w"], db_out=self.grads.get("b"))
+        if not self.input_grad:
+            return None
         return local_ops.local_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
                                              out=buf.dx)

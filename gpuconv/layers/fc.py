@@ -32,6 +32,7 @@ class FC(Layer):
 
     kind = "FC"
     keeps_input = True
+    can_skip_input_grad = True
 
     def __init__(self, M: int, *, bias: bool = True, init: str = "he", name: str | None = None) -> None:
         super().__init__(name)
@@ -85,6 +86,8 @@ class FC(Layer):
             dy = act_ops.relu_backward(dy, self._cache["y"], out=dy)
         fc_ops.fc_backward_weight(x2, dy, with_bias=self.bias, dw_out=self.grads["w"],
                                   db_out=self.grads.get("b"), precision=self.precision)
+        if not self.input_grad:
+            return None
         out = None if buf.dx is None else buf.dx.reshape(dy.shape[0], -1)
         dx = fc_ops.fc_backward_data(dy, self.params["w"], out=out, precision=self.precision)
         return dx.reshape((dy.shape[0], *self.in_shape))  # type: ignore[misc]

@@ -424,6 +424,8 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
             elif _is_inplace(layers[k + 1], inference):
                 g = grad_of[k + 1]
                 g.aliases = (*g.aliases, f"{layers[k + 1].name}.dx")
+            elif k < 0 and not getattr(layers[0], "computes_input_grad", True):
+                continue  # the first layer skips the data's gradient: nothing to place
             else:
                 shape = in_shape if k < 0 else (batch, *tuple(layers[k].out_shape))
                 name = f"{layers[k + 1].name}.dx"
