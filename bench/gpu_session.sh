@@ -39,4 +39,18 @@ bench)
   echo "bench rc=$?" >> "$OUT/bench.log"
   tail -3 "$OUT/bench.log"
   ;;
+memory)
+  cp -r .data/fashion-mnist /tmp/fmnist 2>/dev/null && export GPUCONV_DATA=/tmp/fmnist
+  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_conv.py tests/test_train.py tests/test_arena.py tests/test_profile.py > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  timeout 150 python3 -m gpuconv train --model fmnist --epochs 10 --device cuda --schedule cosine --log-every 200 --out /tmp/run > "$OUT/train.log" 2>&1
+  echo "train rc=$?" >> "$OUT/train.log"
+  timeout 200 python3 bench/bench_memory.py --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1
+  timeout 90 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 >> "$OUT/memory.log" 2>&1
+  { python3 -m gpuconv plan vgg16 --batch 64 --optimizer momentum --budget 0.9
+    python3 -m gpuconv plan vgg16 --optimizer momentum --budget 0.9 --max-batch
+    timeout 60 python3 -m gpuconv profile vgg16 --batch 32 --steps 3 --out /tmp/prof; } > "$OUT/profile.txt" 2>&1
+  cp /tmp/prof/profile.html "$OUT/" 2>/dev/null
+  tail -3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
+  ;;
 esac
