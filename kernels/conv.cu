@@ -25,6 +25,10 @@
 // memory offsets are 64-bit.  Divisions by runtime sizes use multiply-shift
 // (FastDiv) set up once per thread.
 //
+// conv_bwdd_direct_f32_c<CT>_<TI>x<TJ>: a direct ("gather") float32 backward-data that
+// visits only the taps landing on the output grid (small C and/or stride > 1; its
+// launch geometry is described at its definition below).
+//
 // float64 entry points (conv_*_direct_f64) are simple direct kernels, one thread
 // per output element in a grid-stride loop (block 256, any grid): they serve the
 // GPU gradient checks, not speed.  conv_bias_grad_{f32,f64}: grid (K, G),
@@ -456,6 +460,199 @@ CONV_ENTRIES(128, 128, tf32, true)
 CONV_ENTRIES(128, 64, tf32, true)
 CONV_ENTRIES(64, 128, tf32, true)
 CONV_ENTRIES(64, 64, tf32, true)
+
+// ---------------------------------------------------------------------------------
+// Direct ("gather") backward-data for float32: conv_bwdd_direct_f32_c<CT>_<TI>x<TJ>.
+//
+// Why: the implicit GEMM has only C rows (a 64-row tile is 95% padding for C=3) and,
+// with stride s, multiplies s*s-1 of every s*s taps by structural zeros.  Here every
+// thread only visits taps that land on the output grid.
+//
+// Residue decomposition: the valid fh of a pixel h are those with fh*d == h+p (mod s),
+// which depends only on rh = h mod s.  With g = gcd(s, d) they are fh0, fh0 + s/g, ...
+// (none when no fh in [0, s/g) solves it), and the output row of tap number a is
+// ho = (rh + p - fh0*d)/s - a*(d/g) + i for the pixel h = rh + s*i.  So each residue
+// class (rh, rw) is a stride-1 correlation of dy with a sub-filter over the sub-grid
+// (i, j), and the dy rows/columns a tile needs are contiguous.
+//
+// Launch: block NT = 256 threads as TY x TX; a block owns one (n, channel group of CT
+// channels, residue (rh, rw), TI x TJ tile of the sub-grid) with TI = TY, TJ = 4*TX;
+// each thread owns sub-grid row ty and columns tx + v*TX (v < 4; interleaved so a
+// warp's shared-memory reads are consecutive) for all CT channels.  grid = (N * G *
+// s*s * cdiv(cdiv(H,s),TI) * cdiv(cdiv(W,s),TJ)), the residue varying fastest so the
+// s*s blocks writing one region of dx run together (their strided writes merge in L2).
+// Dynamic shared memory (floats) = KC * (RS*P + TS*CTP): per k of a KC-deep chunk a
+// zero-padded dy tile [RS][P] and the valid taps of w [TS][CTP] (CTP = CT padded to a
+// multiple of 4 when CT > 2, so a tap's channels are one vector load).  RS, P (row
+// pitch, == TX mod 32 so the TY rows of a warp fall in distinct banks), TS and KC come
+// from the launcher (gpuconv/ops/conv.py _bwdd_direct_plan) and bound every block's
+// tile: RS >= TI + (nvh-1)*(d/g), P >= TJ + (nvw-1)*(d/g), TS >= nvh*nvw.
+// ---------------------------------------------------------------------------------
+
+struct AxisTaps {
+    int f0, nv, step, dstep, o0;  // first valid tap, count, tap step, output step, output of f0 at i=0
+};
+
+__device__ __forceinline__ AxisTaps axis_taps(int r, int F, int s, int p, int d) {
+    int a = s, b = d;
+    while (b) { int t = a % b; a = b; b = t; }  // a = gcd(s, d)
+    AxisTaps t;
+    t.step = s / a; t.dstep = d / a; t.f0 = 0; t.nv = 0; t.o0 = 0;
+    for (int f = 0; f < t.step && f < F; ++f) {
+        int q = r + p - f * d;
+        if (((q % s) + s) % s == 0) {
+            t.f0 = f;
+            t.nv = (F - 1 - f) / t.step + 1;
+            t.o0 = q / s;  // exact (q is a multiple of s), also when q < 0
+            break;
+        }
+    }
+    return t;
+}
+
+template <int CT, int TY, int TX>
+__device__ __forceinline__ void bwdd_direct(const float* __restrict__ dy, const float* __restrict__ w,
+                                            float* __restrict__ dx, const Geo g, int KC, int RS, int P,
+                                            int TS) {
+    static_assert(TY * TX == NT, "block shape");
+    constexpr int V = 4;
+    constexpr int TI = TY, TJ = TX * V;
+    constexpr int CTP = CT <= 2 ? CT : (CT + 3) / 4 * 4;
+    extern __shared__ __align__(16) float smem[];
+    float* dys = smem;                       // [KC][RS][P]
+    float* ws = smem + (i64)KC * RS * P;     // [KC][TS][CTP]; P is a multiple of 8, so 16-byte aligned
+
+    const int s = g.s;
+    const int Hsm = (g.H + s - 1) / s, Wsm = (g.W + s - 1) / s;  // largest sub-grid
+    const int TIn = (Hsm + TI - 1) / TI, TJn = (Wsm + TJ - 1) / TJ;
+    const int G = (g.C + CT - 1) / CT;
+    unsigned long long bid = blockIdx.x;
+    const int res = (int)(bid % (unsigned)(s * s)); bid /= (unsigned)(s * s);
+    const int tj = (int)(bid % (unsigned)TJn); bid /= (unsigned)TJn;
+    const int ti = (int)(bid % (unsigned)TIn); bid /= (unsigned)TIn;
+    const int cg = (int)(bid % (unsigned)G);
+    const i64 n = (i64)(bid / (unsigned)G);
+    const int rh = res / s, rw = res % s;
+    const int Hs = rh < g.H ? (g.H - rh + s - 1) / s : 0;  // this residue's sub-grid
+    const int Ws = rw < g.W ? (g.W - rw + s - 1) / s : 0;
+    const int i0 = ti * TI, j0 = tj * TJ, c0 = cg * CT;
+    if (i0 >= Hs || j0 >= Ws) return;  // block-uniform: nothing of this tile exists
+
+    const int tid = threadIdx.x;
+    const int tx = tid % TX, ty = tid / TX;
+    float acc[CT][V];
+#pragma unroll
+    for (int c = 0; c < CT; ++c)
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[c][v] = 0.f;
+
+    const AxisTaps th = axis_taps(rh, g.FH, s, g.p, g.d);
+    const AxisTaps tw = axis_taps(rw, g.FW, s, g.p, g.d);
+    if (th.nv > 0 && tw.nv > 0) {  // block-uniform; otherwise dx of this class is 0
+        const int nvh = th.nv, nvw = tw.nv, ntap = nvh * nvw;
+        const int rows = TI + (nvh - 1) * th.dstep;
+        const int cols = TJ + (nvw - 1) * tw.dstep;
+        const int oh_base = th.o0 - (nvh - 1) * th.dstep + i0;  // dy row of smem row 0
+        const int ow_base = tw.o0 - (nvw - 1) * tw.dstep + j0;
+        const i64 HoWo = (i64)g.Ho * g.Wo;
+        const float* dyn = dy + n * g.K * HoWo;
+        const int warp = tid / 32, lane = tid % 32;
+        for (int k0 = 0; k0 < g.K; k0 += KC) {
+            __syncthreads();  // the previous chunk has been consumed
+            // dy tile, one warp per (k, row): coalesced along wo, zeros outside dy
+            for (int rr = warp; rr < KC * rows; rr += NT / 32) {
+                const int kk = rr / rows, r = rr - kk * rows;
+                const int k = k0 + kk, oh = oh_base + r;
+                const bool rok = k < g.K && oh >= 0 && oh < g.Ho;
+                const float* src = dyn + (rok ? (i64)k * HoWo + (i64)oh * g.Wo : 0);
+                float* dst = dys + ((i64)kk * RS + r) * P;
+                for (int cc = lane; cc < cols; cc += 32) {
+                    const int ow = ow_base + cc;
+                    dst[cc] = (rok && ow >= 0 && ow < g.Wo) ? src[ow] : 0.f;
+                }
+            }
+            // w[k, c0 + c, fh0 + a*step, fw0 + b*step] for the valid taps (a, b)
+            const int wtot = KC * ntap * CTP;
+            for (int e = tid; e < wtot; e += NT) {
+                const int c = e % CTP, t2 = e / CTP;
+                const int tp = t2 % ntap, kk = t2 / ntap;
+                const int a = tp / nvw, b = tp - a * nvw;
+                const int k = k0 + kk, ch = c0 + c;
+                float val = 0.f;
+                if (c < CT && k < g.K && ch < g.C)
+                    val = w[(((i64)k * g.C + ch) * g.FH + (th.f0 + a * th.step)) * g.FW + tw.f0 + b * tw.step];
+                ws[((i64)kk * TS + tp) * CTP + c] = val;
+            }
+            __syncthreads();
+            const int kcn = min(KC, g.K - k0);
+            for (int kk = 0; kk < kcn; ++kk) {
+                const float* dk = dys + (i64)kk * RS * P + tx;
+                const float* wk = ws + (i64)kk * TS * CTP;
+                for (int a = 0; a < nvh; ++a) {
+                    const float* drow = dk + ((nvh - 1 - a) * th.dstep + ty) * P + (nvw - 1) * tw.dstep;
+                    const float* wa = wk + a * nvw * CTP;
+#pragma unroll 2
+                    for (int b = 0; b < nvw; ++b) {
+                        const float* dp = drow - b * tw.dstep;
+                        float dv[V];
+#pragma unroll
+                        for (int v = 0; v < V; ++v) dv[v] = dp[v * TX];
+                        float wv[CTP];
+                        const float* wb = wa + b * CTP;
+                        if constexpr (CTP % 4 == 0) {
+#pragma unroll
+                            for (int q = 0; q < CTP / 4; ++q) {
+                                const float4 t4 = reinterpret_cast<const float4*>(wb)[q];
+                                wv[4 * q] = t4.x; wv[4 * q + 1] = t4.y; wv[4 * q + 2] = t4.z; wv[4 * q + 3] = t4.w;
+                            }
+                        } else if constexpr (CTP == 2) {
+                            const float2 t2v = reinterpret_cast<const float2*>(wb)[0];
+                            wv[0] = t2v.x; wv[1] = t2v.y;
+                        } else {
+                            wv[0] = wb[0];
+                        }
+#pragma unroll
+                        for (int c = 0; c < CT; ++c)
+#pragma unroll
+                            for (int v = 0; v < V; ++v) acc[c][v] = fmaf(wv[c], dv[v], acc[c][v]);
+                    }
+                }
+            }
+        }
+    }
+    const int i = i0 + ty;
+    if (i >= Hs) return;
+    const i64 hrow = (i64)(rh + s * i) * g.W;
+#pragma unroll
+    for (int c = 0; c < CT; ++c) {
+        if (c0 + c >= g.C) break;
+        float* dxc = dx + (n * g.C + c0 + c) * (i64)g.H * g.W + hrow;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const int j = j0 + tx + v * TX;
+            if (j < Ws) dxc[rw + (i64)s * j] = acc[c][v];
+        }
+    }
+}
+
+#define BWDD_DIRECT_ENTRY(CT, TY, TX, TI, TJ)                                                       \
+extern "C" __global__ void __launch_bounds__(NT)                                                  \
+conv_bwdd_direct_f32_c##CT##_##TI##x##TJ(const float* __restrict__ dy, const float* __restrict__ w, \
+                                          float* __restrict__ dx, GEO_PARAMS, int KC, int RS,      \
+                                          int P, int TS) {                                         \
+    bwdd_direct<CT, TY, TX>(dy, w, dx, make_geo(GEO_ARGS), KC, RS, P, TS);                        \
+}
+
+BWDD_DIRECT_ENTRY(1, 16, 16, 16, 64)
+BWDD_DIRECT_ENTRY(2, 16, 16, 16, 64)
+BWDD_DIRECT_ENTRY(3, 16, 16, 16, 64)
+BWDD_DIRECT_ENTRY(4, 16, 16, 16, 64)
+BWDD_DIRECT_ENTRY(8, 16, 16, 16, 64)
+BWDD_DIRECT_ENTRY(1, 32, 8, 32, 32)
+BWDD_DIRECT_ENTRY(2, 32, 8, 32, 32)
+BWDD_DIRECT_ENTRY(3, 32, 8, 32, 32)
+BWDD_DIRECT_ENTRY(4, 32, 8, 32, 32)
+BWDD_DIRECT_ENTRY(8, 32, 8, 32, 32)
 
 // ---------------------------------------------------------------------------------
 // Direct float64 kernels (gradient checks) and the bias gradient.

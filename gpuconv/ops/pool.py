@@ -110,10 +110,29 @@ def _valid_offsets(n_out: int, S: int, f: int, pad: int, n_in: int) -> np.ndarra
     return (pos >= 0) & (pos < n_in)
 
 
+def _tiles(x: np.ndarray, F: int, S: int, pad: int, ho: int, wo: int) -> bool:
+    """True when the windows tile the input exactly (F == S, no padding, no leftover rows)."""
+    return F == S and pad == 0 and x.shape[2] == ho * F and x.shape[3] == wo * F
+
+
+def _window_matrix(x: np.ndarray, F: int, ho: int, wo: int) -> np.ndarray:
+    """(N, C, Ho, Wo, F*F) copy of the non-overlapping windows, taps in (fh, fw) raster order."""
+    n, c = x.shape[:2]
+    return x.reshape(n, c, ho, F, wo, F).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, F * F)
+
+
 def maxpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray, switches: np.ndarray) -> None:
     """Fill y and switches; the update rule matches the kernel exactly (same ties, same NaNs)."""
     _, _, h, w = x.shape
     ho, wo = y.shape[2:]
+    if _tiles(x, F, S, pad, ho, wo):
+        # Fast path (the common POOL2): argmax over a window matrix.  np.argmax returns the
+        # first maximum and the first NaN, exactly the kernel's rule.
+        win = _window_matrix(x, F, ho, wo)
+        idx = np.argmax(win, axis=-1)
+        switches[...] = idx
+        y[...] = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+        return
     xp = _padded(x, pad)
     y.fill(0)
     switches.fill(255)  # 255 = no real element seen yet; pad < F guarantees one per window
@@ -134,6 +153,11 @@ def maxpool_backward_cpu(dy: np.ndarray, switches: np.ndarray, F: int, S: int, p
     """dx = each dy routed to the input its switch names; overlapping windows add up."""
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2:]
+    if _tiles(dx, F, S, pad, ho, wo):
+        win = np.zeros((n, c, ho, wo, F * F), dx.dtype)
+        np.put_along_axis(win, switches[..., None].astype(np.intp), dy[..., None], axis=-1)
+        dx.reshape(n, c, ho, F, wo, F)[...] = win.reshape(n, c, ho, wo, F, F).transpose(0, 1, 2, 4, 3, 5)
+        return
     acc = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dx.dtype) if pad else dx
     if not pad:
         acc.fill(0)
