@@ -1,6 +1,8 @@
 """conv: NumPy path vs plain loops, float64 gradient checks, edge cases, errors; GPU vs NumPy."""
 from __future__ import annotations
 
+from math import gcd
+
 import numpy as np
 import pytest
 
@@ -169,6 +171,140 @@ def test_choose_variant_is_valid():
 
 
 # ----------------------------------------------------------------------------------
+# Direct backward-data: plan, chooser, and a NumPy transcription of the kernel's indexing
+# ----------------------------------------------------------------------------------
+
+def _random_direct_geom(rng: np.random.Generator, c: int) -> tuple:
+    """A valid random geometry with c input channels: odd sizes, stride 1-4, dilation 1-3, padding."""
+    n = int(rng.choice([1, 2, 3]))
+    k = int(rng.integers(1, 40))
+    s, d, p = int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(0, 4))
+    fh, fw = (int(v) for v in rng.choice([1, 2, 3, 4, 5, 7], size=2))
+    dims = []
+    for f in (fh, fw):
+        fe = d * (f - 1) + 1
+        lo = max(0, -(-(2 * p - fe + 1) // s))  # smallest output-1 giving an input >= 1
+        dims.append((int(rng.integers(lo, lo + 9)) * s) + fe - 2 * p)  # (H - fe + 2p) a multiple of s
+    h, w = dims
+    return (n, c, h, w, k, fh, fw, s, p, d)
+
+
+def _emulate_bwdd_direct(dy: np.ndarray, w: np.ndarray, x_shape: tuple, s: int, p: int, d: int,
+                         plan: dict) -> np.ndarray:
+    """NumPy transcription of bwdd_direct in kernels/conv.cu (same residue classes, taps, tiles
+    and shared-memory tile bounds), so its index arithmetic is checked without a GPU."""
+    n_, c_, h_, w_ = x_shape
+    _, _, fh_, fw_ = w.shape
+    ho_, wo_ = dy.shape[2:]
+    ti, tj = plan["tile"]
+    dx = np.full(x_shape, np.nan)
+
+    def axis_taps(r: int, f: int) -> tuple[int, int, int, int, int]:
+        g = gcd(s, d)
+        step, dstep = s // g, d // g
+        for f0 in range(min(step, f)):
+            q = r + p - f0 * d
+            if q % s == 0:
+                return f0, (f - 1 - f0) // step + 1, step, dstep, q // s
+        return 0, 0, step, dstep, 0
+
+    hsm, wsm = -(-h_ // s), -(-w_ // s)
+    for rh in range(s):
+        for rw in range(s):
+            hs = -(-(h_ - rh) // s) if rh < h_ else 0
+            ws = -(-(w_ - rw) // s) if rw < w_ else 0
+            f0h, nvh, sth, dsh, oh0 = axis_taps(rh, fh_)
+            f0w, nvw, stw, dsw, ow0 = axis_taps(rw, fw_)
+            for i0 in range(0, hsm, ti):
+                for j0 in range(0, wsm, tj):
+                    if i0 >= hs or j0 >= ws:
+                        continue
+                    acc = np.zeros((n_, c_, ti, tj))
+                    if nvh > 0 and nvw > 0:
+                        rows, cols = ti + (nvh - 1) * dsh, tj + (nvw - 1) * dsw
+                        assert rows <= plan["rs"] and cols <= plan["pitch"] and nvh * nvw <= plan["ts"]
+                        oh_base, ow_base = oh0 - (nvh - 1) * dsh + i0, ow0 - (nvw - 1) * dsw + j0
+                        tile = np.zeros(dy.shape[:2] + (rows, cols))
+                        for r in range(rows):
+                            oh = oh_base + r
+                            if 0 <= oh < ho_:
+                                for cc in range(cols):
+                                    if 0 <= ow_base + cc < wo_:
+                                        tile[:, :, r, cc] = dy[:, :, oh, ow_base + cc]
+                        for a in range(nvh):
+                            for b in range(nvw):
+                                r0, q0 = (nvh - 1 - a) * dsh, (nvw - 1 - b) * dsw
+                                acc += np.einsum("kc,nkij->ncij", w[:, :, f0h + a * sth, f0w + b * stw],
+                                                 tile[:, :, r0:r0 + ti, q0:q0 + tj])
+                    for i in range(ti):
+                        for j in range(tj):
+                            if i0 + i < hs and j0 + j < ws:
+                                dx[:, :, rh + s * (i0 + i), rw + s * (j0 + j)] = acc[:, :, i, j]
+    return dx
+
+
+DIRECT_GEOMS = GEOMS + [
+    (1, 3, 67, 67, 5, 11, 11, 4, 0, 1),   # AlexNet conv1, shrunk
+    (1, 2, 7, 9, 3, 3, 2, 4, 3, 2),       # stride 4 > window extent: pixels with no taps
+    (1, 1, 5, 5, 2, 1, 1, 4, 0, 1),       # 1x1 / stride 4
+    (2, 2, 13, 11, 3, 3, 3, 2, 2, 3),     # gcd(stride, dilation) = 1, dilation 3
+    (1, 2, 13, 13, 2, 3, 3, 2, 2, 2),     # dilation == stride
+]
+
+
+@pytest.mark.parametrize("g", DIRECT_GEOMS, ids=_geom_id)
+def test_direct_bwdd_indexing_emulated(rng, g):
+    x, w, _, s, p, d = _make(rng, g)
+    dy = rng.standard_normal(C.conv_output_shape(x.shape, w.shape, s, p, d))
+    n, c, h, wd, k, fh, fw = g[:7]
+    for tile in C._DIRECT_TILES:
+        plan = C._bwdd_direct_plan(n, c, h, wd, k, fh, fw, s, d, tile=tile)
+        assert plan is not None
+        dx = _emulate_bwdd_direct(dy, w, x.shape, s, p, d, plan)
+        assert rel_error(dx, C.conv_backward_data(dy, w, x.shape, s, p, d)) < 1e-12, (g, tile)
+
+
+def test_direct_bwdd_indexing_emulated_random(rng):
+    for _ in range(12):
+        g = _random_direct_geom(rng, int(rng.integers(1, 4)))
+        x, w, _, s, p, d = _make(rng, g)
+        dy = rng.standard_normal(C.conv_output_shape(x.shape, w.shape, s, p, d))
+        plan = C._bwdd_direct_plan(*g[:7], s, d, tile=C._DIRECT_TILES[int(rng.integers(0, 2))])
+        dx = _emulate_bwdd_direct(dy, w, x.shape, s, p, d, plan)
+        assert rel_error(dx, C.conv_backward_data(dy, w, x.shape, s, p, d)) < 1e-12, g
+
+
+def test_direct_bwdd_plan_is_valid():
+    for c in (1, 2, 3, 4, 5, 8, 37, 64):
+        for s in (1, 2, 3, 4):
+            for d in (1, 2, 3):
+                for f in (1, 3, 5, 11):
+                    for ct in (None, *C._DIRECT_CTS):
+                        plan = C._bwdd_direct_plan(2, c, 57, 31, 70, f, f, s, d, ct=ct)
+                        if plan is None:  # only a huge dilated window may not fit shared memory
+                            assert (f - 1) * d // gcd(s, d) > 40
+                            continue
+                        ti, tj = plan["tile"]
+                        assert plan["ct"] in C._DIRECT_CTS and (ct is None or plan["ct"] == ct)
+                        assert plan["func"] == f"conv_bwdd_direct_f32_c{plan['ct']}_{ti}x{tj}"
+                        assert plan["smem"] <= C._DIRECT_SMEM_MAX and 1 <= plan["kc"] <= 8
+                        assert plan["pitch"] % 32 == (tj // 4) % 32 and plan["pitch"] % 8 == 0
+                        assert plan["ctp"] % 4 == 0 or plan["ctp"] == plan["ct"] <= 2
+
+
+def test_choose_bwdd_picks_direct_where_gemm_wastes():
+    alex = C._choose_bwdd(128, 3, 227, 227, 96, 11, 11, 4, 1)   # AlexNet conv1 3->96 11x11/4
+    assert alex is not None and alex["ct"] == 3
+    l1 = C._choose_bwdd(128, 3, 128, 128, 96, 11, 11, 1, 1)     # convnet-benchmarks L1
+    assert l1 is not None and l1["ct"] == 3
+    assert C._choose_bwdd(64, 16, 56, 56, 64, 3, 3, 1, 1) is not None     # C < 32
+    assert C._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 2, 1) is not None   # stride 2
+    assert C._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 1, 1) is None       # GEMM: C >= 32, stride 1
+    assert C._choose_bwdd(128, 64, 64, 64, 128, 9, 9, 1, 1) is None       # L2
+    assert C._choose_bwdd(32, 64, 56, 56, 64, 3, 3, 1, 4) is None         # dilated, stride 1
+
+
+# ----------------------------------------------------------------------------------
 # CPU: argument errors
 # ----------------------------------------------------------------------------------
 
@@ -240,6 +376,9 @@ def test_kernels_compile_ptx():
                  "conv_bias_grad_f32", "conv_bias_grad_f64"):
         assert f".entry {name}(" in ptx
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
+    for ct in C._DIRECT_CTS:  # every direct backward-data variant the planner can name
+        for ty, tx in C._DIRECT_TILES:
+            assert f".entry conv_bwdd_direct_f32_c{ct}_{ty}x{4 * tx}(" in ptx
 
 
 # ----------------------------------------------------------------------------------
@@ -353,6 +492,77 @@ def test_gpu_backward_filter_split_reduction_large(cp, rng):
                                     dw_out=poison(cp, w.shape), db_out=poison(cp, b.shape))
     dw_ref, db_ref = C.conv_backward_filter(x.astype(np.float64), dy.astype(np.float64), w.shape, s, p, d)
     assert rel_error(dw, dw_ref) < 1e-4 and rel_error(db, db_ref) < 1e-4
+
+
+# ----------------------------------------------------------------------------------
+# GPU: the direct backward-data kernel
+# ----------------------------------------------------------------------------------
+
+def _record_launches(monkeypatch) -> list[str]:
+    names: list[str] = []
+    real = C.cuda.launch
+
+    def spy(module, function, *a, **kw):  # noqa: ANN001, ANN002, ANN003
+        names.append(function)
+        return real(module, function, *a, **kw)
+
+    monkeypatch.setattr(C.cuda, "launch", spy)
+    return names
+
+
+def _check_direct_bwdd(cp, rng, g, precision: str, launches: list[str], expect: str | None = None) -> None:
+    n, c, h, wd, k, fh, fw, s, p, d = g
+    w = rng.standard_normal((k, c, fh, fw)).astype(np.float32)
+    dy = rng.standard_normal(C.conv_output_shape((n, c, h, wd), w.shape, s, p, d)).astype(np.float32)
+    launches.clear()
+    dx = poison(cp, (n, c, h, wd))
+    assert C.conv_backward_data(cp.asarray(dy), cp.asarray(w), (n, c, h, wd), s, p, d, out=dx,
+                                precision=precision) is dx
+    assert len(launches) == 1 and launches[0].startswith("conv_bwdd_direct_f32_"), (launches, g)
+    if expect is not None:
+        assert launches[0] == expect, (launches, g)
+    ref = C.conv_backward_data(dy.astype(np.float64), w.astype(np.float64), (n, c, h, wd), s, p, d)
+    assert rel_error(dx, ref) < 1e-4, (g, launches[0], precision)  # exact fp32 even for tf32 requests
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", C._DIRECT_TILES, ids=lambda t: f"{t[0]}x{4 * t[1]}")
+@pytest.mark.parametrize("ct", C._DIRECT_CTS)
+def test_gpu_direct_bwdd_every_variant_random(cp, rng, monkeypatch, ct, tile):
+    """Force each direct entry point on random geometries with C = 1..5 and 37."""
+    launches = _record_launches(monkeypatch)
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: C._bwdd_direct_plan(*a, ct=ct, tile=tile))
+    for c in (1, 2, 3, 4, 5, 37):
+        for _ in range(3):
+            g = _random_direct_geom(rng, c)
+            ti, tj = tile[0], 4 * tile[1]
+            _check_direct_bwdd(cp, rng, g, "fp32", launches, f"conv_bwdd_direct_f32_c{ct}_{ti}x{tj}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+@pytest.mark.parametrize("g", DIRECT_GEOMS + [
+    (1, 5, 31, 29, 70, 3, 3, 1, 1, 1),      # K not a multiple of the k-chunk
+    (3, 37, 13, 13, 130, 3, 3, 2, 1, 1),    # C = 37 (channel groups), stride 2
+    (2, 3, 67, 67, 96, 11, 11, 4, 0, 1),    # AlexNet conv1 geometry, small image
+    (1, 3, 40, 40, 96, 11, 11, 1, 0, 1),    # L1 geometry, small image
+    (1, 4, 70, 70, 9, 2, 2, 2, 0, 1),       # several tiles per residue class
+], ids=_geom_id)
+def test_gpu_direct_bwdd_forced(cp, rng, monkeypatch, g, precision):
+    """Force the direct path with the plan's own variant choice (both precisions)."""
+    launches = _record_launches(monkeypatch)
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: C._bwdd_direct_plan(*a))
+    _check_direct_bwdd(cp, rng, g, precision, launches)
+
+
+@pytest.mark.gpu
+def test_gpu_direct_bwdd_alexnet_conv1(cp, rng, monkeypatch):
+    """The chooser routes AlexNet conv1 (3->96 11x11/4, 227^2) to the direct kernel; check values."""
+    launches = _record_launches(monkeypatch)
+    _check_direct_bwdd(cp, rng, (2, 3, 227, 227, 96, 11, 11, 4, 0, 1), "fp32", launches,
+                       "conv_bwdd_direct_f32_c3_16x64")
+    _check_direct_bwdd(cp, rng, (2, 3, 227, 227, 96, 11, 11, 4, 0, 1), "tf32", launches,
+                       "conv_bwdd_direct_f32_c3_16x64")
 
 
 @pytest.mark.gpu

@@ -36,6 +36,16 @@ def check_array(op: str, name: str, a: Any, *, ndim: int | None = None,
         raise OpArgumentError(f"{op}: {name} is on GPU {a.device.id}, the other operands on GPU {like.device.id}")
 
 
+def float_dtype(op: str, name: str, a: Any) -> np.dtype:
+    """The dtype of ``a`` if it is float32/float64, else a clear OpArgumentError."""
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise OpArgumentError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    dt = np.dtype(a.dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {dt}")
+    return dt
+
+
 def check_out(op: str, out: Any, shape: Sequence[int], like: Any, dtype: Any = np.float32) -> Any:
     """Return ``out`` after checking it, or a new empty array shaped ``shape`` next to ``like``."""
     xp = device.array_module(like)

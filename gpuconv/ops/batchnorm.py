@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import cuda, device
 from ._checks import OpArgumentError, check_array, check_out
+from ._checks import float_dtype as _float_dtype
 
 _THREADS = 256          # must match BN_THREADS in kernels/batchnorm.cu
 _TARGET_BLOCKS = 2048   # enough (channel, chunk) blocks to fill an H100 for the reductions
@@ -27,14 +28,6 @@ _MAX_SPLIT = 1024
 
 # ----------------------------------------------------------------------------- helpers
 
-def _float_dtype(op: str, name: str, a: Any) -> np.dtype:
-    """The dtype of ``a`` if it is float32/float64, else a clear OpArgumentError."""
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise OpArgumentError(f"{op}: {name} must be an array, got {type(a).__name__}")
-    dt = np.dtype(a.dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {dt}")
-    return dt
 
 
 def _geometry(op: str, x: Any) -> tuple[int, int, int]:

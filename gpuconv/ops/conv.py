@@ -14,10 +14,13 @@ slice-adds (one per filter tap) rather than per-element scatter.
 GPU path (``*_gpu``): implicit GEMM kernels from ``kernels/conv.cu`` (no im2col
 buffer), bias and ReLU fused into the forward epilogue; ``precision="tf32"``
 uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
-(they back the GPU gradient checks).
+(they back the GPU gradient checks).  Backward-data with few input channels or
+stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
+it visits only the filter taps that land on the output grid.
 """
 from __future__ import annotations
 
+from math import gcd
 from typing import Any, Sequence
 
 import numpy as np
@@ -313,6 +316,79 @@ def _check_int32(op: str, **sizes: int) -> None:
                                   f"split the batch")
 
 
+# --- direct ("gather") backward-data: kernels/conv.cu conv_bwdd_direct_f32_c<CT>_<TI>x<TJ> ---
+
+_DIRECT_CTS = (1, 2, 3, 4, 8)          # channels per thread compiled in conv.cu
+_DIRECT_TILES = ((16, 16), (32, 8))    # (TY, TX) thread shapes; the tile is TY x 4*TX sub-grid pixels
+_DIRECT_SMEM_MAX = 48 * 1024           # dynamic shared memory usable without an opt-in
+_DIRECT_SMEM_TARGET = 27 * 1024        # ~8 resident 256-thread blocks per SM (228 KiB)
+_DIRECT_KC_MAX = 8
+
+
+def _direct_ct_cost(c: int, ct: int) -> int:
+    # per tap and thread: shared loads (w vector(s) + 4 dy) + FMA issue slots (4*CT/4), per group
+    ctp = ct if ct <= 2 else -(-ct // 4) * 4
+    return -(-c // ct) * (max(1, ctp // 4) + 4 + ct)
+
+
+def _bwdd_direct_plan(n: int, c: int, h: int, wd: int, k: int, fh: int, fw: int, stride: int,
+                      dilation: int, ct: int | None = None,
+                      tile: tuple[int, int] | None = None) -> dict[str, Any] | None:
+    """Launch plan of the direct backward-data kernel, or None where it does not apply.
+
+    Per axis, with g = gcd(stride, dilation), a residue class has at most
+    cdiv(F, stride/g) valid taps whose output coordinates step by dilation/g, which
+    bounds the shared-memory tiles (RS rows, row pitch P, TS taps) for every block.
+    ``ct`` / ``tile`` force a variant (tests).
+    """
+    g = gcd(stride, dilation)
+    step, dstep = stride // g, dilation // g
+    nvh, nvw = -(-fh // step), -(-fw // step)
+    hs, ws = -(-h // stride), -(-wd // stride)  # the largest residue sub-grid
+    if ct is None:
+        ct = min(_DIRECT_CTS, key=lambda t: (_direct_ct_cost(c, t), -t))
+    if tile is None:
+        def padded(t: tuple[int, int]) -> int:
+            ti, tj = t[0], 4 * t[1]
+            return -(-hs // ti) * ti * (-(-ws // tj) * tj)
+        tile = min(_DIRECT_TILES, key=padded)  # ties keep the first (16 x 64)
+    ty, tx = tile
+    ti, tj = ty, 4 * tx
+    ctp = ct if ct <= 2 else -(-ct // 4) * 4
+    rs = ti + (nvh - 1) * dstep
+    cols = tj + (nvw - 1) * dstep
+    pitch = cols + (tx - cols) % 32  # smallest >= cols with pitch == TX (mod 32): a warp's rows in distinct banks
+    ts = nvh * nvw
+    per_k = 4 * (rs * pitch + ts * ctp)
+    if per_k > _DIRECT_SMEM_MAX:
+        return None
+    kc = max(1, min(_DIRECT_KC_MAX, k, _DIRECT_SMEM_TARGET // per_k))
+    groups = -(-c // ct)
+    blocks = n * groups * stride * stride * -(-hs // ti) * -(-ws // tj)
+    if blocks > _INT32_MAX:
+        return None
+    return {"func": f"conv_bwdd_direct_f32_c{ct}_{ti}x{tj}", "ct": ct, "tile": (ti, tj), "kc": kc,
+            "rs": rs, "pitch": pitch, "ts": ts, "ctp": ctp, "blocks": blocks, "smem": kc * per_k}
+
+
+def _bwdd_use_direct(c: int, k: int, fh: int, fw: int, stride: int, dilation: int) -> bool:
+    """Heuristic: the direct kernel wins when the GEMM wastes most of its work.
+
+    The GEMM's M dimension is C, padded to a 64-row tile (C < 32 wastes over half of
+    it), and with stride S only ~1/S^2 of its reduction K*FH*FW is non-zero; the
+    direct kernel pays neither.  For C >= 32 at stride 1 the GEMM's reuse wins.
+    """
+    return c < 32 or stride >= 2
+
+
+def _choose_bwdd(n: int, c: int, h: int, wd: int, k: int, fh: int, fw: int, stride: int,
+                 dilation: int) -> dict[str, Any] | None:
+    """The direct backward-data plan when the heuristic picks it and it fits, else None (GEMM)."""
+    if not _bwdd_use_direct(c, k, fh, fw, stride, dilation):
+        return None
+    return _bwdd_direct_plan(n, c, h, wd, k, fh, fw, stride, dilation)
+
+
 def _direct_grid(total: int) -> tuple[int, int, int]:
     return (max(1, min(cuda.cdiv(total, 256), 65535)), 1, 1)
 
@@ -341,12 +417,22 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
 
 def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int, out: Any,
                            precision: str = "fp32") -> Any:
-    """Implicit-GEMM backward-data into ``out`` (every element written)."""
+    """Backward-data into ``out`` (every element written).
+
+    float32: the direct gather kernel where ``_choose_bwdd`` picks it (small C or
+    stride >= 2), else the implicit GEMM.
+    """
     n, c, h, wd = out.shape
     k, _, fh, fw = w.shape
     geo = _geo_args(out.shape, w.shape, dy.shape, stride, pad, dilation)
     if dy.dtype == np.float64:
         cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(out.size), (256, 1, 1), [dy, w, out, *geo])
+        return out
+    plan = _choose_bwdd(n, c, h, wd, k, fh, fw, stride, dilation)
+    if plan is not None:  # float32 and tf32 requests alike (the direct kernel is exact fp32)
+        cuda.launch("conv", plan["func"], (plan["blocks"], 1, 1), (256, 1, 1),
+                    [dy, w, out, *geo, plan["kc"], plan["rs"], plan["pitch"], plan["ts"]],
+                    shared_mem=plan["smem"])
         return out
     rows, cols, red = c, n * h * wd, k * fh * fw
     _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})

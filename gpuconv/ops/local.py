@@ -19,18 +19,12 @@ from numpy.lib.stride_tricks import as_strided
 from .. import cuda, device
 from ..geometry import window_output_size
 from ._checks import OpArgumentError, check_array, check_out
+from ._checks import float_dtype as _float_dtype
 
 _TILE = 16          # LC_TILE in kernels/local.cu
 _MAX_GRID_YZ = 65535
 
 
-def _float_dtype(op: str, name: str, a: Any) -> np.dtype:
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise OpArgumentError(f"{op}: {name} must be an array, got {type(a).__name__}")
-    dt = np.dtype(a.dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {dt}")
-    return dt
 
 
 def _ints(op: str, stride: int, pad: int, dilation: int) -> tuple[int, int, int]:

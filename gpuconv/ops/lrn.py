@@ -15,17 +15,11 @@ import numpy as np
 
 from .. import cuda, device
 from ._checks import OpArgumentError, check_array, check_out
+from ._checks import float_dtype as _float_dtype
 
 _THREADS = 256
 
 
-def _float_dtype(op: str, name: str, a: Any) -> np.dtype:
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise OpArgumentError(f"{op}: {name} must be an array, got {type(a).__name__}")
-    dt = np.dtype(a.dtype)
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {dt}")
-    return dt
 
 
 def _f64_bits(v: float) -> np.int64:
