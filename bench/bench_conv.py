@@ -8,7 +8,9 @@ sides) and tf32 rows (our mma.sync kernels vs cuDNN with TF32 on), for the forwa
 alone and for forward + backward-data + backward-filter (+ bias grad).  FLOPs:
 2*N*K*Ho*Wo*C*FH*FW per forward, 3x that for forward+backward.  Inputs are fresh
 random normals, shared with torch through DLPack so both sides see the same data;
-``extra['fwd_rel_err']`` records how far our forward is from torch's.
+``extra['fwd_rel_err']`` records how far our forward is from torch's; the fwd+bwd rows
+name the backward-data kernel in ``extra['variant_bwdd']`` (the direct gather kernel
+for few input channels or stride >= 2, else the GEMM tile).
 
 Importing this module needs no GPU; all GPU work happens inside ``run``.
 """
@@ -89,6 +91,9 @@ def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
         conv.conv_backward_filter(x, dy, wt.shape, s, p, d, dw_out=dw, db_out=db, precision=mode)
 
     extra: dict = {"variant_fwd": conv._choose_variant("fwd", k, n * ho * wo, c * f * f, mode)}
+    # backward-data: the direct gather kernel (small C / stride >= 2, e.g. L1 and AlexNet conv1) or the GEMM
+    plan = conv._choose_bwdd(n, c, h, w, k, f, f, s, d)
+    bwdd = plan["func"] if plan is not None else conv._choose_variant("bwdd", c, n * h * w, k * f * f, mode)
     ours_f = time_gpu(ours_fwd)
     ours_fb = time_gpu(ours_fwdbwd)
     theirs_f = theirs_fb = None
@@ -119,7 +124,7 @@ def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
         set_torch_tf32(False)
     return [
         Row("conv", f"{L.label} fwd", mode, ours_f, theirs_f, flops, extra=extra),
-        Row("conv", f"{L.label} fwd+bwd", mode, ours_fb, theirs_fb, 3 * flops, extra=dict(extra)),
+        Row("conv", f"{L.label} fwd+bwd", mode, ours_fb, theirs_fb, 3 * flops, extra=dict(extra, variant_bwdd=bwdd)),
     ]
 
 
