@@ -128,13 +128,14 @@ def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
     ]
 
 
-def run(quick: bool = False) -> list[Row]:
+def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
     """Time every layer in both precisions; a layer that fails gets a row carrying the error."""
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import conv  # noqa: PLC0415
 
     cp = device.get_device("cuda").xp
-    layers = [L for L in LAYERS if not quick or L.name in QUICK]
+    names = only if only else QUICK if quick else None
+    layers = [L for L in LAYERS if names is None or L.name in names]
     rows: list[Row] = []
     for L in layers:
         for mode in MODES:
@@ -154,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
+    ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. L1,AlexNet")
     args = ap.parse_args(argv)
-    rows = run(args.quick)
+    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None)
     print_rows(rows)
     if args.json:
         for r in rows:

@@ -51,6 +51,7 @@ memory)
     python3 -m gpuconv plan vgg16 --optimizer momentum --budget 0.9 --max-batch
     timeout 60 python3 -m gpuconv profile vgg16 --batch 32 --steps 3 --out /tmp/prof; } > "$OUT/profile.txt" 2>&1
   cp /tmp/prof/profile.html "$OUT/" 2>/dev/null
+  timeout 90 python3 bench/bench_conv.py --only "L1,AlexNet conv1" >> "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
   ;;
 esac
