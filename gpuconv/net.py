@@ -120,7 +120,7 @@ class Net:
         inits = [layer.init_params(rng) for layer in self.layers]
         for s in self.slots:
             host[s.offset:s.offset + s.size] = inits[s.layer][s.name].reshape(-1)
-        self.param_buffer[...] = xp.asarray(host)
+        devmod.copy_into(self.param_buffer, host)
         for layer in self.layers:
             layer.params, layer.grads = {}, {}
         for s in self.slots:
@@ -204,16 +204,16 @@ class Net:
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        xp = self._require_bound().xp
+        self._require_bound()
         params = arrays["params"]
         if params.shape != (self.num_params,):
             raise ValueError(f"{self.name}: checkpoint holds {params.shape[0]} parameters, the net has "
                              f"{self.num_params}: is it the same model?")
-        self.param_buffer[...] = xp.asarray(params, dtype=self.dtype)
+        devmod.copy_into(self.param_buffer, params)
         for layer in self.layers:
             if isinstance(layer, BatchNorm):
-                layer.running_mean[...] = xp.asarray(arrays[f"{layer.name}.running_mean"])
-                layer.running_var[...] = xp.asarray(arrays[f"{layer.name}.running_var"])
+                devmod.copy_into(layer.running_mean, arrays[f"{layer.name}.running_mean"])
+                devmod.copy_into(layer.running_var, arrays[f"{layer.name}.running_var"])
 
     # ---- reporting --------------------------------------------------------------------
     def activations_per_example(self) -> list[int]:

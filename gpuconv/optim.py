@@ -114,11 +114,10 @@ class Optimizer:
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        xp = devmod.array_module(self._net.param_buffer)
         for i, s in enumerate(self.state):
             key = f"opt.state{i}"
             if key not in arrays:
                 raise ValueError(f"checkpoint has no {key}: was it written by another optimizer than {self.kind}?")
-            s[...] = xp.asarray(arrays[key])
+            devmod.copy_into(s, arrays[key])
         self.t = int(arrays["opt.t"])
 

@@ -121,3 +121,23 @@ def test_svm_loss_net_trains_a_step(rng):
     loss, ds = net.loss_and_grad(s, y)
     net.backward(ds)
     assert float(loss) > 0 and np.abs(net.grad_buffer).sum() > 0
+
+
+def test_copy_into_host_to_same_device_array(rng):
+    from gpuconv import device
+    dst = np.zeros((3, 4), np.float32)
+    src = rng.standard_normal((3, 4))
+    device.copy_into(dst, src)
+    np.testing.assert_array_equal(dst, src.astype(np.float32))
+
+
+@pytest.mark.gpu
+def test_bind_uploads_weights_without_a_temporary_device_copy(cp):
+    # cupy_array[...] = numpy_array would upload into a hidden temporary that the pool keeps:
+    # memory the plan cannot see.  bind must cost exactly params + grads.
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    before = pool.total_bytes()
+    net = Net([FC(1000)], (4000,)).bind("cuda", seed=0)
+    grown = pool.total_bytes() - before
+    assert grown <= 2 * net.num_params * 4 + 2 * 1024 * 1024, grown

@@ -222,9 +222,9 @@ class PlannedExecutor:
     def load_batch(self, x: Any = None, labels: Any = None) -> None:
         """Copy a batch into the planned input (and labels) views."""
         if x is not None:
-            self.input_view()[...] = self.xp.asarray(x)
+            devmod.copy_into(self.input_view(), x)   # host data: no temporary device copy
         if labels is not None:
-            self.labels_view()[...] = self.xp.asarray(labels).astype(np.int32, copy=False)
+            devmod.copy_into(self.labels_view(), labels)
 
     def forward_backward(self, x: Any = None, labels: Any = None) -> Any:
         """One training step's forward, loss and backward, entirely in planned memory; returns the loss.
