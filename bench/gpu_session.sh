@@ -54,4 +54,15 @@ memory)
   timeout 90 python3 bench/bench_conv.py --only "L1,AlexNet conv1" >> "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
   ;;
+memory2)
+  timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_net.py tests/test_arena.py tests/test_profile.py tests/test_budget.py > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  timeout 200 python3 bench/bench_memory.py --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1
+  timeout 100 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 >> "$OUT/memory.log" 2>&1
+  timeout 60 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, p) for p in ('fp32', 'tf32')])" > "$OUT/vgg16.log" 2>&1
+  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+      tests/test_pool.py tests/test_batchnorm.py tests/test_loss.py tests/test_fc.py -k "not float64 and not large and not loop" \
+      > "$OUT/racecheck.log" 2>&1
+  echo "racecheck rc=$?" >> "$OUT/racecheck.log"
+  ;;
 esac
