@@ -7,6 +7,7 @@ a second buffer of the same layout; each layer's params are views into it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 from . import device as devmod
 from .geometry import GeometryError
 from .layers import FC, BatchNorm, Buffers, Conv, Dropout, Layer, ReLU
+from .ops import cpu_threads
 from .ops import loss as loss_ops
 
 LOSSES = ("softmax", "svm")
@@ -157,13 +159,19 @@ class Net:
 
     def forward(self, x: Any, train: bool = False, buffers: Sequence[Buffers] | None = None) -> Any:
         """Class scores for a batch; ``buffers`` (one per layer) come from the memory plan."""
-        self._require_bound()
+        dev = self._require_bound()
         self.check_input(x)
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Dropout):
-                layer.step = self.step
-            x = layer.forward(x, train, buffers[i] if buffers is not None else Buffers())
+        with self._engine(dev):
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, Dropout):
+                    layer.step = self.step
+                x = layer.forward(x, train, buffers[i] if buffers is not None else Buffers())
         return x
+
+    @staticmethod
+    def _engine(dev: devmod.Device) -> Any:
+        """On the CPU: run the layers' NumPy ops on gpuconv's thread pool (see ops.cpu_threads)."""
+        return contextlib.nullcontext() if dev.is_gpu else cpu_threads.engine()
 
     def loss_and_grad(self, scores: Any, labels: Any, grad_out: Any = None) -> tuple[Any, Any]:
         if self.loss == "svm":
@@ -178,13 +186,17 @@ class Net:
         first layer can skip it: training never needs it, and for a first CONV with few
         channels it is the most expensive kernel of the step).
         """
+        dev = self._require_bound()
         self.layers[0].input_grad = input_grad
         dy = dscores
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy, buffers[i] if buffers is not None else Buffers())
-        for layer in self.layers:
-            layer.clear_cache()
-        self.layers[0].input_grad = False
+        try:
+            with self._engine(dev):
+                for i in range(len(self.layers) - 1, -1, -1):
+                    dy = self.layers[i].backward(dy, buffers[i] if buffers is not None else Buffers())
+        finally:
+            for layer in self.layers:
+                layer.clear_cache()
+            self.layers[0].input_grad = False
         return dy
 
     def predict(self, x: Any, batch_size: int = 1024) -> Any:

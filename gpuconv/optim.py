@@ -7,12 +7,14 @@ host: a step never synchronizes with the device.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import numpy as np
 
 from . import device as devmod
+from .ops import cpu_threads
 from .ops import optim as optim_ops
 
 # Per-parameter state tensors each optimizer keeps (the notes' "step cache").
@@ -87,10 +89,12 @@ class Optimizer:
             raise RuntimeError("optimizer.bind(net) first")
         lr = self.lr()
         nd = net.num_decayed
-        for lo, hi, wd in ((0, nd, self.weight_decay), (nd, net.num_params, 0.0)):
-            if hi > lo:
-                self._update(net.param_buffer[lo:hi], net.grad_buffer[lo:hi],
-                             [s[lo:hi] for s in self.state], lr, wd)
+        on_cpu = net.device is not None and not net.device.is_gpu
+        with cpu_threads.engine() if on_cpu else contextlib.nullcontext():
+            for lo, hi, wd in ((0, nd, self.weight_decay), (nd, net.num_params, 0.0)):
+                if hi > lo:
+                    self._update(net.param_buffer[lo:hi], net.grad_buffer[lo:hi],
+                                 [s[lo:hi] for s in self.state], lr, wd)
         self.t += 1
 
     def _update(self, p: Any, g: Any, st: list[Any], lr: float, wd: float) -> None:

@@ -408,3 +408,32 @@ def test_gpu_bad_inputs(cp) -> None:
         pool.l2pool_backward(y, xg, cp.asnumpy(y), 2, 2)
     with pytest.raises(OpArgumentError, match="dy must have shape"):
         pool.avgpool_backward(cp.zeros((1, 2, 3, 3), cp.float32), xg.shape, 2, 2)
+
+
+@pytest.mark.parametrize("F,S", [(2, 2), (3, 2), (2, 1)])
+def test_max_ties_first_wins_and_inf_gradients_stay_put(F: int, S: int) -> None:
+    """Many ties (small integers): the first maximum in raster order is the switch, as in the
+    loops; an inf gradient lands on its switch only (never inf*0 = NaN next to it)."""
+    rng = np.random.default_rng(7)
+    size = 8 if F == S else 9
+    x = rng.integers(0, 3, (2, 3, size, size)).astype(np.float32)
+    y, sw = pool.maxpool_forward(x, F, S)
+    y_ref, sw_ref = loop_forward(x, F, S, 0, "max")
+    np.testing.assert_array_equal(sw, sw_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, -np.inf
+    dx = pool.maxpool_backward(dy, sw, x.shape, F, S)
+    finite = np.where(np.isinf(dy), 0, dy)
+    inf_at = np.isinf(dx)
+    np.testing.assert_allclose(dx[~inf_at], loop_backward(finite, x, F, S, 0, "max")[~inf_at], atol=1e-6)
+    assert not np.isnan(dx).any() and np.isposinf(dx).sum() == 1 and np.isneginf(dx).sum() == 1
+
+
+def test_max_first_nan_wins_unpadded() -> None:
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0, 0, 2] = np.nan
+    x[0, 0, 1, 2] = np.nan
+    x[0, 0, 2, 2] = 9.0
+    y, sw = pool.maxpool_forward(x, 3, 1)
+    assert np.isnan(y[0, 0, 0, 0]) and sw[0, 0, 0, 0] == 2

@@ -53,6 +53,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     assert meta["epoch"] == 2 and resumed.test_accuracy == full.test_accuracy
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")  # the point of the test
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train(_synthetic_cfg(tmp_path, epochs=1, optimizer="sgd", lr=0.01))
     before = (tmp_path / "checkpoint.npz").read_bytes()

@@ -51,26 +51,32 @@ def _suffix(dtype: np.dtype) -> str:
 
 # ---------------------------------------------------------------------------- NumPy reference
 
-def _slope_branch(a: np.ndarray, slope: float, where: np.ndarray) -> None:
-    """a[where] = slope * a[where]; an exact +0 when slope == 0 (no 0*inf = NaN)."""
-    if slope == 0.0:
-        np.copyto(a, a.dtype.type(0), where=where)
-    else:
-        np.multiply(a, a.dtype.type(slope), out=a, where=where)
+def where_or_zero(a: np.ndarray, keep: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a where keep else an exact +0, branch-free (a bit mask, not a multiply:
+    inf * 0 would be NaN; and much faster than a masked copy on a random mask)."""
+    ibits = {4: np.int32, 8: np.int64}[a.dtype.itemsize]
+    np.bitwise_and(a.view(ibits), np.negative(keep, dtype=ibits), out=out.view(ibits))
+    return out
 
 
 def relu_forward_cpu(x: np.ndarray, slope: float, y: np.ndarray) -> None:
-    neg = ~(x > 0) & ~np.isnan(x)  # computed before writing (y may be x); NaN propagates
+    keep = (x > 0) | np.isnan(x)  # computed before writing (y may be x); NaN propagates
+    if slope == 0.0:
+        where_or_zero(x, keep, y)
+        return
     if y is not x:
         np.copyto(y, x)
-    _slope_branch(y, slope, neg)
+    np.multiply(y, y.dtype.type(slope), out=y, where=~keep)
 
 
 def relu_backward_cpu(dy: np.ndarray, y: np.ndarray, slope: float, dx: np.ndarray) -> None:
-    neg = ~(y > 0)
+    keep = y > 0
+    if slope == 0.0:
+        where_or_zero(dy, keep, dx)
+        return
     if dx is not dy:
         np.copyto(dx, dy)
-    _slope_branch(dx, slope, neg)
+    np.multiply(dx, dx.dtype.type(slope), out=dx, where=~keep)
 
 
 # ---------------------------------------------------------------------------- CUDA launchers

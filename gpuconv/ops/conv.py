@@ -7,7 +7,9 @@ Ho = (H - F_eff + 2P)/S + 1.
 
 CPU path (``*_cpu``): im2col + one matrix multiply, as the notes describe.  The
 column matrix is read from the padded input through a strided view and copied
-once into [C*FH*FW, N*Ho*Wo] so the whole batch is a single BLAS GEMM.
+once into [C*FH*FW, n*Ho*Wo] so a chunk of n examples is a single BLAS GEMM (one
+chunk = the whole batch, except inside ``cpu_threads.engine()`` where chunks run
+in parallel).
 Backward-data is the transposed GEMM followed by col2im, done as FH*FW strided
 slice-adds (one per filter tap) rather than per-element scatter.
 
@@ -28,6 +30,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .. import cuda, device
 from ..geometry import window_output_size
+from . import cpu_threads
 from ._checks import OpArgumentError, check_array, check_out
 
 __all__ = [
@@ -210,19 +213,28 @@ def _im2col(x: np.ndarray, fh: int, fw: int, ho: int, wo: int, stride: int, pad:
     return view.reshape(c * fh * fw, n * ho * wo)
 
 
+# The three passes run chunk by chunk over the batch (``cpu_threads.over_batch``): inside
+# ``cpu_threads.engine()`` the chunks run in parallel, each one's im2col matrix still in
+# cache when its GEMM reads it; outside, one chunk is the whole batch.
+
 def conv_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int, dilation: int,
                      relu: bool, out: np.ndarray) -> np.ndarray:
     """NumPy forward into ``out``: y = W_row @ X_col (+ b, ReLU)."""
     n = x.shape[0]
     k, _, fh, fw = w.shape
     ho, wo = out.shape[2:]
-    cols = _im2col(x, fh, fw, ho, wo, stride, pad, dilation)
-    y2 = w.reshape(k, -1) @ cols                           # [K, N*Ho*Wo]
-    if b is not None:
-        y2 += b[:, None]
-    if relu:
-        np.maximum(y2, 0, out=y2)
-    out[...] = y2.reshape(k, n, ho, wo).transpose(1, 0, 2, 3)
+    w_row = w.reshape(k, -1)
+
+    def chunk(lo: int, hi: int) -> None:
+        cols = _im2col(x[lo:hi], fh, fw, ho, wo, stride, pad, dilation)
+        y2 = (w_row @ cols).reshape(k, hi - lo, ho, wo)           # [K, n, Ho, Wo]
+        if b is not None:
+            y2 += b[:, None, None, None]
+        if relu:
+            np.maximum(y2, 0, out=y2)
+        out[lo:hi] = y2.transpose(1, 0, 2, 3)
+
+    cpu_threads.over_batch(chunk, n, n * w_row.shape[1] * ho * wo)
     return out
 
 
@@ -232,17 +244,23 @@ def conv_backward_data_cpu(dy: np.ndarray, w: np.ndarray, stride: int, pad: int,
     n, c, h, wd = out.shape
     k, _, fh, fw = w.shape
     ho, wo = dy.shape[2:]
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(k, n * ho * wo)       # [K, N*Ho*Wo]
-    dcols = (w.reshape(k, -1).T @ dy2).reshape(c, fh, fw, n, ho, wo)
-    # col2im: each filter tap (i, j) adds one strided slab into the padded gradient;
-    # [C, N, Hp, Wp] order keeps the slabs of dcols contiguous.
-    dxp = np.zeros((c, n, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+    w_t = np.ascontiguousarray(w.reshape(k, -1).T)                 # [C*FH*FW, K]
     hspan, wspan = stride * (ho - 1) + 1, stride * (wo - 1) + 1
-    for i in range(fh):
-        for j in range(fw):
-            hi, wj = i * dilation, j * dilation
-            dxp[:, :, hi:hi + hspan:stride, wj:wj + wspan:stride] += dcols[:, i, j]
-    out[...] = dxp[:, :, pad:pad + h, pad:pad + wd].transpose(1, 0, 2, 3)
+
+    def chunk(lo: int, hi: int) -> None:
+        m = hi - lo
+        dy2 = dy[lo:hi].transpose(1, 0, 2, 3).reshape(k, m * ho * wo)   # [K, n*Ho*Wo]
+        dcols = (w_t @ dy2).reshape(c, fh, fw, m, ho, wo)
+        # col2im: each filter tap (i, j) adds one strided slab into the padded gradient;
+        # [C, n, Hp, Wp] order keeps the slabs of dcols contiguous.
+        dxp = np.zeros((c, m, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+        for i in range(fh):
+            for j in range(fw):
+                hi_, wj = i * dilation, j * dilation
+                dxp[:, :, hi_:hi_ + hspan:stride, wj:wj + wspan:stride] += dcols[:, i, j]
+        out[lo:hi] = dxp[:, :, pad:pad + h, pad:pad + wd].transpose(1, 0, 2, 3)
+
+    cpu_threads.over_batch(chunk, n, n * w_t.shape[0] * ho * wo)
     return out
 
 
@@ -252,11 +270,23 @@ def conv_backward_filter_cpu(x: np.ndarray, dy: np.ndarray, stride: int, pad: in
     n = x.shape[0]
     k, _, fh, fw = dw.shape
     ho, wo = dy.shape[2:]
-    cols = _im2col(x, fh, fw, ho, wo, stride, pad, dilation)
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(k, n * ho * wo)
-    np.matmul(dy2, cols.T, out=dw.reshape(k, -1))
+    rows = dw[0].size
+
+    def chunk(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray | None]:
+        cols = _im2col(x[lo:hi], fh, fw, ho, wo, stride, pad, dilation)
+        dy2 = dy[lo:hi].transpose(1, 0, 2, 3).reshape(k, (hi - lo) * ho * wo)
+        return dy2 @ cols.T, (dy2.sum(axis=1) if db is not None else None)
+
+    parts = cpu_threads.over_batch(chunk, n, n * rows * ho * wo)
+    # chunk partial sums added in a fixed order: the same numbers every run
+    dw_row = dw.reshape(k, rows)
+    dw_row[...] = parts[0][0]
+    for p, _ in parts[1:]:
+        dw_row += p
     if db is not None:
-        np.sum(dy2, axis=1, out=db)
+        db[...] = parts[0][1]
+        for _, pb in parts[1:]:
+            db += pb
     return dw, db
 
 

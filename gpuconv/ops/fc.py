@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import cuda, device
+from . import cpu_threads
 from ._checks import OpArgumentError, check_array, check_out
 
 PRECISIONS = ("fp32", "tf32")
@@ -58,6 +59,17 @@ def gemm_cpu(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, trans_a: bool = F
     """out = alpha * op(a) @ op(b) + beta * out (+ bias per column) (ReLU): the spec of the kernels."""
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
+    if cpu_threads.active() > 1 and out.shape[0] > 1:
+        # output rows are independent: split them over gpuconv's CPU threads (BLAS is at one)
+        def rows(lo: int, hi: int) -> None:
+            _gemm_rows(opa[lo:hi], opb, out[lo:hi], alpha, beta, bias, relu)
+        cpu_threads.over_batch(rows, out.shape[0], out.size + opb.size + opa.size)
+        return out
+    return _gemm_rows(opa, opb, out, alpha, beta, bias, relu)
+
+
+def _gemm_rows(opa: np.ndarray, opb: np.ndarray, out: np.ndarray, alpha: float, beta: float,
+               bias: np.ndarray | None, relu: bool) -> np.ndarray:
     if beta != 0.0:
         prod = opa @ opb
         out *= out.dtype.type(beta)

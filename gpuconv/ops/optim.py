@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import cuda, device
+from . import cpu_threads
 from ._checks import OpArgumentError, check_array
 
 _BLOCK = 256
@@ -96,6 +97,14 @@ def adam_update_cpu(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, 
     p -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
 
 
+def _in_chunks(update: Any, arrays: tuple[np.ndarray, ...], *scalars: Any) -> None:
+    """Run an elementwise update over slices of the flattened arrays (in parallel inside
+    ``cpu_threads.engine()``; every element's update is independent of the others)."""
+    flat = [a.reshape(-1) for a in arrays]   # views: the arrays were checked contiguous
+    n = flat[0].size
+    cpu_threads.over_batch(lambda lo, hi: update(*(a[lo:hi] for a in flat), *scalars), n, n * len(flat))
+
+
 # ---------------------------------------------------------------- public API
 def sgd_update(p: Any, g: Any, *, lr: float, weight_decay: float = 0.0) -> None:
     """p -= lr * (g + wd p)."""
@@ -103,7 +112,7 @@ def sgd_update(p: Any, g: Any, *, lr: float, weight_decay: float = 0.0) -> None:
     if device.is_gpu_array(p):
         _launch("sgd", p, (g,), (lr, weight_decay))
     else:
-        sgd_update_cpu(p, g, lr, weight_decay)
+        _in_chunks(sgd_update_cpu, (p, g), lr, weight_decay)
 
 
 def momentum_update(p: Any, g: Any, v: Any, *, lr: float, mu: float = 0.9, weight_decay: float = 0.0,
@@ -113,7 +122,7 @@ def momentum_update(p: Any, g: Any, v: Any, *, lr: float, mu: float = 0.9, weigh
     if device.is_gpu_array(p):
         _launch("momentum", p, (g, v), (lr, mu, weight_decay), (int(bool(nesterov)),))
     else:
-        momentum_update_cpu(p, g, v, lr, mu, weight_decay, nesterov)
+        _in_chunks(momentum_update_cpu, (p, g, v), lr, mu, weight_decay, nesterov)
 
 
 def adagrad_update(p: Any, g: Any, cache: Any, *, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> None:
@@ -122,7 +131,7 @@ def adagrad_update(p: Any, g: Any, cache: Any, *, lr: float, eps: float = 1e-8, 
     if device.is_gpu_array(p):
         _launch("adagrad", p, (g, cache), (lr, eps, weight_decay))
     else:
-        adagrad_update_cpu(p, g, cache, lr, eps, weight_decay)
+        _in_chunks(adagrad_update_cpu, (p, g, cache), lr, eps, weight_decay)
 
 
 def rmsprop_update(p: Any, g: Any, cache: Any, *, lr: float, decay: float = 0.99, eps: float = 1e-8,
@@ -132,7 +141,7 @@ def rmsprop_update(p: Any, g: Any, cache: Any, *, lr: float, decay: float = 0.99
     if device.is_gpu_array(p):
         _launch("rmsprop", p, (g, cache), (lr, decay, eps, weight_decay))
     else:
-        rmsprop_update_cpu(p, g, cache, lr, decay, eps, weight_decay)
+        _in_chunks(rmsprop_update_cpu, (p, g, cache), lr, decay, eps, weight_decay)
 
 
 def adam_update(p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: float = 0.9, beta2: float = 0.999,
@@ -147,4 +156,4 @@ def adam_update(p: Any, g: Any, m: Any, v: Any, *, lr: float, beta1: float = 0.9
         bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
         _launch("adam", p, (g, m, v), (lr, beta1, beta2, eps, bc1, bc2, weight_decay))
     else:
-        adam_update_cpu(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)
+        _in_chunks(adam_update_cpu, (p, g, m, v), lr, beta1, beta2, eps, t, weight_decay)

@@ -23,7 +23,9 @@ import numpy as np
 
 from .. import cuda, device
 from ..geometry import GeometryError, window_output_size
+from . import cpu_threads
 from ._checks import OpArgumentError, check_array, check_out
+from .activation import where_or_zero
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _BLOCK = 256
@@ -115,23 +117,33 @@ def _tiles(x: np.ndarray, F: int, S: int, pad: int, ho: int, wo: int) -> bool:
     return F == S and pad == 0 and x.shape[2] == ho * F and x.shape[3] == wo * F
 
 
-def _window_matrix(x: np.ndarray, F: int, ho: int, wo: int) -> np.ndarray:
-    """(N, C, Ho, Wo, F*F) copy of the non-overlapping windows, taps in (fh, fw) raster order."""
-    n, c = x.shape[:2]
-    return x.reshape(n, c, ho, F, wo, F).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, F * F)
-
-
 def maxpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray, switches: np.ndarray) -> None:
-    """Fill y and switches; the update rule matches the kernel exactly (same ties, same NaNs)."""
+    """Fill y and switches; the update rule matches the kernel exactly (same ties, same NaNs).
+
+    The kernel's rule: scan the window's taps in raster order, keep the first maximum, and
+    let a NaN replace a non-NaN best (so the first NaN wins).
+    """
     _, _, h, w = x.shape
     ho, wo = y.shape[2:]
-    if _tiles(x, F, S, pad, ho, wo):
-        # Fast path (the common POOL2): argmax over a window matrix.  np.argmax returns the
-        # first maximum and the first NaN, exactly the kernel's rule.
-        win = _window_matrix(x, F, ho, wo)
-        idx = np.argmax(win, axis=-1)
-        switches[...] = idx
-        y[...] = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+    if pad == 0:
+        # Whole-array passes, one per tap: y = max over the taps (np.maximum propagates
+        # NaN), then the switch is the first tap equal to it (or the first NaN).
+        views = [_window_view(x, k // F, k % F, S, ho, wo) for k in range(F * F)]
+        np.copyto(y, views[0])
+        for v in views[1:]:
+            np.maximum(y, v, out=y)
+        any_nan = bool(np.isnan(y).any())
+        switches.fill(0)
+        found = np.zeros(y.shape, bool)
+        hit = np.empty(y.shape, bool)
+        for k, v in enumerate(views):
+            np.equal(v, y, out=hit)
+            if any_nan:
+                hit |= np.isnan(v)
+            np.greater(hit, found, out=hit)   # hit and not yet found
+            found |= hit
+            if k:
+                switches += hit.view(np.uint8) * np.uint8(k)
         return
     xp = _padded(x, pad)
     y.fill(0)
@@ -153,17 +165,19 @@ def maxpool_backward_cpu(dy: np.ndarray, switches: np.ndarray, F: int, S: int, p
     """dx = each dy routed to the input its switch names; overlapping windows add up."""
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2:]
-    if _tiles(dx, F, S, pad, ho, wo):
-        win = np.zeros((n, c, ho, wo, F * F), dx.dtype)
-        np.put_along_axis(win, switches[..., None].astype(np.intp), dy[..., None], axis=-1)
-        dx.reshape(n, c, ho, F, wo, F)[...] = win.reshape(n, c, ho, wo, F, F).transpose(0, 1, 2, 4, 3, 5)
-        return
+    tiles = _tiles(dx, F, S, pad, ho, wo)
     acc = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dx.dtype) if pad else dx
-    if not pad:
+    if not pad and not tiles:
         acc.fill(0)
+    hit = np.empty(dy.shape, bool)
+    routed = np.empty_like(dy)
     for k in range(F * F):
+        where_or_zero(dy, np.equal(switches, k, out=hit), routed)
         view = _window_view(acc, k // F, k % F, S, ho, wo)
-        np.add(view, dy, out=view, where=switches == k)
+        if tiles:
+            view[...] = routed   # the taps of tiling windows cover every input exactly once
+        else:
+            view += routed
     if pad:
         dx[...] = acc[:, :, pad:pad + h, pad:pad + w]
 
@@ -208,6 +222,17 @@ def l2pool_backward_cpu(dy: np.ndarray, x: np.ndarray, y: np.ndarray, F: int, S:
     for k in range(F * F):
         _window_view(acc, k // F, k % F, S, ho, wo)[...] += g
     np.multiply(x, acc[:, :, pad:pad + h, pad:pad + w], out=dx)
+
+
+def _over_batch(cpu_op: Any, *args: Any) -> None:
+    """Run a NumPy pooling op on batch slices (every 4-D array argument is cut along N);
+    windows never cross examples, so the slices are independent (threads inside
+    ``cpu_threads.engine()``, one inline call outside)."""
+    batched = [isinstance(a, np.ndarray) and a.ndim == 4 for a in args]
+    first = next(a for a, b in zip(args, batched) if b)
+    total = sum(a.size for a, b in zip(args, batched) if b)
+    cpu_threads.over_batch(
+        lambda lo, hi: cpu_op(*(a[lo:hi] if b else a for a, b in zip(args, batched))), first.shape[0], total)
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,7 +308,7 @@ def maxpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None,
     if device.is_gpu_array(x):
         maxpool_forward_gpu(x, F, S, pad, y, sw)
     else:
-        maxpool_forward_cpu(x, F, S, pad, y, sw)
+        _over_batch(maxpool_forward_cpu, x, F, S, pad, y, sw)
     return y, sw
 
 
@@ -300,7 +325,7 @@ def maxpool_backward(dy: Any, switches: Any, x_shape: Sequence[int], F: int, S: 
     if device.is_gpu_array(dy):
         maxpool_backward_gpu(dy, switches, F, S, pad, dx)
     else:
-        maxpool_backward_cpu(dy, switches, F, S, pad, dx)
+        _over_batch(maxpool_backward_cpu, dy, switches, F, S, pad, dx)
     return dx
 
 
@@ -313,7 +338,7 @@ def avgpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> An
     if device.is_gpu_array(x):
         avgpool_forward_gpu(x, F, S, pad, y)
     else:
-        avgpool_forward_cpu(x, F, S, pad, y)
+        _over_batch(avgpool_forward_cpu, x, F, S, pad, y)
     return y
 
 
@@ -327,7 +352,7 @@ def avgpool_backward(dy: Any, x_shape: Sequence[int], F: int, S: int, pad: int =
     if device.is_gpu_array(dy):
         avgpool_backward_gpu(dy, F, S, pad, dx)
     else:
-        avgpool_backward_cpu(dy, F, S, pad, dx)
+        _over_batch(avgpool_backward_cpu, dy, F, S, pad, dx)
     return dx
 
 
@@ -340,7 +365,7 @@ def l2pool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> Any
     if device.is_gpu_array(x):
         l2pool_forward_gpu(x, F, S, pad, y)
     else:
-        l2pool_forward_cpu(x, F, S, pad, y)
+        _over_batch(l2pool_forward_cpu, x, F, S, pad, y)
     return y
 
 
@@ -355,5 +380,5 @@ def l2pool_backward(dy: Any, x: Any, y: Any, F: int, S: int, pad: int = 0, out: 
     if device.is_gpu_array(x):
         l2pool_backward_gpu(dy, x, y, F, S, pad, dx)
     else:
-        l2pool_backward_cpu(dy, x, y, F, S, pad, dx)
+        _over_batch(l2pool_backward_cpu, dy, x, y, F, S, pad, dx)
     return dx
