@@ -3,6 +3,8 @@
 #   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
 #   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
 #   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
+#   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: autotuned conv rows,
+#                                       #   conv/local racecheck to the end, the max-batch 50-step run
 # Logs land in $OUT (at most 8 files come back).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -64,5 +66,18 @@ memory2)
       tests/test_pool.py tests/test_batchnorm.py tests/test_loss.py tests/test_fc.py -k "not float64 and not large and not loop" \
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
+  ;;
+verify)
+  export GPUCONV_CACHE_DIR=/tmp/gpuconv-cache
+  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_conv.py tests/test_autotune.py > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  { echo "heuristic tiles:"; timeout 150 python3 bench/bench_conv.py
+    echo "GPUCONV_AUTOTUNE=1:"; GPUCONV_AUTOTUNE=1 timeout 200 python3 bench/bench_conv.py; } > "$OUT/autotune.log" 2>&1
+  cp /tmp/gpuconv-cache/autotune.json "$OUT/" 2>/dev/null
+  timeout 240 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 > "$OUT/memory.log" 2>&1
+  GPUCONV_DEBUG_ALLOC=1 timeout 280 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu \
+      -p no:cacheprovider -x tests/test_conv.py tests/test_local.py -k "not float64" > "$OUT/racecheck.log" 2>&1
+  echo "racecheck rc=$?" >> "$OUT/racecheck.log"
+  tail -3 "$OUT/gpu_tests.log" "$OUT/memory.log" "$OUT/racecheck.log"
   ;;
 esac

@@ -103,6 +103,30 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
     fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
 
 
+def time_ms(fn: Any, reps: int = 5) -> float:
+    """Median milliseconds of ``fn()`` on the current stream (CUDA events, one warm-up run)."""
+    cp = device._cupy()
+    fn()
+    times = []
+    for _ in range(reps):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop))
+    return float(np.median(times))
+
+
+def device_key() -> str:
+    """Which GPU this is, for caches of tuned choices: name and compute capability."""
+    cp = device._cupy()
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return f"{name} sm_{dev.compute_capability}"
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division, for grid sizes."""
     return -(-a // b)

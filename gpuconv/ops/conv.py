@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .. import cuda, device
 from ..geometry import window_output_size
-from . import cpu_threads
+from . import autotune, cpu_threads
 from ._checks import OpArgumentError, check_array, check_out
 
 __all__ = [
@@ -329,6 +329,17 @@ def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
     return bm, bn, splits
 
 
+def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: tuple[int, int],
+                run: Any) -> tuple[int, int]:
+    """The (BM, BN) tile to launch: the heuristic's, or with GPUCONV_AUTOTUNE=1 the fastest
+    of _TILES for this GPU and shape (timed once, cached; see ops.autotune)."""
+    if not autotune.enabled():
+        return heuristic
+    key = f"{cuda.device_key()}|conv_{kind}|{precision}|" + ",".join(str(v) for v in geo)
+    candidates = [heuristic] + [t for t in _TILES if t != heuristic]   # ties keep the heuristic
+    return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
+
+
 def _geo_args(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int], stride: int, pad: int,
               dilation: int) -> list[int]:
     n, c, h, wd = x_shape
@@ -439,9 +450,13 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
     rows, cols, red = k, n * ho * wo, c * fh * fw
     _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
     bm, bn, _ = _choose_variant("fwd", rows, cols, red, precision, _num_sms())
-    grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), 1)
-    cuda.launch("conv", f"conv_fwd_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1),
-                [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
+
+    def run(tile: tuple[int, int]) -> None:
+        tm, tn = tile
+        cuda.launch("conv", f"conv_fwd_f32_{tm}x{tn}_{precision}", (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), 1),
+                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
+
+    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn), run))
     return out
 
 
@@ -467,8 +482,13 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
     rows, cols, red = c, n * h * wd, k * fh * fw
     _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
     bm, bn, _ = _choose_variant("bwdd", rows, cols, red, precision, _num_sms())
-    grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), 1)
-    cuda.launch("conv", f"conv_bwdd_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1), [dy, w, out, *geo])
+
+    def run(tile: tuple[int, int]) -> None:
+        tm, tn = tile
+        cuda.launch("conv", f"conv_bwdd_f32_{tm}x{tn}_{precision}", (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), 1),
+                    (256, 1, 1), [dy, w, out, *geo])
+
+    run(_tuned_tile("bwdd", precision, geo, (bm, bn), run))
     return out
 
 
@@ -485,11 +505,16 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
         rows, cols, red = k, c * fh * fw, n * ho * wo
         _check_int32("conv_backward_filter", **{"N*Ho*Wo": red, "C*FH*FW": cols})
         bm, bn, splits = _choose_variant("bwdf", rows, cols, red, precision, _num_sms())
-        if splits > 1:
-            dw.fill(0)  # the splits accumulate with atomicAdd
-        grid = (cuda.cdiv(cols, bn), cuda.cdiv(rows, bm), splits)
-        cuda.launch("conv", f"conv_bwdf_f32_{bm}x{bn}_{precision}", grid, (256, 1, 1),
-                    [x, dy, dw, *geo, int(splits > 1)])
+
+        def run(tile: tuple[int, int]) -> None:
+            tm, tn = tile
+            if splits > 1:
+                dw.fill(0)  # the splits accumulate with atomicAdd
+            cuda.launch("conv", f"conv_bwdf_f32_{tm}x{tn}_{precision}",
+                        (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), splits), (256, 1, 1),
+                        [x, dy, dw, *geo, int(splits > 1)])
+
+        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn), run))
     if db is not None:
         db.fill(0)
         per_k = n * ho * wo

@@ -1,0 +1,95 @@
+"""A small autotuner for kernel variants, its choices cached in memory and on disk.
+
+The conv launchers have a heuristic choice of GEMM tile (``conv._choose_variant``)
+that is right for most shapes but not all.  With ``GPUCONV_AUTOTUNE=1`` the first
+call of each (GPU, op, shape, precision) times every valid variant with CUDA
+events and keeps the fastest; later calls, and later processes, read the choice
+from ``$GPUCONV_CACHE_DIR/autotune.json`` (default ``~/.cache/gpuconv``).
+
+Only variants that are correct for every shape are candidates (each is tested
+against the NumPy spec), so tuning changes speed, never results; it allocates
+nothing (the trial launches write the op's own output, which the final launch
+overwrites), so the memory plan still holds.
+
+Off by default: it has not yet run on a GPU (see bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Hashable, Sequence, TypeVar
+
+V = TypeVar("V", bound=Hashable)
+Timer = Callable[[Callable[[], None]], float]   # runs a callable, returns milliseconds
+
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return os.environ.get("GPUCONV_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cache_path() -> Path:
+    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "autotune.json"
+
+
+class Autotuner:
+    """Fastest variant per key; ``timer`` measures one trial (median of a few launches)."""
+
+    def __init__(self, timer: Timer, path: Path | None = None) -> None:
+        self.timer = timer
+        self.path = path
+        self.trials = 0                      # how many variants were timed (tests count them)
+        self._choices: dict[str, list] = self._load()
+
+    def _load(self) -> dict[str, list]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return {str(k): v for k, v in data.items() if isinstance(v, list)}
+        except (OSError, ValueError):
+            return {}                        # a damaged cache is only a lost speed-up: re-tune
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self._choices, indent=1, sort_keys=True))
+            tmp.replace(self.path)           # atomic: a reader never sees half a file
+        except OSError:
+            pass                             # read-only home: keep the choices in memory
+
+    def choose(self, key: str, candidates: Sequence[V], run: Callable[[V], None]) -> V:
+        """The cached choice for ``key`` if it is still a candidate, else time them all."""
+        with _lock:
+            cached = self._choices.get(key)
+        if cached is not None:
+            for c in candidates:
+                if list(c if isinstance(c, tuple) else (c,)) == cached:
+                    return c
+        times = []
+        for c in candidates:
+            self.trials += 1
+            times.append(self.timer(lambda c=c: run(c)))
+        best = candidates[min(range(len(candidates)), key=lambda i: (times[i], i))]
+        with _lock:
+            self._choices[key] = list(best if isinstance(best, tuple) else (best,))
+            self._save()
+        return best
+
+
+_tuner: Autotuner | None = None
+
+
+def get_tuner(timer: Timer) -> Autotuner:
+    """The process-wide tuner (created on first use with the on-disk cache)."""
+    global _tuner
+    if _tuner is None:
+        _tuner = Autotuner(timer, cache_path())
+    return _tuner
