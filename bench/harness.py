@@ -58,20 +58,9 @@ HEADER = ("| suite | case | mode | ours ms | ours rate | torch ms | torch rate |
 
 def time_gpu(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20) -> float:
     """Median milliseconds of fn() on the current CUDA stream, timed with CUDA events."""
-    import cupy as cp  # noqa: PLC0415  (benchmarks are GPU-side code)
+    from gpuconv import cuda  # noqa: PLC0415
 
-    for _ in range(warmup):
-        fn()
-    cp.cuda.get_current_stream().synchronize()
-    times = []
-    for _ in range(iters):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
-    return statistics.median(times)
+    return cuda.time_ms(fn, reps=iters, warmup=warmup)
 
 
 def time_torch(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20) -> float | None:

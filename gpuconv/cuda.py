@@ -103,10 +103,12 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
     fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
 
 
-def time_ms(fn: Any, reps: int = 5) -> float:
-    """Median milliseconds of ``fn()`` on the current stream (CUDA events, one warm-up run)."""
+def time_ms(fn: Any, reps: int = 5, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn()`` on the current stream, timed with CUDA events."""
     cp = device._cupy()
-    fn()
+    for _ in range(warmup):
+        fn()
+    cp.cuda.get_current_stream().synchronize()
     times = []
     for _ in range(reps):
         start, stop = cp.cuda.Event(), cp.cuda.Event()
