@@ -7,14 +7,13 @@ bwd: read x, dy + write dx), the same number for both sides.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 SHAPES = [(128, 64, 56, 56), (128, 256, 14, 14), (64, 2048, 7, 7), (512, 4096)]
 QUICK_SHAPES = [(32, 64, 56, 56), (32, 256, 14, 14), (256, 1024)]
@@ -81,9 +80,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="smaller shapes")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ GB/s = bytes read + written (forward: x, y, mask; backward: dy, mask, dx).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -53,9 +52,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller shapes")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

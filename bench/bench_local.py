@@ -9,14 +9,13 @@ cores only, so there are fp32 rows (TF32 off on both sides) and no TF32 rows.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 # (N, C, H, W, K, F, stride, pad)
 SHAPES = [
@@ -82,9 +81,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="two small shapes")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ PyTorch's LRN is a composite (pad, avg_pool3d, pow, div); its backward is autogr
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 SHAPES = [(128, 96, 55, 55), (128, 256, 27, 27)]      # AlexNet norm1, norm2
 QUICK_SHAPES = [(32, 96, 55, 55), (32, 256, 27, 27)]
@@ -59,9 +58,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="batch 32 instead of 128")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ One flat parameter buffer; rate in GB/s of the bytes each update must read and w
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 SIZES = [1_000_000, 60_000_000]  # parameters (60M ~ AlexNet)
 
@@ -76,9 +75,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ byte count and the time ratio is the fair comparison).  F=3, S=2 runs on 113x113
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `gpuconv` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 
 def _torch_ok() -> bool:
@@ -95,9 +94,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller shapes")
-    print_rows(run(quick=ap.parse_args().quick))
+    main_quick(run, __doc__)
 
 
 if __name__ == "__main__":

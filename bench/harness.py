@@ -91,3 +91,12 @@ def print_rows(rows: list[Row]) -> None:
     print(HEADER)
     for r in rows:
         print(r.markdown(), flush=True)
+
+
+def main_quick(run: Callable[..., list[Row]], doc: str | None) -> None:
+    """The command line of a one-suite benchmark: ``python bench/bench_X.py [--quick]``."""
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--quick", action="store_true", help="smaller shapes, fewer runs")
+    print_rows(run(quick=ap.parse_args().quick))

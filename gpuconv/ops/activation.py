@@ -59,24 +59,23 @@ def where_or_zero(a: np.ndarray, keep: np.ndarray, out: np.ndarray) -> np.ndarra
     return out
 
 
-def relu_forward_cpu(x: np.ndarray, slope: float, y: np.ndarray) -> None:
-    keep = (x > 0) | np.isnan(x)  # computed before writing (y may be x); NaN propagates
+def _scale_unkept(src: np.ndarray, keep: np.ndarray, slope: float, out: np.ndarray) -> None:
+    """out = src where keep, else slope * src (an exact +0 for slope 0, even where src is inf)."""
     if slope == 0.0:
-        where_or_zero(x, keep, y)
+        where_or_zero(src, keep, out)
         return
-    if y is not x:
-        np.copyto(y, x)
-    np.multiply(y, y.dtype.type(slope), out=y, where=~keep)
+    if out is not src:
+        np.copyto(out, src)
+    np.multiply(out, out.dtype.type(slope), out=out, where=~keep)
+
+
+def relu_forward_cpu(x: np.ndarray, slope: float, y: np.ndarray) -> None:
+    # the mask is computed before writing (y may be x); NaN propagates
+    _scale_unkept(x, (x > 0) | np.isnan(x), slope, y)
 
 
 def relu_backward_cpu(dy: np.ndarray, y: np.ndarray, slope: float, dx: np.ndarray) -> None:
-    keep = y > 0
-    if slope == 0.0:
-        where_or_zero(dy, keep, dx)
-        return
-    if dx is not dy:
-        np.copyto(dx, dy)
-    np.multiply(dx, dx.dtype.type(slope), out=dx, where=~keep)
+    _scale_unkept(dy, y > 0, slope, dx)
 
 
 # ---------------------------------------------------------------------------- CUDA launchers
