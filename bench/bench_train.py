@@ -1,6 +1,7 @@
 """Whole training runs: ours vs PyTorch in the same process and precision.
 
     python bench/bench_train.py --cpu-epoch            # one Fashion-MNIST-net epoch on the CPU (issue target: <= 1.5x PyTorch CPU)
+    python bench/bench_train.py --cpu-step             # per-layer ms of one CPU training step
     python bench/bench_train.py                        # GPU: Fashion-MNIST net 10 epochs, VGG16 step at batch 64
 
 GPU rows: time for 10 epochs and test accuracy of the benchmark net (batch 128, Adam),
@@ -75,6 +76,65 @@ def cpu_epoch(batch: int = 128) -> list[Row]:
         print(f"torch cpu: {theirs:.1f} s, acc {tacc:.4f}")
     return [Row("train", f"fmnist net 1 epoch CPU batch {batch} adam (acc {res.test_accuracy:.4f})", "fp32",
                 ours * 1e3, None if theirs is None else theirs * 1e3, unit="s")]
+
+
+def cpu_step_profile(batch: int = 128, steps: int = 10) -> None:
+    """Per-layer milliseconds of one CPU training step of the benchmark net (synthetic batch, Adam)."""
+    from gpuconv.optim import Optimizer  # noqa: PLC0415
+
+    net = get_model("fmnist").bind("cpu")
+    opt = Optimizer("adam", 1e-3).bind(net)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch).astype(np.int32)
+    spent: dict[str, float] = {}
+
+    def timed(key: str, fn):  # noqa: ANN001, ANN202
+        def wrapper(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    for i, layer in enumerate(net.layers):
+        layer.forward = timed(f"{i}:{layer.describe()} fwd", layer.forward)
+        layer.backward = timed(f"{i}:{layer.describe()} bwd", layer.backward)
+    step_opt = timed("optimizer step", opt.step)
+
+    def step() -> None:
+        loss, dscores = net.loss_and_grad(net.forward(x, train=True), y)
+        net.backward(dscores)
+        step_opt()
+
+    for _ in range(2):
+        step()
+    spent.clear()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    total = (time.perf_counter() - t0) / steps
+    print(f"CPU step, fmnist net, batch {batch}: {total * 1e3:.1f} ms ({steps} steps)")
+    for key, sec in spent.items():
+        print(f"  {key:28s} {sec / steps * 1e3:7.1f} ms")
+    if torch is not None:   # the same step in PyTorch CPU, now: a shared machine's speed drifts
+        torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+        tnet = torch_fmnist_net()
+        topt = torch.optim.Adam(tnet.parameters(), 1e-3)
+        tx, ty = torch.as_tensor(x), torch.as_tensor(y.astype(np.int64))
+
+        def tstep() -> None:
+            topt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(tnet(tx), ty).backward()
+            topt.step()
+
+        for _ in range(2):
+            tstep()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tstep()
+        theirs = (time.perf_counter() - t0) / steps
+        print(f"PyTorch CPU step: {theirs * 1e3:.1f} ms; ours / PyTorch = {total / theirs:.2f}x")
 
 
 def gpu_fmnist(epochs: int = 10, batch: int = 128) -> list[Row]:
@@ -164,6 +224,10 @@ def run(quick: bool = False) -> list[Row]:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-epoch", action="store_true")
+    ap.add_argument("--cpu-step", action="store_true", help="per-layer ms of one CPU training step")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    print_rows(cpu_epoch() if a.cpu_epoch else run(a.quick))
+    if a.cpu_step:
+        cpu_step_profile()
+    else:
+        print_rows(cpu_epoch() if a.cpu_epoch else run(a.quick))
