@@ -12,8 +12,9 @@ that every kernel compiles for sm_80 and sm_90.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -36,11 +37,36 @@ def kernel_names() -> list[str]:
     return sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
 
 
-def kernel_source(name: str) -> str:
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.MULTILINE)
+
+
+def expand_includes(src: str, headers: Mapping[str, Path], seen: frozenset[str] = frozenset()) -> str:
+    """Replace each ``#include "h"`` with the text of ``headers[h]``, recursively.
+
+    Textual inclusion keeps the source self-contained: CuPy keys its on-disk cache on
+    the source text and the options, so an edited header must change the source.
+    """
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in headers:
+            raise FileNotFoundError(f'#include "{name}": no such header beside the kernels')
+        if name in seen:
+            return ""  # included already (the headers are #pragma once)
+        return expand_includes(headers[name].read_text(), headers, seen | {name})
+    return _INCLUDE.sub(repl, src)
+
+
+def kernel_headers() -> dict[str, Path]:
+    """The quoted-include headers that kernels may use: kernels/*.cuh."""
+    return {p.name: p for p in KERNEL_DIR.glob("*.cuh")}
+
+
+def kernel_source(name: str, headers: Mapping[str, Path] | None = None) -> str:
+    """kernels/<name>.cu with its quoted includes expanded (``headers`` overrides kernels/*.cuh)."""
     path = KERNEL_DIR / f"{name}.cu"
     if not path.is_file():
         raise FileNotFoundError(f"kernel source {path} not found (set GPUCONV_KERNEL_DIR?)")
-    return path.read_text()
+    return expand_includes(path.read_text(), {**kernel_headers(), **(headers or {})})
 
 
 def compile_ptx(name: str, arch: str = "compute_90") -> str:

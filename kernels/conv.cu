@@ -34,6 +34,8 @@
 // GPU gradient checks, not speed.  conv_bias_grad_{f32,f64}: grid (K, G),
 // block 256, partial sums per block, atomicAdd into a zeroed db.
 
+#include "ptx.cuh"  // to_tf32, mma_tf32 (inline PTX)
+
 #define NT 256
 #define BK 8
 #define SPAD 8
@@ -239,20 +241,6 @@ struct BwdFilterProb {
 // ---------------------------------------------------------------------------------
 // The shared GEMM main loop.
 // ---------------------------------------------------------------------------------
-
-__device__ __forceinline__ float to_tf32(float v) {
-    unsigned u;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(v));
-    return __uint_as_float(u);
-}
-
-__device__ __forceinline__ void mma_tf32(float* c, const unsigned* a, const unsigned* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 template <class Prob, int BM, int BN, bool TF32>
 __device__ __forceinline__ void igemm(const Prob& P) {

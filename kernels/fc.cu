@@ -34,15 +34,11 @@
 // Every load is bounds-checked (zero-filled) and every store guarded, so any M,N,K works
 // (K = 0 gives beta*C + bias).  Row offsets use 64-bit arithmetic.
 
+#include "ptx.cuh"  // to_tf32, mma_tf32 (inline PTX)
+
 #define GEMM_BM 128
 #define GEMM_BN 128
 #define GEMM_THREADS 256
-
-__device__ __forceinline__ float to_tf32(float x) {
-    unsigned int r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-    return __uint_as_float(r);
-}
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
@@ -234,14 +230,7 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
                              alpha, beta, bias, has_bias, relu, vc);
 }
 
-// ---------------------------------------------------------------- TF32 tensor-core kernel
-__device__ __forceinline__ void mma_tf32(float* c, const unsigned int* a, const unsigned int* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// ---------------------------------------------------------------- TF32 tensor-core kernel (mma_tf32: ptx.cuh)
 
 template <bool TA, bool TB>
 __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const float* __restrict__ B,

@@ -1,19 +1,38 @@
-"""Shared test set-up: the `gpu` marker skips where no CUDA device is usable."""
+"""Shared test set-up.
+
+Tests marked ``gpu`` take the ``cp`` fixture (an array module) and run twice: on the
+CUDA device (skipped where none is usable) and on the kernel emulator
+(``gpuconv.emu``: the same kernels compiled for the CPU; skipped without g++), so
+CI checks every kernel against NumPy without a GPU.  ``gpu_only`` keeps a test off
+the emulator (it needs the real device: streams, memory pools, NVML, timing).
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gpuconv import device
+from gpuconv import device, emu
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    node = metafunc.definition
+    if "cp" in metafunc.fixturenames and node.get_closest_marker("gpu"):
+        backends = ["cuda"]
+        if not node.get_closest_marker("gpu_only"):
+            backends.append(pytest.param("emu", marks=pytest.mark.emu))
+        metafunc.parametrize("cp", backends, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if device.gpu_available():
-        return
-    skip = pytest.mark.skip(reason="no usable CUDA device (cupy missing or no GPU)")
+    no_gpu = pytest.mark.skip(reason="no usable CUDA device (cupy missing or no GPU)")
+    no_cxx = pytest.mark.skip(reason="no C++ compiler: the kernel emulator is unavailable")
+    gpu, cxx = device.gpu_available(), emu.available()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "emu" in item.keywords:
+            if not cxx:
+                item.add_marker(no_cxx)
+        elif "gpu" in item.keywords and not gpu:
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture
@@ -25,6 +44,10 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture
-def cp():
-    """The cupy module, for tests marked gpu."""
-    return device.get_device("cuda").xp
+def cp(request: pytest.FixtureRequest):
+    """The device array module for tests marked gpu: cupy, or the emulator's within emu.emulated()."""
+    if getattr(request, "param", "cuda") == "emu":
+        with emu.emulated() as xp:
+            yield xp
+    else:
+        yield device.get_device("cuda").xp

@@ -132,6 +132,7 @@ def test_copy_into_host_to_same_device_array(rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu_only  # reads cupy's memory pool
 def test_bind_uploads_weights_without_a_temporary_device_copy(cp):
     # cupy_array[...] = numpy_array would upload into a hidden temporary that the pool keeps:
     # memory the plan cannot see.  bind must cost exactly params + grads.

@@ -1,0 +1,335 @@
+"""A CPU emulator for our CUDA C: run ``kernels/*.cu`` without a GPU, for tests.
+
+CI has no GPU, yet every kernel should be checked against its NumPy reference
+there, not only compiled.  This module compiles a kernel file with the host C++
+compiler (g++) against ``runtime.h`` (CUDA built-ins on fibers, see its header)
+and ``ptx.cuh`` (our inline-PTX wrappers: TF32 rounding, ``mma.sync``,
+``cp.async``), then launches kernels on NumPy arrays.  It is slow (one block at a
+time, one fiber per thread) and meant for small shapes.
+
+What it checks beyond the values: kernel arguments must match the parameters'
+kinds and sizes (cupy passes bytes as given, so a float64 where a float is
+expected would be silent garbage on the GPU); each array argument sits between
+guard bands filled with NaN bytes (reads past the end poison the result, writes
+there raise :class:`EmulatorError`); divergent ``__syncthreads``, deadlocks and
+misaligned 16-byte ``cp.async`` are errors.  It does not model timing, memory
+ordering between blocks, or races (compute-sanitizer on a GPU does that).
+
+``emulated()`` makes the ops' GPU launchers run here: arrays made by
+:func:`asarray` count as device arrays, ``cuda.launch`` goes to :func:`launch`.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .. import cuda
+
+HERE = Path(__file__).resolve().parent
+CXX = os.environ.get("CXX", "g++")
+CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-fwrapv", "-fno-strict-aliasing", "-w")
+GUARD = 4096  # bytes of NaN-filled guard band on each side of an array argument
+_POISON = 0xFF  # 0xffffffff is a NaN as float32, 0xffff...ff as float64
+
+_KERNEL_DECL = re.compile(r'extern\s+"C"\s+void\s+(\w+)\s*\(')
+# extern __shared__ T name[];  ->  a pointer to the launch's dynamic shared memory
+_DYN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+class EmulatorError(RuntimeError):
+    """A kernel misbehaved under emulation, or could not be built or called."""
+
+
+def available() -> bool:
+    """True when a C++ compiler is on PATH."""
+    return shutil.which(CXX) is not None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "emu"
+
+
+_EMULATED_HEADERS = {"ptx.cuh": HERE / "ptx.cuh"}  # stand-ins for kernels/*.cuh that hold inline PTX
+
+
+def emulator_source(name: str) -> str:
+    """kernels/<name>.cu with the emulator's stand-ins for its inline-PTX headers."""
+    return cuda.kernel_source(name, headers=_EMULATED_HEADERS)
+
+
+def _glue(names: Sequence[str]) -> str:
+    out = []
+    for n in names:
+        out.append(
+            f'extern "C" int emu_sig_{n}(int* codes) {{ return emu::signature(&{n}, codes); }}\n'
+            f"static void emu_body_{n}(void** a) {{ emu::invoke(&{n}, a); }}\n"
+            f'extern "C" const char* emu_launch_{n}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, '
+            f"unsigned by, unsigned bz, size_t smem, void** a) {{\n"
+            f"    return emu::launch({{gx, gy, gz}}, {{bx, by, bz}}, smem, emu_body_{n}, a);\n}}\n")
+    out.append('extern "C" const char* emu_kernel_names() { return "' + " ".join(names) + '"; }\n')
+    return "".join(out)
+
+
+def _run(cmd: list[str], what: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EmulatorError(f"{what} failed ({' '.join(cmd[:3])} ...):\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+class Module:
+    """One kernel file built for the emulator: its kernels by name."""
+
+    def __init__(self, name: str, lib: ctypes.CDLL) -> None:
+        self.name = name
+        self._lib = lib
+        lib.emu_kernel_names.restype = ctypes.c_char_p
+        self.kernels: tuple[str, ...] = tuple(lib.emu_kernel_names().decode().split())
+        self._sigs: dict[str, tuple[int, ...]] = {}
+
+    def signature(self, kernel: str) -> tuple[int, ...]:
+        """Each parameter as size | kind << 8 (kind 1 pointer, 2 floating, 3 integral)."""
+        if kernel not in self._sigs:
+            if kernel not in self.kernels:
+                raise EmulatorError(f"{self.name}.cu has no kernel {kernel!r}")
+            codes = (ctypes.c_int * 64)()
+            n = getattr(self._lib, f"emu_sig_{kernel}")(codes)
+            self._sigs[kernel] = tuple(codes[:n])
+        return self._sigs[kernel]
+
+    def launch(self, kernel: str, grid: Sequence[int], block: Sequence[int], argv: Any, shared_mem: int) -> None:
+        fn = getattr(self._lib, f"emu_launch_{kernel}")
+        fn.restype = ctypes.c_char_p
+        err = fn(*(ctypes.c_uint(int(v)) for v in (*grid, *block)), ctypes.c_size_t(shared_mem), argv)
+        if err:
+            raise EmulatorError(f"{self.name}.cu {kernel} grid={tuple(grid)} block={tuple(block)}: {err.decode()}")
+
+
+_modules: dict[str, Module] = {}
+_build_lock = threading.Lock()
+
+
+def build(name: str) -> Module:
+    """Compile kernels/<name>.cu for the emulator (cached on disk by content hash)."""
+    with _build_lock:
+        mod = _modules.get(name)
+        if mod is not None:
+            return mod
+    return build_source(name, emulator_source(name))
+
+
+def build_source(name: str, src: str) -> Module:
+    """Compile CUDA C source text as module ``name`` (tests use it for small probe kernels)."""
+    if not available():
+        raise EmulatorError(f"no C++ compiler ({CXX}) on PATH: the kernel emulator is unavailable")
+    src = cuda.expand_includes(src, {**cuda.kernel_headers(), **_EMULATED_HEADERS})
+    src = _DYN_SHARED.sub(r"\1* \2 = (\1*)emu::dyn_smem();", src)
+    with _build_lock:
+        runtime = HERE / "runtime.h"
+        key = hashlib.sha256("\0".join([src, runtime.read_text(), CXX, *CXXFLAGS]).encode()).hexdigest()[:20]
+        lib_path = cache_dir() / f"{name}-{key}.so"
+        if not lib_path.is_file():
+            lib_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="gpuconv-emu-") as tmp:
+                cpp = Path(tmp) / f"{name}.cpp"
+                cpp.write_text(src)
+                pre = _run([CXX, "-std=c++17", "-E", "-P", "-include", str(runtime), str(cpp)], f"preprocessing {name}.cu")
+                names = [n for n in dict.fromkeys(_KERNEL_DECL.findall(pre)) if not n.startswith("emu_")]
+                cpp.write_text(src + "\n" + _glue(names))
+                out = Path(tmp) / "k.so"
+                _run([CXX, *CXXFLAGS, "-include", str(runtime), str(cpp), "-o", str(out)], f"compiling {name}.cu")
+                os.replace(out, lib_path)  # atomic: a concurrent build never sees half a file
+        mod = Module(name, ctypes.CDLL(str(lib_path)))
+        _modules[name] = mod
+        return mod
+
+
+# ---------------------------------------------------------------- device arrays
+class _Pointer:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
+class _EmuDevice:
+    id = 0
+
+    def __repr__(self) -> str:
+        return "<emulated CUDA device 0>"
+
+
+EMU_DEVICE = _EmuDevice()
+
+
+class EmuArray(np.ndarray):
+    """A NumPy array standing in for a cupy array: ``.data.ptr``, ``.device.id``, ``.get()``."""
+
+    @property
+    def data(self) -> _Pointer:  # type: ignore[override]
+        return _Pointer(self.__array_interface__["data"][0])
+
+    @property
+    def device(self) -> _EmuDevice:  # type: ignore[override]
+        return EMU_DEVICE
+
+    def get(self) -> np.ndarray:
+        return np.array(self, copy=True).view(np.ndarray)
+
+
+def asarray(a: Any, dtype: Any = None) -> EmuArray:
+    """An emulated device array holding a copy of ``a``."""
+    return np.array(a, dtype=dtype, copy=True).view(EmuArray)
+
+
+class _EmuXP:
+    """The array module of emulated device arrays: numpy, with allocations returning EmuArray."""
+
+    ndarray = EmuArray
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(np, name)
+        if isinstance(value, type) or not callable(value):
+            return value  # dtypes (xp.float32) and constants as they are
+
+        def on_device(*args: Any, **kwargs: Any) -> Any:
+            out = value(*args, **kwargs)
+            return out.view(EmuArray) if type(out) is np.ndarray else out
+        return on_device
+
+    def asarray(self, a: Any, dtype: Any = None) -> EmuArray:
+        return a if isinstance(a, EmuArray) and dtype in (None, a.dtype) else asarray(a, dtype)
+
+    def empty(self, shape: Any, dtype: Any = float) -> EmuArray:
+        # never zeros: all bits set (NaN for floats), so reading unwritten memory shows
+        out = np.empty(shape, dtype=dtype)
+        out.reshape(-1).view(np.uint8).fill(_POISON)
+        return out.view(EmuArray)
+
+    def zeros(self, shape: Any, dtype: Any = float) -> EmuArray:
+        return np.zeros(shape, dtype=dtype).view(EmuArray)
+
+    def ones(self, shape: Any, dtype: Any = float) -> EmuArray:
+        return np.ones(shape, dtype=dtype).view(EmuArray)
+
+    def empty_like(self, a: Any, dtype: Any = None) -> EmuArray:
+        return self.empty(a.shape, dtype or a.dtype)
+
+    def zeros_like(self, a: Any, dtype: Any = None) -> EmuArray:
+        return self.zeros(a.shape, dtype or a.dtype)
+
+    def asnumpy(self, a: Any) -> np.ndarray:
+        return np.array(a, copy=True).view(np.ndarray)
+
+
+xp = _EmuXP()
+
+
+# ---------------------------------------------------------------- launching
+def _scalar_buffer(i: int, value: Any, code: int, kernel: str) -> np.ndarray:
+    size, kind = code & 0xFF, code >> 8
+    v = cuda._as_kernel_arg(value)
+    if kind == 2:
+        if not isinstance(v, np.floating) or v.dtype.itemsize != size:
+            raise EmulatorError(f"{kernel}: argument {i} must be a {size * 8}-bit float, got {type(value).__name__}")
+        return np.array([v], dtype=v.dtype)
+    if not isinstance(v, (np.integer, np.bool_)) or v.dtype.itemsize != size:
+        raise EmulatorError(f"{kernel}: argument {i} must be a {size * 8}-bit integer, got "
+                            f"{type(value).__name__} ({getattr(v, 'dtype', '?')})")
+    return np.array([v], dtype=v.dtype)
+
+
+def _overlapping(arrays: list[tuple[int, np.ndarray]]) -> set[int]:
+    """Indices of array arguments sharing memory with another one (passed as they are)."""
+    shared = set()
+    for j, (i, a) in enumerate(arrays):
+        for k, b in arrays[j + 1:]:
+            if np.shares_memory(a, b):
+                shared |= {i, k}
+    return shared
+
+
+def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
+           args: Sequence[Any], shared_mem: int = 0) -> None:
+    """``cuda.launch`` on the CPU: same arguments, NumPy arrays for device pointers."""
+    grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
+    if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
+        return
+    mod = build(module)
+    sig = mod.signature(function)
+    if len(args) != len(sig):
+        raise EmulatorError(f"{function}: {len(sig)} parameters, {len(args)} arguments")
+    arrays = [(i, a) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+    shared = _overlapping(arrays)
+    keep: list[Any] = []       # buffers that must outlive the call
+    guarded: list[tuple[int, np.ndarray, np.ndarray, int]] = []  # (arg, original, buffer, data offset)
+    addrs = []
+    for i, (a, code) in enumerate(zip(args, sig)):
+        if code >> 8 != 1:
+            buf = _scalar_buffer(i, a, code, function)
+        else:
+            if not isinstance(a, np.ndarray):
+                raise EmulatorError(f"{function}: argument {i} must be an array (a device pointer), "
+                                    f"got {type(a).__name__}")
+            if not a.flags.c_contiguous:
+                raise EmulatorError(f"{function}: argument {i} is not C-contiguous; the kernel would read it "
+                                    "as if it were")
+            ptr = a.__array_interface__["data"][0]
+            if i not in shared and a.nbytes > 0:
+                # Same address modulo 256 as the original, so alignment-dependent paths stay as chosen.
+                raw = np.full(a.nbytes + 2 * GUARD + 512, _POISON, dtype=np.uint8)
+                base = raw.__array_interface__["data"][0]
+                off = (-(base + GUARD) % 256) + GUARD + ptr % 256
+                raw[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
+                guarded.append((i, a, raw, off))
+                ptr = base + off
+            buf = np.array([ptr], dtype=np.uint64)
+        keep.append(buf)
+        addrs.append(buf.__array_interface__["data"][0])
+    argv = (ctypes.c_void_p * max(len(addrs), 1))(*addrs)
+    mod.launch(function, grid, block, argv, shared_mem)
+    for i, a, raw, off in guarded:
+        before, after = raw[:off], raw[off + a.nbytes:]
+        if (before != _POISON).any() or (after != _POISON).any():
+            lo = off - int(np.flatnonzero(before != _POISON)[0]) if (before != _POISON).any() else 0
+            hi = int(np.flatnonzero(after != _POISON)[-1]) + 1 if (after != _POISON).any() else 0
+            raise EmulatorError(f"{module}.cu {function}: out-of-bounds write to argument {i} "
+                                f"({lo} bytes before its start, {hi} bytes past its end)")
+        a.reshape(-1).view(np.uint8)[...] = raw[off:off + a.nbytes]
+
+
+@contextlib.contextmanager
+def emulated() -> Iterator[_EmuXP]:
+    """Within: EmuArrays are device arrays and the ops' GPU launchers run on the emulator."""
+    from .. import device  # noqa: PLC0415
+    from ..ops import conv, fc  # noqa: PLC0415
+
+    saved = [(cuda, "launch", cuda.launch), (device, "is_gpu_array", device.is_gpu_array),
+             (device, "array_module", device.array_module), (device, "device_of", device.device_of),
+             (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count)]
+    is_gpu, module_of, dev_of = device.is_gpu_array, device.array_module, device.device_of
+    emu_device = device.Device("cuda", xp)  # type: ignore[arg-type]
+    cuda.launch = launch  # type: ignore[assignment]
+    device.is_gpu_array = lambda a: isinstance(a, EmuArray) or is_gpu(a)  # type: ignore[assignment]
+    device.array_module = lambda a: xp if isinstance(a, EmuArray) else module_of(a)  # type: ignore
+    device.device_of = lambda a: emu_device if isinstance(a, EmuArray) else dev_of(a)  # type: ignore
+    conv._num_sms = lambda: 132  # type: ignore[assignment]  (an H100's SM count)
+    fc._sm_count = lambda dev_id: 132  # type: ignore[assignment]
+    try:
+        yield xp
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)

@@ -1,0 +1,335 @@
+"""The kernel emulator (gpuconv.emu): CUDA semantics on the CPU, and the misuse it catches.
+
+The op kernels themselves run on the emulator through the ``emu`` variants of the
+tests marked ``gpu`` (see conftest.py); this file checks the emulator with small
+probe kernels whose answers are known.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from gpuconv import cuda, emu
+
+pytestmark = pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+
+PROBES = r'''
+#include "ptx.cuh"
+
+extern "C" __global__ void reverse_block(const float* x, float* y) {
+    __shared__ float s[256];
+    const int t = threadIdx.x, base = blockIdx.x * blockDim.x;
+    s[t] = x[base + t];
+    __syncthreads();
+    y[base + t] = s[blockDim.x - 1 - t];
+}
+
+extern "C" __global__ void early_exit_then_barrier(float* y, int live) {
+    __shared__ float s[256];
+    if ((int)threadIdx.x >= live) return;  // exited threads do not hold the barrier up
+    s[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    y[threadIdx.x] = s[live - 1 - threadIdx.x];
+}
+
+extern "C" __global__ void divergent_barrier(float* y) {
+    if (threadIdx.x < 16) {
+        __syncthreads();
+        y[threadIdx.x] = 1.f;
+    } else {
+        __syncthreads();
+        y[threadIdx.x] = 2.f;
+    }
+}
+
+extern "C" __global__ void index_probe(int* out) {
+    const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    const int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const int i = b * blockDim.x * blockDim.y * blockDim.z + t;
+    out[4 * i + 0] = threadIdx.x + 100 * threadIdx.y + 10000 * threadIdx.z;
+    out[4 * i + 1] = blockIdx.x + 100 * blockIdx.y + 10000 * blockIdx.z;
+    out[4 * i + 2] = blockDim.x + 100 * blockDim.y + 10000 * blockDim.z;
+    out[4 * i + 3] = gridDim.x + 100 * gridDim.y + 10000 * gridDim.z;
+}
+
+extern "C" __global__ void shuffles(const float* x, float* out, int width) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    const float v = x[t];
+    out[4 * t + 0] = __shfl_xor_sync(0xffffffffu, v, 5, width);
+    out[4 * t + 1] = __shfl_down_sync(0xffffffffu, v, 3, width);
+    out[4 * t + 2] = __shfl_up_sync(0xffffffffu, v, 2, width);
+    out[4 * t + 3] = __shfl_sync(0xffffffffu, v, 7, width);
+}
+
+extern "C" __global__ void warp_sum(const double* x, double* out) {
+    double v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) out[threadIdx.x / 32] = v;
+}
+
+// One warp: A (16x8, row-major) and B (8x8, k-major) into the documented fragments.
+extern "C" __global__ void mma_probe(const float* A, const float* B, float* C) {
+    const int lane = threadIdx.x, gq = lane >> 2, tq = lane & 3;
+    unsigned a[4] = {__float_as_uint(A[gq * 8 + tq]), __float_as_uint(A[(gq + 8) * 8 + tq]),
+                     __float_as_uint(A[gq * 8 + tq + 4]), __float_as_uint(A[(gq + 8) * 8 + tq + 4])};
+    unsigned b[2] = {__float_as_uint(B[tq * 8 + gq]), __float_as_uint(B[(tq + 4) * 8 + gq])};
+    float c[4] = {C[gq * 8 + 2 * tq], C[gq * 8 + 2 * tq + 1], C[(gq + 8) * 8 + 2 * tq], C[(gq + 8) * 8 + 2 * tq + 1]};
+    mma_tf32(c, a, b);
+    C[gq * 8 + 2 * tq] = c[0];
+    C[gq * 8 + 2 * tq + 1] = c[1];
+    C[(gq + 8) * 8 + 2 * tq] = c[2];
+    C[(gq + 8) * 8 + 2 * tq + 1] = c[3];
+}
+
+extern "C" __global__ void tf32_round(const float* x, float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = to_tf32(x[i]);
+}
+
+// out[0..3]: before any wait, after wait<1> (group 1 landed, group 2 pending), after wait<0>,
+// and a zero-filled (!valid) copy.
+extern "C" __global__ void async_copies(const float* g, float* out) {
+    __shared__ __align__(16) float s[8];
+    for (int i = 0; i < 8; ++i) s[i] = -1.f;
+    cp_async4(&s[0], &g[0], true);
+    cp_async_commit();
+    cp_async16(&s[4], &g[4], true);
+    cp_async_commit();
+    out[0] = s[0];
+    cp_async_wait<1>();
+    out[1] = s[0];
+    out[2] = s[4];
+    cp_async_wait<0>();
+    out[3] = s[4];
+    out[4] = s[7];
+    cp_async4(&s[1], &g[1], false);
+    cp_async_commit();
+    cp_async_wait<0>();
+    out[5] = s[1];
+}
+
+extern "C" __global__ void misaligned_async(const float* g) {
+    __shared__ __align__(16) float s[8];
+    cp_async16(&s[1], g, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+}
+
+extern "C" __global__ void dynamic_shared(const float* x, float* y, int n) {
+    extern __shared__ __align__(16) float buf[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = x[i] * 2.f;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) y[i] = buf[n - 1 - i];
+}
+
+extern "C" __global__ void write_n(float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i <= n) y[i] = 1.f;  // off by one on purpose
+}
+
+extern "C" __global__ void read_n(const float* x, float* y, int n) {
+    const int i = threadIdx.x;
+    if (i < n) y[i] = x[i + 1];  // reads one past the end
+}
+
+extern "C" __global__ void scale_inplace(float* p, const float* q, long long n, float a) {
+    for (long long i = threadIdx.x; i < n; i += blockDim.x) p[i] = a * p[i] + q[i];
+}
+
+extern "C" __global__ void takes_double(double* y, double v) { y[0] = v; }
+'''
+
+
+@pytest.fixture(scope="module")
+def probes() -> str:
+    emu.build_source("probes", PROBES)
+    return "probes"
+
+
+def test_block_barrier_and_shared_memory(probes, rng):
+    x = rng.standard_normal(3 * 256).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    emu.launch(probes, "reverse_block", (3,), (256,), [x, y])
+    np.testing.assert_array_equal(y, x.reshape(3, 256)[:, ::-1].reshape(-1))
+
+
+def test_exited_threads_do_not_hold_the_barrier(probes):
+    y = np.full(256, np.nan, dtype=np.float32)
+    emu.launch(probes, "early_exit_then_barrier", (1,), (256,), [y, 100])
+    np.testing.assert_array_equal(y[:100], np.arange(100)[::-1])
+    assert np.isnan(y[100:]).all()
+
+
+def test_divergent_syncthreads_is_an_error(probes):
+    y = np.zeros(32, dtype=np.float32)
+    with pytest.raises(emu.EmulatorError, match="divergent __syncthreads"):
+        emu.launch(probes, "divergent_barrier", (1,), (32,), [y])
+
+
+def test_thread_and_block_indices(probes):
+    grid, block = (3, 2, 2), (4, 3, 2)
+    nthreads = int(np.prod(grid) * np.prod(block))
+    out = np.full(4 * nthreads, -1, dtype=np.int32)
+    emu.launch(probes, "index_probe", grid, block, [out])
+    got = out.reshape(-1, 4)
+    expect = []
+    for bz in range(grid[2]):
+        for by in range(grid[1]):
+            for bx in range(grid[0]):
+                for tz in range(block[2]):
+                    for ty in range(block[1]):
+                        for tx in range(block[0]):
+                            expect.append((tx + 100 * ty + 10000 * tz, bx + 100 * by + 10000 * bz,
+                                           4 + 300 + 20000, 3 + 200 + 20000))
+    np.testing.assert_array_equal(got, np.array(expect))
+
+
+@pytest.mark.parametrize("width", [32, 16, 8])
+def test_warp_shuffles_match_cuda_semantics(probes, rng, width):
+    x = rng.standard_normal(64).astype(np.float32)
+    out = np.full(4 * 64, np.nan, dtype=np.float32)
+    emu.launch(probes, "shuffles", (1,), (64,), [x, out, width])
+    got = out.reshape(64, 4)
+    for t in range(64):
+        lane, seg = t % 32, (t % 32) // width * width
+        warp = t - lane
+        xor = lane ^ 5
+        down = lane + 3 if lane % width + 3 < width else lane
+        up = lane - 2 if lane % width >= 2 else lane
+        expect = [x[warp + (xor if xor // width == lane // width else lane)], x[warp + down], x[warp + up],
+                  x[warp + seg + 7 % width]]
+        np.testing.assert_array_equal(got[t], expect, err_msg=f"thread {t}")
+
+
+def test_warp_reduction_in_double(probes, rng):
+    x = rng.standard_normal(96)
+    out = np.zeros(3)
+    emu.launch(probes, "warp_sum", (1,), (96,), [x, out])
+    np.testing.assert_allclose(out, x.reshape(3, 32).sum(axis=1), rtol=1e-14)
+
+
+def _tf32_rna(x: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 in NumPy: keep 10 mantissa bits, ties away from zero."""
+    u = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    finite = (u & 0x7F800000) != 0x7F800000
+    u = np.where(finite, u + 0x1000, u) & 0xFFFFE000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def test_mma_fragment_layout(probes, rng):
+    """One m16n8k8 TF32 MMA against NumPy (operands cut to TF32, as the tensor cores read them)."""
+    a = rng.standard_normal((16, 8)).astype(np.float32)
+    b = rng.standard_normal((8, 8)).astype(np.float32)
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+    out = c.copy()
+    emu.launch(probes, "mma_probe", (1,), (32,), [a, b, out])
+    trunc = lambda m: (m.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)  # noqa: E731
+    expect = trunc(a).astype(np.float64) @ trunc(b).astype(np.float64) + c
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_tf32_rounding(probes):
+    one = np.float32(1.0).view(np.uint32)
+    specials = np.array([one + 0x1000, one + 0x0FFF, one + 0x3000, (one + 0x1000) | 0x80000000, one | 0x1FFF],
+                        dtype=np.uint32).view(np.float32)  # ties, just below a tie, odd tie, negative tie
+    x = np.concatenate([specials, np.array([np.inf, -np.inf, 0.0, -0.0, 3.4e38], dtype=np.float32),
+                        np.random.default_rng(1).standard_normal(300).astype(np.float32)])
+    y = np.full_like(x, np.nan)
+    emu.launch(probes, "tf32_round", (cuda.cdiv(x.size, 128),), (128,), [x, y, x.size])
+    np.testing.assert_array_equal(y.view(np.uint32), _tf32_rna(x).view(np.uint32))
+    assert y[0] == np.float32(1.0) + np.float32(2.0 ** -10)  # a tie rounds away from zero
+    nan = np.full(1, np.nan, dtype=np.float32)
+    emu.launch(probes, "tf32_round", (1,), (32,), [nan, y, 1])
+    assert np.isnan(y[0])
+
+
+def test_cp_async_lands_only_at_its_wait(probes):
+    g = np.arange(1, 9, dtype=np.float32)
+    out = np.full(6, np.nan, dtype=np.float32)
+    emu.launch(probes, "async_copies", (1,), (1,), [g, out])
+    # before any wait: stale; wait<1>: the older group landed, the newer not yet; zero-fill when !valid
+    np.testing.assert_array_equal(out, [-1, 1, -1, 5, 8, 0])
+
+
+def test_misaligned_16_byte_cp_async_is_an_error(probes):
+    with pytest.raises(emu.EmulatorError, match="misaligned 16-byte cp.async"):
+        emu.launch(probes, "misaligned_async", (1,), (1,), [np.zeros(8, dtype=np.float32)])
+
+
+def test_dynamic_shared_memory(probes, rng):
+    x = rng.standard_normal(300).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    emu.launch(probes, "dynamic_shared", (1,), (64,), [x, y, 300], shared_mem=300 * 4)
+    np.testing.assert_array_equal(y, (2 * x)[::-1])
+
+
+def test_out_of_bounds_write_is_an_error(probes):
+    y = np.zeros(100, dtype=np.float32)
+    with pytest.raises(emu.EmulatorError, match="out-of-bounds write to argument 0 .*4 bytes past its end"):
+        emu.launch(probes, "write_n", (1,), (128,), [y, 100])
+    emu.launch(probes, "write_n", (1,), (128,), [y, 99])  # in bounds
+    assert (y == 1).all()
+
+
+def test_out_of_bounds_read_reads_nan(probes):
+    x = np.arange(8, dtype=np.float32)
+    y = np.zeros(8, dtype=np.float32)
+    emu.launch(probes, "read_n", (1,), (8,), [x, y, 8])
+    np.testing.assert_array_equal(y[:7], x[1:])
+    assert np.isnan(y[7])  # the guard band past x
+
+
+def test_aliased_arguments_stay_aliased(probes):
+    p = np.arange(10, dtype=np.float32)
+    emu.launch(probes, "scale_inplace", (1,), (4,), [p, p, np.int64(10), 2.0])  # p = 2p + p
+    np.testing.assert_array_equal(p, 3 * np.arange(10))
+
+
+@pytest.mark.parametrize("args, match", [
+    ([np.zeros(4, np.float32), np.int64(4), np.float64(1.0)], "argument 3 must be a 32-bit float"),
+    ([np.zeros(4, np.float32), 4, 1.0], "argument 2 must be a 64-bit integer"),
+    ([3, np.int64(4), 1.0], "argument 0 must be an array"),
+    ([np.zeros(4, np.float32), np.int64(4)], "4 parameters, 2 arguments"),
+    ([np.zeros((4, 4), np.float32)[:, 0], np.int64(4), 1.0], "not C-contiguous"),
+])
+def test_argument_kinds_and_sizes_are_checked(probes, args, match):
+    q = np.zeros(4, np.float32)
+    full = [args[0], q, *args[1:]] if len(args) != 2 else [args[0], args[1]]
+    with pytest.raises(emu.EmulatorError, match=match):
+        emu.launch(probes, "scale_inplace", (1,), (4,), full)
+
+
+def test_double_scalar_argument(probes):
+    y = np.zeros(1)
+    emu.launch(probes, "takes_double", (1,), (1,), [y, np.float64(0.1)])
+    assert y[0] == 0.1
+    with pytest.raises(emu.EmulatorError, match="64-bit float"):
+        emu.launch(probes, "takes_double", (1,), (1,), [y, 0.1])  # a Python float is passed as float32
+
+
+def test_every_kernel_file_builds_and_exports_its_kernels():
+    for name in cuda.kernel_names():
+        mod = emu.build(name)
+        assert mod.kernels, name
+        # entry points written out in the source (those made by macros are not matched here)
+        declared = set(re.findall(r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s*)?(?!__)(\w+)\s*\(',
+                                  emu.emulator_source(name)))
+        assert declared <= set(mod.kernels), (name, declared - set(mod.kernels))
+    assert {"conv_fwd_f32_128x128_tf32", "gemm_tf32_nt", "adam_f32", "bn_apply_f64"} <= {
+        k for n in cuda.kernel_names() for k in emu.build(n).kernels}
+
+
+def test_emulated_arrays_look_like_device_arrays(rng):
+    from gpuconv import device
+
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    with emu.emulated() as xp:
+        gx = xp.asarray(x)
+        assert device.is_gpu_array(gx) and not device.is_gpu_array(x)
+        assert gx.data.ptr % 16 == 0 and gx.device.id == 0
+        np.testing.assert_array_equal(device.to_host(gx), x)
+        out = xp.empty((5,), dtype=np.float32)
+        assert np.isnan(out).all()  # fresh device memory is poison, never zeros
+    assert not device.is_gpu_array(gx)  # outside the context, plain NumPy again
