@@ -1,6 +1,6 @@
 """Benchmark conv (forward and forward+backward) against torch.nn.functional.conv2d / cuDNN.
 
-    python bench/bench_conv.py [--quick] [--json]
+    python bench/bench_conv.py [--quick] [--json] [--only L1,...] [--schedules reg,async]
 
 Layers: convnet-benchmarks L1-L5, VGG16 conv1_2/conv3_2/conv5_2, CIFAR-size 3x3,
 dilated 3x3, AlexNet conv1, a 1x1.  Each layer gets fp32 rows (TF32 off on both
@@ -10,7 +10,9 @@ alone and for forward + backward-data + backward-filter (+ bias grad).  FLOPs:
 random normals, shared with torch through DLPack so both sides see the same data;
 ``extra['fwd_rel_err']`` records how far our forward is from torch's; the fwd+bwd rows
 name the backward-data kernel in ``extra['variant_bwdd']`` (the direct gather kernel
-for few input channels or stride >= 2, else the GEMM tile).
+for few input channels or stride >= 2, else the GEMM tile).  ``--schedules reg,async``
+adds rows "... [async]" for the cp.async 4-stage main loop beside the default "reg"
+rows (same inputs, same cuDNN timing).
 
 Importing this module needs no GPU; all GPU work happens inside ``run``.
 """
@@ -70,7 +72,22 @@ QUICK = ("L5", "CIFAR 64", "1x1")
 MODES = ("fp32", "tf32")
 
 
-def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
+def _with_schedule(conv, schedule: str, fn):  # noqa: ANN001, ANN202
+    """fn with the GEMM kernels' main-loop schedule forced (GPUCONV_CONV_SCHEDULE)."""
+    def call() -> None:
+        old = os.environ.get(conv.SCHEDULE_ENV)
+        os.environ[conv.SCHEDULE_ENV] = schedule
+        try:
+            fn()
+        finally:
+            if old is None:
+                os.environ.pop(conv.SCHEDULE_ENV, None)
+            else:
+                os.environ[conv.SCHEDULE_ENV] = old
+    return call
+
+
+def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("reg",)) -> list[Row]:  # noqa: ANN001
     n, c, h, w, k, f, s, p, d = L.n, L.c, L.h, L.w, L.k, L.f, L.s, L.p, L.d
     yshape = conv.conv_output_shape((n, c, h, w), (k, c, f, f), s, p, d)
     _, _, ho, wo = yshape
@@ -94,8 +111,8 @@ def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
     # backward-data: the direct gather kernel (small C / stride >= 2, e.g. L1 and AlexNet conv1) or the GEMM
     plan = conv._choose_bwdd(n, c, h, w, k, f, f, s, d)
     bwdd = plan["func"] if plan is not None else conv._choose_variant("bwdd", c, n * h * w, k * f * f, mode)
-    ours_f = time_gpu(ours_fwd)
-    ours_fb = time_gpu(ours_fwdbwd)
+    ours = {sc: (time_gpu(_with_schedule(conv, sc, ours_fwd)), time_gpu(_with_schedule(conv, sc, ours_fwdbwd)))
+            for sc in schedules}
     theirs_f = theirs_fb = None
     if torch is not None and torch.cuda.is_available():
         import torch.nn.functional as F  # noqa: PLC0415
@@ -119,16 +136,23 @@ def _bench_layer(L: Layer, mode: str, cp, conv) -> list[Row]:  # noqa: ANN001
         theirs_fb = time_torch(torch_fwdbwd)
         with torch.no_grad():
             ref = cp.from_dlpack(F.conv2d(tx, tw, tb, s, p, d).contiguous())
-        ours_fwd()
-        extra["fwd_rel_err"] = float(cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
+        for sc in schedules:
+            _with_schedule(conv, sc, ours_fwd)()
+            extra[f"fwd_rel_err{'' if sc == 'reg' else '_' + sc}"] = float(
+                cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
         set_torch_tf32(False)
-    return [
-        Row("conv", f"{L.label} fwd", mode, ours_f, theirs_f, flops, extra=extra),
-        Row("conv", f"{L.label} fwd+bwd", mode, ours_fb, theirs_fb, 3 * flops, extra=dict(extra, variant_bwdd=bwdd)),
-    ]
+    rows = []
+    for sc, (ours_f, ours_fb) in ours.items():
+        tag = "" if sc == "reg" else f" [{sc}]"  # the default schedule keeps the historical row names
+        ex = dict(extra, schedule=sc)
+        rows += [Row("conv", f"{L.label} fwd{tag}", mode, ours_f, theirs_f, flops, extra=ex),
+                 Row("conv", f"{L.label} fwd+bwd{tag}", mode, ours_fb, theirs_fb, 3 * flops,
+                     extra=dict(ex, variant_bwdd=bwdd))]
+    return rows
 
 
-def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
+def run(quick: bool = False, only: tuple[str, ...] | None = None,
+        schedules: tuple[str, ...] = ("reg",)) -> list[Row]:
     """Time every layer in both precisions; a layer that fails gets a row carrying the error."""
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import conv  # noqa: PLC0415
@@ -140,7 +164,7 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
     for L in layers:
         for mode in MODES:
             try:
-                rows.extend(_bench_layer(L, mode, cp, conv))
+                rows.extend(_bench_layer(L, mode, cp, conv, schedules))
             except Exception as exc:  # noqa: BLE001  (keep benchmarking the other layers)
                 traceback.print_exc()
                 rows.append(Row("conv", f"{L.label}", mode, None, extra={"error": f"{type(exc).__name__}: {exc}"}))
@@ -156,8 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
     ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. L1,AlexNet")
+    ap.add_argument("--schedules", default="reg",
+                    help="GEMM main-loop schedules to time side by side: reg, async or reg,async")
     args = ap.parse_args(argv)
-    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None)
+    schedules = tuple(v.strip() for v in args.schedules.split(",") if v.strip())
+    bad = [v for v in schedules if v not in ("reg", "async")]
+    if bad or not schedules:
+        ap.error(f"--schedules: unknown {bad or 'empty'}; choose from reg, async")
+    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None, schedules)
     print_rows(rows)
     if args.json:
         for r in rows:

@@ -3,8 +3,10 @@
 #   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
 #   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
 #   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
-#   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: autotuned conv rows,
+#   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: the cp.async conv
+#                                       #   schedule (tests, reg vs async rows), autotuned conv rows,
 #                                       #   conv/local racecheck to the end, the max-batch 50-step run
+# "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -17,19 +19,19 @@ case "$what" in
 tests)
   rm -rf ~/.cupy/kernel_cache
   { echo "cold:"; python3 -m gpuconv kernels --load; echo "warm (new process, disk cache):"; python3 -m gpuconv kernels --load; } > "$OUT/kernel_load.txt" 2>&1
-  timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider -rf --timeout 120 tests > "$OUT/gpu_tests.log" 2>&1
+  timeout 420 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -rf --timeout 120 tests > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   { for m in small fmnist; do timeout 60 python3 -m gpuconv check $m; done; } > "$OUT/check.log" 2>&1
   tail -5 "$OUT/gpu_tests.log"
   ;;
 sanitize)
   export GPUCONV_DEBUG_ALLOC=1
-  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+  timeout 280 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -x \
       tests/test_conv.py tests/test_pool.py tests/test_fc.py tests/test_activation.py tests/test_dropout.py \
       tests/test_loss.py tests/test_optim.py tests/test_batchnorm.py tests/test_lrn.py tests/test_local.py \
       > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$?" >> "$OUT/memcheck.log"
-  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -x \
       tests/test_conv.py tests/test_fc.py tests/test_batchnorm.py tests/test_loss.py -k "not float64" \
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
@@ -43,7 +45,7 @@ bench)
   ;;
 memory)
   cp -r .data/fashion-mnist /tmp/fmnist 2>/dev/null && export GPUCONV_DATA=/tmp/fmnist
-  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_conv.py tests/test_train.py tests/test_arena.py tests/test_profile.py > "$OUT/gpu_tests.log" 2>&1
+  timeout 100 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_conv.py tests/test_train.py tests/test_arena.py tests/test_profile.py > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   timeout 150 python3 -m gpuconv train --model fmnist --epochs 10 --device cuda --schedule cosine --log-every 200 --out /tmp/run > "$OUT/train.log" 2>&1
   echo "train rc=$?" >> "$OUT/train.log"
@@ -57,25 +59,25 @@ memory)
   tail -3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
   ;;
 memory2)
-  timeout 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_net.py tests/test_arena.py tests/test_profile.py tests/test_budget.py > "$OUT/gpu_tests.log" 2>&1
+  timeout 60 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_net.py tests/test_arena.py tests/test_profile.py tests/test_budget.py > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   timeout 200 python3 bench/bench_memory.py --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1
   timeout 100 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 >> "$OUT/memory.log" 2>&1
   timeout 60 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, p) for p in ('fp32', 'tf32')])" > "$OUT/vgg16.log" 2>&1
-  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu -p no:cacheprovider -x \
+  timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -x \
       tests/test_pool.py tests/test_batchnorm.py tests/test_loss.py tests/test_fc.py -k "not float64 and not large and not loop" \
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
   ;;
 verify)
   export GPUCONV_CACHE_DIR=/tmp/gpuconv-cache
-  timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_conv.py tests/test_autotune.py > "$OUT/gpu_tests.log" 2>&1
+  timeout 120 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_conv.py tests/test_autotune.py > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
-  { echo "heuristic tiles:"; timeout 150 python3 bench/bench_conv.py
-    echo "GPUCONV_AUTOTUNE=1:"; GPUCONV_AUTOTUNE=1 timeout 200 python3 bench/bench_conv.py; } > "$OUT/autotune.log" 2>&1
+  { echo "heuristic tiles, both main-loop schedules:"; timeout 240 python3 bench/bench_conv.py --schedules reg,async
+    echo "GPUCONV_AUTOTUNE=1 (tiles x schedules):"; GPUCONV_AUTOTUNE=1 timeout 200 python3 bench/bench_conv.py; } > "$OUT/autotune.log" 2>&1
   cp /tmp/gpuconv-cache/autotune.json "$OUT/" 2>/dev/null
   timeout 240 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 > "$OUT/memory.log" 2>&1
-  GPUCONV_DEBUG_ALLOC=1 timeout 280 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m gpu \
+  GPUCONV_DEBUG_ALLOC=1 timeout 280 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" \
       -p no:cacheprovider -x tests/test_conv.py tests/test_local.py -k "not float64" > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
   tail -3 "$OUT/gpu_tests.log" "$OUT/memory.log" "$OUT/racecheck.log"

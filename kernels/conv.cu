@@ -13,14 +13,16 @@
 //                 reduction split over gridDim.z and finished with atomicAdd into a
 //                 zeroed dW.
 //
-// Launch geometry of the conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_{fp32,tf32} kernels:
+// Launch geometry of the conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_{fp32,tf32}[_async] kernels:
 //   block = 256 threads, grid = (cdiv(GEMM cols, BN), cdiv(GEMM rows, BM), splits),
-//   static shared memory 2 * 8 * (BM+8 + BN+8) floats (double-buffered 8-deep K
-//   slices, padded by 8 to keep the tf32 fragment reads bank-conflict free).
+//   static shared memory S * 8 * (BM+8 + BN+8) floats: S 8-deep K slices, padded by 8
+//   to keep the tf32 fragment reads bank-conflict free; S = 2 (register-staged double
+//   buffer) or, for the _async entries, 4 (cp.async pipeline, at most 34 KiB).
 //   fp32: 16x16 threads, each (BM/16)x(BN/16) outputs with exact fp32 FMA.
 //   tf32: 8 warps as 2(M)x4(N), each warp (BM/2)x(BN/4) with
 //         mma.sync.m16n8k8 tf32 (operands rounded with cvt.rna.tf32.f32 when
-//         they are written to shared memory), fp32 accumulation.
+//         they are written to shared memory, or read from it for _async), fp32
+//         accumulation.
 // Index arithmetic: GEMM indices are 32-bit (the launcher checks they fit);
 // memory offsets are 64-bit.  Divisions by runtime sizes use multiply-shift
 // (FastDiv) set up once per thread.
@@ -73,8 +75,10 @@ __device__ __forceinline__ Geo make_geo(int N, int C, int H, int W, int K, int F
 
 // ---------------------------------------------------------------------------------
 // GEMM problem descriptions.  Each provides, for the block's fixed rows (A) and the
-// thread's fixed column (B), a small state set up once, and loaders indexed by the
-// reduction index r.  Out-of-range rows/columns/r load 0.
+// thread's fixed column (B), a small state set up once, and a_src/b_src: the address of
+// operand element r of the reduction and whether it exists (out-of-range rows, columns,
+// r and padding taps do not: they count as 0; the address is then any valid pointer,
+// which the cp.async schedule passes with a zero source size).
 // ---------------------------------------------------------------------------------
 
 // forward: rows m = filter k, cols = (n, ho, wo), reduction r = (c, fh, fw)
@@ -94,8 +98,9 @@ struct FwdProb {
         st.ok = m < M;
         st.row = w + (i64)(st.ok ? m : 0) * R;
     }
-    __device__ float a_load(const AState& st, unsigned r) const {
-        return (st.ok && r < R) ? st.row[r] : 0.f;
+    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
+        ok = st.ok && r < R;
+        return ok ? st.row + r : w;
     }
     struct BState { const float* xn; int hb, wb; bool ok; };
     __device__ void b_init(BState& st, unsigned col) const {
@@ -109,16 +114,18 @@ struct FwdProb {
         st.hb = (int)ho * g.s - g.p;
         st.wb = (int)wo * g.s - g.p;
     }
-    __device__ float b_load(const BState& st, unsigned r) const {
-        if (!st.ok || r >= R) return 0.f;
+    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
+        ok = false;
+        if (!st.ok || r >= R) return x;
         unsigned c = dFF.div(r);
         unsigned f = r - c * FF;
         unsigned fh = dFW.div(f);
         unsigned fw = f - fh * (unsigned)g.FW;
         int h = st.hb + (int)fh * g.d;
         int ww = st.wb + (int)fw * g.d;
-        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return 0.f;
-        return st.xn[(i64)c * HW + (i64)h * g.W + ww];
+        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return x;
+        ok = true;
+        return st.xn + (i64)c * HW + (i64)h * g.W + ww;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHoWo.div(col);
@@ -145,11 +152,12 @@ struct BwdDataProb {
         st.ok = m < M;
         st.base = w + (i64)(st.ok ? m : 0) * FF;
     }
-    __device__ float a_load(const AState& st, unsigned r) const {
-        if (!st.ok || r >= R) return 0.f;
+    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
+        ok = st.ok && r < R;
+        if (!ok) return w;
         unsigned k = dFF.div(r);
         unsigned f = r - k * FF;
-        return st.base[(i64)k * g.C * FF + f];  // w[k, c, f]
+        return st.base + (i64)k * g.C * FF + f;  // w[k, c, f]
     }
     struct BState { const float* dyn; int hp, wp; bool ok; };
     __device__ void b_init(BState& st, unsigned col) const {
@@ -163,21 +171,23 @@ struct BwdDataProb {
         st.hp = (int)h + g.p;
         st.wp = (int)ww + g.p;
     }
-    __device__ float b_load(const BState& st, unsigned r) const {
-        if (!st.ok || r >= R) return 0.f;
+    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
+        ok = false;
+        if (!st.ok || r >= R) return dy;
         unsigned k = dFF.div(r);
         unsigned f = r - k * FF;
         unsigned fh = dFW.div(f);
         unsigned fw = f - fh * (unsigned)g.FW;
         int th = st.hp - (int)fh * g.d;
         int tw = st.wp - (int)fw * g.d;
-        if (th < 0 || tw < 0) return 0.f;
+        if (th < 0 || tw < 0) return dy;
         unsigned ho = dS.div((unsigned)th);
         unsigned wo = dS.div((unsigned)tw);
         // only taps that land exactly on the strided output grid contribute
-        if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return 0.f;
-        if (ho >= (unsigned)g.Ho || wo >= (unsigned)g.Wo) return 0.f;
-        return st.dyn[(i64)k * HoWo + (i64)ho * g.Wo + wo];
+        if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return dy;
+        if (ho >= (unsigned)g.Ho || wo >= (unsigned)g.Wo) return dy;
+        ok = true;
+        return st.dyn + (i64)k * HoWo + (i64)ho * g.Wo + wo;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHW.div(col);
@@ -203,11 +213,12 @@ struct BwdFilterProb {
         st.ok = m < M;
         st.k = st.ok ? m : 0u;
     }
-    __device__ float a_load(const AState& st, unsigned r) const {
-        if (!st.ok || r >= R) return 0.f;
+    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
+        ok = st.ok && r < R;
+        if (!ok) return dy;
         unsigned n = dHoWo.div(r);
         unsigned hw = r - n * (unsigned)HoWo;
-        return dy[((i64)n * g.K + st.k) * HoWo + hw];
+        return dy + ((i64)n * g.K + st.k) * HoWo + hw;
     }
     struct BState { const float* xc; int fhd, fwd; bool ok; };
     __device__ void b_init(BState& st, unsigned col) const {
@@ -221,16 +232,18 @@ struct BwdFilterProb {
         st.fhd = (int)fh * g.d - g.p;
         st.fwd = (int)fw * g.d - g.p;
     }
-    __device__ float b_load(const BState& st, unsigned r) const {
-        if (!st.ok || r >= R) return 0.f;
+    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
+        ok = false;
+        if (!st.ok || r >= R) return x;
         unsigned n = dHoWo.div(r);
         unsigned hw = r - n * (unsigned)HoWo;
         unsigned ho = dWo.div(hw);
         unsigned wo = hw - ho * (unsigned)g.Wo;
         int h = (int)ho * g.s + st.fhd;
         int ww = (int)wo * g.s + st.fwd;
-        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return 0.f;
-        return st.xc[(i64)n * g.C * HW + (i64)h * g.W + ww];
+        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return x;
+        ok = true;
+        return st.xc + (i64)n * g.C * HW + (i64)h * g.W + ww;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         float* p = dw + (i64)m * NC + col;
@@ -239,215 +252,308 @@ struct BwdFilterProb {
 };
 
 // ---------------------------------------------------------------------------------
-// The shared GEMM main loop.
+// The GEMM main loops.  Shared-memory tiles As[k][m], Bs[k][n] (8-deep K slices, rows
+// padded by SPAD); the arithmetic on one slice and the epilogue are common to both
+// schedules:
+//   igemm        ("reg")   two stages: slice t+1 is gathered into registers during the
+//                          arithmetic on slice t, then stored (TF32: rounded) to shared.
+//   igemm_async  ("async") four stages: cp.async copies gather slices t+1..t+3 straight
+//                          into shared memory while slice t is multiplied, so three
+//                          slices of global latency are in flight instead of one; TF32
+//                          operands are rounded when fragments are read.
 // ---------------------------------------------------------------------------------
 
-template <class Prob, int BM, int BN, bool TF32>
-__device__ __forceinline__ void igemm(const Prob& P) {
-    static_assert(BM == 64 || BM == 128, "BM");
-    static_assert(BN == 64 || BN == 128, "BN");
-    constexpr int A_PER = BM * BK / NT;  // A elements each thread loads per slice
-    constexpr int B_PER = BN * BK / NT;
-    constexpr int A_MSTEP = NT / BK;     // row step between a thread's A elements
-    constexpr int B_KSTEP = NT / BN;     // k step between a thread's B elements
-    __shared__ __align__(16) float As[2][BK][BM + SPAD];
-    __shared__ __align__(16) float Bs[2][BK][BN + SPAD];
+template <int BM, int BN, bool TF32>
+struct Tile {  // per-thread accumulators and where they sit in the block's BM x BN tile
+    static constexpr int TM = BM / 16, TN = BN / 16, HM = TM / 2, HN = TN / 2;  // fp32 FMA
+    static constexpr int WM = BM / 2, WN = BN / 4, MI = WM / 16, NJ = WN / 8;   // tf32 mma
+    float acc[TF32 ? MI * NJ * 4 : TM * TN];
 
-    const int tid = threadIdx.x;
-    const unsigned m0 = blockIdx.y * BM;
-    const unsigned n0 = blockIdx.x * BN;
+    __device__ void zero() {
+#pragma unroll
+        for (int i = 0; i < (int)(sizeof(acc) / sizeof(float)); ++i) acc[i] = 0.f;
+    }
 
-    // split-K range of the reduction for this block (whole range when gridDim.z == 1)
-    const unsigned chunk = ((P.R + gridDim.z - 1) / gridDim.z + BK - 1) / BK * BK;
-    const unsigned kbeg = blockIdx.z * chunk;
-    const unsigned kend = min(P.R, kbeg + chunk);
-    const unsigned ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0u;
-
-    const int a_kk = tid % BK;
-    const int a_m = tid / BK;
-    typename Prob::AState ast[A_PER];
-#pragma unroll
-    for (int i = 0; i < A_PER; ++i) P.a_init(ast[i], m0 + a_m + i * A_MSTEP);
-    const int b_col = tid % BN;
-    const int b_k = tid / BN;
-    typename Prob::BState bst;
-    P.b_init(bst, n0 + b_col);
-
-    float ra[A_PER], rb[B_PER];
-    auto gload = [&](unsigned k0) {
-#pragma unroll
-        for (int i = 0; i < A_PER; ++i) {
-            unsigned r = k0 + a_kk;
-            ra[i] = r < kend ? P.a_load(ast[i], r) : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < B_PER; ++i) {
-            unsigned r = k0 + b_k + i * B_KSTEP;
-            rb[i] = r < kend ? P.b_load(bst, r) : 0.f;
-        }
-    };
-    auto sstore = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < A_PER; ++i) As[buf][a_kk][a_m + i * A_MSTEP] = TF32 ? to_tf32(ra[i]) : ra[i];
-#pragma unroll
-        for (int i = 0; i < B_PER; ++i) Bs[buf][b_k + i * B_KSTEP][b_col] = TF32 ? to_tf32(rb[i]) : rb[i];
-    };
-
-    if constexpr (!TF32) {
-        constexpr int TM = BM / 16, TN = BN / 16, HM = TM / 2, HN = TN / 2;
-        const int tx = tid % 16, ty = tid / 16;
-        float acc[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-
-        if (ntiles > 0) {
-            gload(kbeg);
-            sstore(0);
-            __syncthreads();
-        }
-        int buf = 0;
-        for (unsigned t = 0; t < ntiles; ++t) {
-            if (t + 1 < ntiles) gload(kbeg + (t + 1) * BK);  // in flight during the FMAs
+    // One 8-deep slice: acc += As^T Bs.  ROUND: round the operands to TF32 here (the
+    // async schedule copies raw fp32 into shared memory; the reg schedule rounded them).
+    template <bool ROUND>
+    __device__ void slice(const float (*As)[BM + SPAD], const float (*Bs)[BN + SPAD], int tid) {
+        if constexpr (!TF32) {
+            const int tx = tid % 16, ty = tid / 16;
 #pragma unroll
             for (int kk = 0; kk < BK; ++kk) {
                 float a[TM], bb[TN];
 #pragma unroll
                 for (int i = 0; i < HM; ++i) {
-                    a[i] = As[buf][kk][ty * HM + i];
-                    a[HM + i] = As[buf][kk][BM / 2 + ty * HM + i];
+                    a[i] = As[kk][ty * HM + i];
+                    a[HM + i] = As[kk][BM / 2 + ty * HM + i];
                 }
 #pragma unroll
                 for (int j = 0; j < HN; ++j) {
-                    bb[j] = Bs[buf][kk][tx * HN + j];
-                    bb[HN + j] = Bs[buf][kk][BN / 2 + tx * HN + j];
+                    bb[j] = Bs[kk][tx * HN + j];
+                    bb[HN + j] = Bs[kk][BN / 2 + tx * HN + j];
                 }
 #pragma unroll
                 for (int i = 0; i < TM; ++i)
 #pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bb[j], acc[i][j]);
+                    for (int j = 0; j < TN; ++j) acc[i * TN + j] = fmaf(a[i], bb[j], acc[i * TN + j]);
             }
-            if (t + 1 < ntiles) sstore(buf ^ 1);
-            __syncthreads();
-            buf ^= 1;
-        }
-        if (ntiles == 0 && gridDim.z > 1) return;  // an empty split adds nothing
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-            unsigned m = m0 + (i < HM ? ty * HM + i : BM / 2 + ty * HM + (i - HM));
-            if (m >= P.M) continue;
-#pragma unroll
-            for (int j = 0; j < TN; ++j) {
-                unsigned col = n0 + (j < HN ? tx * HN + j : BN / 2 + tx * HN + (j - HN));
-                if (col < P.NC) P.store(m, col, acc[i][j]);
-            }
-        }
-    } else {
-        constexpr int WM = BM / 2, WN = BN / 4, MI = WM / 16, NJ = WN / 8;
-        const int warp = tid / 32, lane = tid % 32;
-        const int wm = (warp / 4) * WM, wn = (warp % 4) * WN;
-        const int gq = lane >> 2, tq = lane & 3;
-        float acc[MI][NJ][4];
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-            for (int j = 0; j < NJ; ++j)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.f;
-
-        if (ntiles > 0) {
-            gload(kbeg);
-            sstore(0);
-            __syncthreads();
-        }
-        int buf = 0;
-        for (unsigned t = 0; t < ntiles; ++t) {
-            if (t + 1 < ntiles) gload(kbeg + (t + 1) * BK);
+        } else {
+            const int warp = tid / 32, lane = tid % 32;
+            const int wm = (warp / 4) * WM, wn = (warp % 4) * WN;
+            const int gq = lane >> 2, tq = lane & 3;
+            auto rd = [](float v) { return __float_as_uint(ROUND ? to_tf32(v) : v); };
             unsigned af[MI][4], bf[NJ][2];
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
                 const int mr = wm + i * 16 + gq;
-                af[i][0] = __float_as_uint(As[buf][tq][mr]);
-                af[i][1] = __float_as_uint(As[buf][tq][mr + 8]);
-                af[i][2] = __float_as_uint(As[buf][tq + 4][mr]);
-                af[i][3] = __float_as_uint(As[buf][tq + 4][mr + 8]);
+                af[i][0] = rd(As[tq][mr]);
+                af[i][1] = rd(As[tq][mr + 8]);
+                af[i][2] = rd(As[tq + 4][mr]);
+                af[i][3] = rd(As[tq + 4][mr + 8]);
             }
 #pragma unroll
             for (int j = 0; j < NJ; ++j) {
                 const int nc = wn + j * 8 + gq;
-                bf[j][0] = __float_as_uint(Bs[buf][tq][nc]);
-                bf[j][1] = __float_as_uint(Bs[buf][tq + 4][nc]);
+                bf[j][0] = rd(Bs[tq][nc]);
+                bf[j][1] = rd(Bs[tq + 4][nc]);
             }
 #pragma unroll
             for (int i = 0; i < MI; ++i)
 #pragma unroll
-                for (int j = 0; j < NJ; ++j) mma_tf32(acc[i][j], af[i], bf[j]);
-            if (t + 1 < ntiles) sstore(buf ^ 1);
-            __syncthreads();
-            buf ^= 1;
+                for (int j = 0; j < NJ; ++j) mma_tf32(&acc[(i * NJ + j) * 4], af[i], bf[j]);
         }
-        if (ntiles == 0 && gridDim.z > 1) return;
+    }
+
+    template <class Prob>
+    __device__ void store(const Prob& P, unsigned m0, unsigned n0, int tid) const {
+        if constexpr (!TF32) {
+            const int tx = tid % 16, ty = tid / 16;
 #pragma unroll
-        for (int i = 0; i < MI; ++i) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                unsigned m = m0 + wm + i * 16 + gq + half * 8;
+            for (int i = 0; i < TM; ++i) {
+                unsigned m = m0 + (i < HM ? ty * HM + i : BM / 2 + ty * HM + (i - HM));
                 if (m >= P.M) continue;
 #pragma unroll
-                for (int j = 0; j < NJ; ++j) {
-                    unsigned col = n0 + wn + j * 8 + tq * 2;
-                    if (col < P.NC) P.store(m, col, acc[i][j][half * 2]);
-                    if (col + 1 < P.NC) P.store(m, col + 1, acc[i][j][half * 2 + 1]);
+                for (int j = 0; j < TN; ++j) {
+                    unsigned col = n0 + (j < HN ? tx * HN + j : BN / 2 + tx * HN + (j - HN));
+                    if (col < P.NC) P.store(m, col, acc[i * TN + j]);
+                }
+            }
+        } else {
+            const int warp = tid / 32, lane = tid % 32;
+            const int wm = (warp / 4) * WM, wn = (warp % 4) * WN;
+            const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    unsigned m = m0 + wm + i * 16 + gq + half * 8;
+                    if (m >= P.M) continue;
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) {
+                        unsigned col = n0 + wn + j * 8 + tq * 2;
+                        const float* c = &acc[(i * NJ + j) * 4 + half * 2];
+                        if (col < P.NC) P.store(m, col, c[0]);
+                        if (col + 1 < P.NC) P.store(m, col + 1, c[1]);
+                    }
                 }
             }
         }
     }
+};
+
+// Which slices this block reduces over, and which operand elements each thread moves.
+template <class Prob, int BM, int BN>
+struct Slices {
+    static constexpr int A_PER = BM * BK / NT;  // A elements each thread loads per slice
+    static constexpr int B_PER = BN * BK / NT;
+    static constexpr int A_MSTEP = NT / BK;     // row step between a thread's A elements
+    static constexpr int B_KSTEP = NT / BN;     // k step between a thread's B elements
+    unsigned kbeg, kend, ntiles;
+    int a_kk, a_m, b_col, b_k;
+    typename Prob::AState ast[A_PER];
+    typename Prob::BState bst;
+
+    __device__ Slices(const Prob& P, unsigned m0, unsigned n0, int tid) {
+        // split-K range of the reduction for this block (whole range when gridDim.z == 1)
+        const unsigned chunk = ((P.R + gridDim.z - 1) / gridDim.z + BK - 1) / BK * BK;
+        kbeg = blockIdx.z * chunk;
+        kend = min(P.R, kbeg + chunk);
+        ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0u;
+        a_kk = tid % BK;
+        a_m = tid / BK;
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) P.a_init(ast[i], m0 + a_m + i * A_MSTEP);
+        b_col = tid % BN;
+        b_k = tid / BN;
+        P.b_init(bst, n0 + b_col);
+    }
+    // Past this block's split (r >= kend) an element is absent: ask for r = R, which every
+    // Prob answers with a valid base pointer before any index arithmetic.
+    __device__ const float* a_src(const Prob& P, int i, unsigned k0, bool& ok) const {
+        const unsigned r = k0 + a_kk;
+        return P.a_src(ast[i], r < kend ? r : P.R, ok);
+    }
+    __device__ const float* b_src(const Prob& P, int i, unsigned k0, bool& ok) const {
+        const unsigned r = k0 + b_k + i * B_KSTEP;
+        return P.b_src(bst, r < kend ? r : P.R, ok);
+    }
+};
+
+template <class Prob, int BM, int BN, bool TF32>
+__device__ __forceinline__ void igemm(const Prob& P) {
+    static_assert(BM == 64 || BM == 128, "BM");
+    static_assert(BN == 64 || BN == 128, "BN");
+    using S = Slices<Prob, BM, BN>;
+    __shared__ __align__(16) float As[2][BK][BM + SPAD];
+    __shared__ __align__(16) float Bs[2][BK][BN + SPAD];
+    const int tid = threadIdx.x;
+    const unsigned m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    S sl(P, m0, n0, tid);
+    Tile<BM, BN, TF32> tile;
+    tile.zero();
+
+    float ra[S::A_PER], rb[S::B_PER];
+    auto gload = [&](unsigned k0) {
+#pragma unroll
+        for (int i = 0; i < S::A_PER; ++i) {
+            bool ok;
+            const float* p = sl.a_src(P, i, k0, ok);
+            ra[i] = ok ? *p : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < S::B_PER; ++i) {
+            bool ok;
+            const float* p = sl.b_src(P, i, k0, ok);
+            rb[i] = ok ? *p : 0.f;
+        }
+    };
+    auto sstore = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < S::A_PER; ++i)
+            As[buf][sl.a_kk][sl.a_m + i * S::A_MSTEP] = TF32 ? to_tf32(ra[i]) : ra[i];
+#pragma unroll
+        for (int i = 0; i < S::B_PER; ++i)
+            Bs[buf][sl.b_k + i * S::B_KSTEP][sl.b_col] = TF32 ? to_tf32(rb[i]) : rb[i];
+    };
+
+    if (sl.ntiles > 0) {
+        gload(sl.kbeg);
+        sstore(0);
+        __syncthreads();
+    }
+    int buf = 0;
+    for (unsigned t = 0; t < sl.ntiles; ++t) {
+        if (t + 1 < sl.ntiles) gload(sl.kbeg + (t + 1) * BK);  // in flight during the arithmetic
+        tile.template slice<false>(As[buf], Bs[buf], tid);
+        if (t + 1 < sl.ntiles) sstore(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
+    }
+    if (sl.ntiles == 0 && gridDim.z > 1) return;  // an empty split adds nothing
+    tile.store(P, m0, n0, tid);
+}
+
+#define ASYNC_STAGES 4
+
+template <class Prob, int BM, int BN, bool TF32>
+__device__ __forceinline__ void igemm_async(const Prob& P) {
+    static_assert(BM == 64 || BM == 128, "BM");
+    static_assert(BN == 64 || BN == 128, "BN");
+    constexpr int ST = ASYNC_STAGES;
+    using S = Slices<Prob, BM, BN>;
+    __shared__ __align__(16) float As[ST][BK][BM + SPAD];
+    __shared__ __align__(16) float Bs[ST][BK][BN + SPAD];
+    const int tid = threadIdx.x;
+    const unsigned m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    S sl(P, m0, n0, tid);
+    Tile<BM, BN, TF32> tile;
+    tile.zero();
+
+    auto issue = [&](unsigned t) {  // slice t -> stage t % ST (absent elements zero-filled)
+        const int st = (int)(t % ST);
+        const unsigned k0 = sl.kbeg + t * BK;
+#pragma unroll
+        for (int i = 0; i < S::A_PER; ++i) {
+            bool ok;
+            const float* p = sl.a_src(P, i, k0, ok);
+            cp_async4(&As[st][sl.a_kk][sl.a_m + i * S::A_MSTEP], p, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < S::B_PER; ++i) {
+            bool ok;
+            const float* p = sl.b_src(P, i, k0, ok);
+            cp_async4(&Bs[st][sl.b_k + i * S::B_KSTEP][sl.b_col], p, ok);
+        }
+    };
+
+    // Prologue: slices 0..ST-2 in flight, one commit group each (empty groups past the end
+    // keep the group count, and so the wait below, uniform).
+#pragma unroll
+    for (int t = 0; t < ST - 1; ++t) {
+        if ((unsigned)t < sl.ntiles) issue((unsigned)t);
+        cp_async_commit();
+    }
+    for (unsigned t = 0; t < sl.ntiles; ++t) {
+        cp_async_wait<ST - 2>();  // this thread's copies of slice t have landed ...
+        __syncthreads();          // ... and everyone's; stage (t-1)%ST is free again
+        if (t + ST - 1 < sl.ntiles) issue(t + ST - 1);
+        cp_async_commit();
+        tile.template slice<TF32>(As[t % ST], Bs[t % ST], tid);
+    }
+    cp_async_wait<0>();
+    if (sl.ntiles == 0 && gridDim.z > 1) return;  // an empty split adds nothing
+    tile.store(P, m0, n0, tid);
 }
 
 // ---------------------------------------------------------------------------------
-// Entry points: conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_{fp32,tf32}
+// Entry points: conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_{fp32,tf32}[_async]
 // ---------------------------------------------------------------------------------
 
 #define GEO_PARAMS int N, int C, int H, int W, int K, int FH, int FW, int Ho, int Wo, int s, int p, int d
 #define GEO_ARGS N, C, H, W, K, FH, FW, Ho, Wo, s, p, d
 
-#define CONV_ENTRIES(BM, BN, PREC, TF)                                                              \
+// SUF: "" for the reg schedule (igemm), _async for igemm_async.
+#define CONV_ENTRIES(BM, BN, PREC, TF, SUF, LOOP)                                                  \
 extern "C" __global__ void __launch_bounds__(NT)                                                  \
-conv_fwd_f32_##BM##x##BN##_##PREC(const float* __restrict__ x, const float* __restrict__ w,      \
+conv_fwd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float* __restrict__ w, \
                                   const float* __restrict__ b, float* __restrict__ y,            \
                                   GEO_PARAMS, int has_bias, int relu) {                          \
     FwdProb P;                                                                                    \
     P.x = x; P.w = w; P.b = b; P.y = y; P.g = make_geo(GEO_ARGS);                                 \
     P.has_bias = has_bias; P.relu = relu;                                                         \
     P.init();                                                                                     \
-    igemm<FwdProb, BM, BN, TF>(P);                                                                \
+    LOOP<FwdProb, BM, BN, TF>(P);                                                                 \
 }                                                                                                 \
 extern "C" __global__ void __launch_bounds__(NT)                                                  \
-conv_bwdd_f32_##BM##x##BN##_##PREC(const float* __restrict__ dy, const float* __restrict__ w,    \
+conv_bwdd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ dy, const float* __restrict__ w,\
                                    float* __restrict__ dx, GEO_PARAMS) {                         \
     BwdDataProb P;                                                                                \
     P.dy = dy; P.w = w; P.dx = dx; P.g = make_geo(GEO_ARGS);                                      \
     P.init();                                                                                     \
-    igemm<BwdDataProb, BM, BN, TF>(P);                                                            \
+    LOOP<BwdDataProb, BM, BN, TF>(P);                                                             \
 }                                                                                                 \
 extern "C" __global__ void __launch_bounds__(NT)                                                  \
-conv_bwdf_f32_##BM##x##BN##_##PREC(const float* __restrict__ x, const float* __restrict__ dy,    \
+conv_bwdf_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float* __restrict__ dy,\
                                    float* __restrict__ dw, GEO_PARAMS, int atomic) {             \
     BwdFilterProb P;                                                                              \
     P.x = x; P.dy = dy; P.dw = dw; P.g = make_geo(GEO_ARGS); P.atomic = atomic;                   \
     P.init();                                                                                     \
-    igemm<BwdFilterProb, BM, BN, TF>(P);                                                          \
+    LOOP<BwdFilterProb, BM, BN, TF>(P);                                                           \
 }
 
-CONV_ENTRIES(128, 128, fp32, false)
-CONV_ENTRIES(128, 64, fp32, false)
-CONV_ENTRIES(64, 128, fp32, false)
-CONV_ENTRIES(64, 64, fp32, false)
-CONV_ENTRIES(128, 128, tf32, true)
-CONV_ENTRIES(128, 64, tf32, true)
-CONV_ENTRIES(64, 128, tf32, true)
-CONV_ENTRIES(64, 64, tf32, true)
+#define CONV_SCHEDULES(BM, BN, PREC, TF)      \
+    CONV_ENTRIES(BM, BN, PREC, TF, , igemm)   \
+    CONV_ENTRIES(BM, BN, PREC, TF, _async, igemm_async)
+
+CONV_SCHEDULES(128, 128, fp32, false)
+CONV_SCHEDULES(128, 64, fp32, false)
+CONV_SCHEDULES(64, 128, fp32, false)
+CONV_SCHEDULES(64, 64, fp32, false)
+CONV_SCHEDULES(128, 128, tf32, true)
+CONV_SCHEDULES(128, 64, tf32, true)
+CONV_SCHEDULES(64, 128, tf32, true)
+CONV_SCHEDULES(64, 64, tf32, true)
 
 // ---------------------------------------------------------------------------------
 // Direct ("gather") backward-data for float32: conv_bwdd_direct_f32_c<CT>_<TI>x<TJ>.

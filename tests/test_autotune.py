@@ -71,17 +71,19 @@ def test_enabled_and_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch,
 def test_conv_tile_is_the_heuristic_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     ran: list = []
-    assert conv._tuned_tile("fwd", "fp32", [1, 2, 3], (128, 64), ran.append) == (128, 64) and ran == []
+    assert conv._tuned_tile("fwd", "fp32", [1, 2, 3], (128, 64, "reg"), ran.append) == (128, 64, "reg")
+    assert ran == []
 
 
 def test_conv_tile_tuned_over_every_compiled_tile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
     costs = {(128, 128): 4.0, (128, 64): 3.0, (64, 128): 0.5, (64, 64): 2.0}
+    costs = {(*t, sc): c * (0.9 if sc == "async" else 1.0) for t, c in costs.items() for sc in conv.SCHEDULES}
     timer = fake_timer(costs)
     monkeypatch.setattr(autotune, "_tuner", autotune.Autotuner(timer, tmp_path / "autotune.json"))
-    assert conv._tuned_tile("bwdd", "tf32", [8, 3, 32, 32], (128, 64), timer.ran.append) == (64, 128)
-    assert timer.ran[0] == (128, 64) and sorted(timer.ran) == sorted(conv._TILES)   # heuristic first
+    assert conv._tuned_tile("bwdd", "tf32", [8, 3, 32, 32], (128, 64, "reg"), timer.ran.append) == (64, 128, "async")
+    assert timer.ran[0] == (128, 64, "reg") and sorted(timer.ran) == sorted(costs)   # heuristic first
     assert "Fake GPU sm_90|conv_bwdd|tf32|8,3,32,32" in (tmp_path / "autotune.json").read_text()
 
 
@@ -99,7 +101,7 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
 
     def timer(fn) -> float:  # noqa: ANN001
         fn()
-        return 0.1 if fast in launched[-1][0] else 1.0
+        return 0.1 if launched[-1][0].endswith(f"{fast}_fp32") else 1.0
 
     monkeypatch.setattr(autotune, "_tuner", autotune.Autotuner(timer, tmp_path / "autotune.json"))
     x = np.zeros((4, 40, 12, 12), np.float32)        # C = 40 >= 32, stride 1: the GEMM backward-data
@@ -119,3 +121,15 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
         rows, cols = {"fwd": (72, 4 * 144), "bwdd": (40, 4 * 144), "bwdf": (72, 40 * 9)}[kind]
         assert launched[-1][1][:2] == (-(-cols // bn), -(-rows // bm))
     assert len(names) == 1
+
+
+def test_schedule_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(conv.SCHEDULE_ENV, raising=False)
+    assert conv.default_schedule() == "reg"
+    monkeypatch.setenv(conv.SCHEDULE_ENV, "Async")
+    assert conv.default_schedule() == "async"
+    assert conv._kernel("bwdf", (64, 128, "async"), "tf32") == "conv_bwdf_f32_64x128_tf32_async"
+    assert conv._kernel("fwd", (128, 64, "reg"), "fp32") == "conv_fwd_f32_128x64_fp32"
+    monkeypatch.setenv(conv.SCHEDULE_ENV, "fast")
+    with pytest.raises(ValueError, match="GPUCONV_CONV_SCHEDULE='fast': choose one of reg, async"):
+        conv.default_schedule()

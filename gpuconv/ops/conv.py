@@ -22,6 +22,7 @@ it visits only the filter taps that land on the output grid.
 """
 from __future__ import annotations
 
+import os
 from math import gcd
 from typing import Any, Sequence
 
@@ -52,6 +53,12 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
 _BK = 8  # reduction slice depth of the GEMM kernels (kernels/conv.cu BK)
 _TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points compiled in conv.cu
+# Main-loop schedules compiled for every tile (kernels/conv.cu): "reg" stages the next
+# K slice in registers (2 shared-memory stages); "async" keeps 3 slices in flight with
+# cp.async (4 stages).  "reg" is the default until "async" is measured faster on a GPU.
+SCHEDULES = ("reg", "async")
+SCHEDULE_ENV = "GPUCONV_CONV_SCHEDULE"
+Variant = tuple[int, int, str]  # (BM, BN, schedule)
 
 
 # ----------------------------------------------------------------------------------
@@ -329,14 +336,28 @@ def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
     return bm, bn, splits
 
 
-def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: tuple[int, int],
-                run: Any) -> tuple[int, int]:
-    """The (BM, BN) tile to launch: the heuristic's, or with GPUCONV_AUTOTUNE=1 the fastest
-    of _TILES for this GPU and shape (timed once, cached; see ops.autotune)."""
+def default_schedule() -> str:
+    """The main-loop schedule of the GEMM kernels: $GPUCONV_CONV_SCHEDULE, else "reg"."""
+    value = os.environ.get(SCHEDULE_ENV, "").strip().lower() or "reg"
+    if value not in SCHEDULES:
+        raise ValueError(f"{SCHEDULE_ENV}={value!r}: choose one of {', '.join(SCHEDULES)}")
+    return value
+
+
+def _kernel(kind: str, variant: Variant, precision: str) -> str:
+    """Entry-point name in conv.cu, e.g. conv_fwd_f32_128x64_tf32_async."""
+    tm, tn, schedule = variant
+    return f"conv_{kind}_f32_{tm}x{tn}_{precision}" + ("_async" if schedule == "async" else "")
+
+
+def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Variant, run: Any) -> Variant:
+    """The (BM, BN, schedule) to launch: the heuristic's, or with GPUCONV_AUTOTUNE=1 the
+    fastest compiled variant for this GPU and shape (timed once, cached; see ops.autotune)."""
     if not autotune.enabled():
         return heuristic
     key = f"{cuda.device_key()}|conv_{kind}|{precision}|" + ",".join(str(v) for v in geo)
-    candidates = [heuristic] + [t for t in _TILES if t != heuristic]   # ties keep the heuristic
+    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in SCHEDULES]
+    candidates = [heuristic] + [v for v in variants if v != heuristic]   # ties keep the heuristic
     return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
 
 
@@ -451,12 +472,11 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
     _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
     bm, bn, _ = _choose_variant("fwd", rows, cols, red, precision, _num_sms())
 
-    def run(tile: tuple[int, int]) -> None:
-        tm, tn = tile
-        cuda.launch("conv", f"conv_fwd_f32_{tm}x{tn}_{precision}", (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), 1),
+    def run(v: Variant) -> None:
+        cuda.launch("conv", _kernel("fwd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
                     (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
 
-    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn), run))
+    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn, default_schedule()), run))
     return out
 
 
@@ -483,12 +503,11 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
     _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
     bm, bn, _ = _choose_variant("bwdd", rows, cols, red, precision, _num_sms())
 
-    def run(tile: tuple[int, int]) -> None:
-        tm, tn = tile
-        cuda.launch("conv", f"conv_bwdd_f32_{tm}x{tn}_{precision}", (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), 1),
+    def run(v: Variant) -> None:
+        cuda.launch("conv", _kernel("bwdd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
                     (256, 1, 1), [dy, w, out, *geo])
 
-    run(_tuned_tile("bwdd", precision, geo, (bm, bn), run))
+    run(_tuned_tile("bwdd", precision, geo, (bm, bn, default_schedule()), run))
     return out
 
 
@@ -506,15 +525,14 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
         _check_int32("conv_backward_filter", **{"N*Ho*Wo": red, "C*FH*FW": cols})
         bm, bn, splits = _choose_variant("bwdf", rows, cols, red, precision, _num_sms())
 
-        def run(tile: tuple[int, int]) -> None:
-            tm, tn = tile
+        def run(v: Variant) -> None:
             if splits > 1:
                 dw.fill(0)  # the splits accumulate with atomicAdd
-            cuda.launch("conv", f"conv_bwdf_f32_{tm}x{tn}_{precision}",
-                        (cuda.cdiv(cols, tn), cuda.cdiv(rows, tm), splits), (256, 1, 1),
+            cuda.launch("conv", _kernel("bwdf", v, precision),
+                        (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
                         [x, dy, dw, *geo, int(splits > 1)])
 
-        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn), run))
+        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, default_schedule()), run))
     if db is not None:
         db.fill(0)
         per_k = n * ho * wo
