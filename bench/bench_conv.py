@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
 
 import numpy as np
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch
+from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
 
 
 @dataclass(frozen=True)
@@ -72,21 +72,6 @@ QUICK = ("L5", "CIFAR 64", "1x1")
 MODES = ("fp32", "tf32")
 
 
-def _with_schedule(conv, schedule: str, fn):  # noqa: ANN001, ANN202
-    """fn with the GEMM kernels' main-loop schedule forced (GPUCONV_CONV_SCHEDULE)."""
-    def call() -> None:
-        old = os.environ.get(conv.SCHEDULE_ENV)
-        os.environ[conv.SCHEDULE_ENV] = schedule
-        try:
-            fn()
-        finally:
-            if old is None:
-                os.environ.pop(conv.SCHEDULE_ENV, None)
-            else:
-                os.environ[conv.SCHEDULE_ENV] = old
-    return call
-
-
 def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("reg",)) -> list[Row]:  # noqa: ANN001
     n, c, h, w, k, f, s, p, d = L.n, L.c, L.h, L.w, L.k, L.f, L.s, L.p, L.d
     yshape = conv.conv_output_shape((n, c, h, w), (k, c, f, f), s, p, d)
@@ -111,7 +96,7 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
     # backward-data: the direct gather kernel (small C / stride >= 2, e.g. L1 and AlexNet conv1) or the GEMM
     plan = conv._choose_bwdd(n, c, h, w, k, f, f, s, d)
     bwdd = plan["func"] if plan is not None else conv._choose_variant("bwdd", c, n * h * w, k * f * f, mode)
-    ours = {sc: (time_gpu(_with_schedule(conv, sc, ours_fwd)), time_gpu(_with_schedule(conv, sc, ours_fwdbwd)))
+    ours = {sc: (time_gpu(with_schedule(sc, ours_fwd)), time_gpu(with_schedule(sc, ours_fwdbwd)))
             for sc in schedules}
     theirs_f = theirs_fb = None
     if torch is not None and torch.cuda.is_available():
@@ -137,7 +122,7 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
         with torch.no_grad():
             ref = cp.from_dlpack(F.conv2d(tx, tw, tb, s, p, d).contiguous())
         for sc in schedules:
-            _with_schedule(conv, sc, ours_fwd)()
+            with_schedule(sc, ours_fwd)()
             extra[f"fwd_rel_err{'' if sc == 'reg' else '_' + sc}"] = float(
                 cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
         set_torch_tf32(False)

@@ -1,7 +1,8 @@
 """Benchmark fc (our tiled GEMM) against PyTorch/cuBLAS: forward, backward-data, backward-weight.
 
 Usage: python bench/bench_fc.py [--quick]   (needs a CUDA GPU; imports cleanly without one)
-Rows: fp32 (TF32 off on both sides) and tf32 (TF32 on both sides), TFLOP/s = 2*N*D*M / time.
+Rows: fp32 (TF32 off on both sides) and tf32 (TF32 on both sides), TFLOP/s = 2*N*D*M / time;
+"[async]" rows: our cp.async TF32 kernel (GPUCONV_GEMM_SCHEDULE=async) against the same cuBLAS time.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import (Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch,  # noqa: E402
+                           with_schedule)
 
 # (batch N, in D, out M)
 SHAPES = [(128, 4096, 4096), (128, 25088, 4096), (1024, 4096, 4096)]
@@ -50,11 +52,15 @@ def run(quick: bool = False) -> list[Row]:
             for label, ours, theirs in cases:
                 ours_ms = time_gpu(ours, iters=iters)
                 theirs_ms = time_torch(theirs, iters=iters) if theirs is not None else None
-                row = Row("fc", f"{name} {label}", mode, ours_ms, theirs_ms, work=flops)
+                new = [Row("fc", f"{name} {label}", mode, ours_ms, theirs_ms, work=flops)]
+                if mode == "tf32":  # the cp.async TF32 kernel beside the default one, same cuBLAS time
+                    async_ms = time_gpu(with_schedule("async", ours), iters=iters)
+                    new.append(Row("fc", f"{name} {label} [async]", mode, async_ms, theirs_ms, work=flops))
                 if not rows:
                     print_rows([])  # header once; rows stream as they finish
-                rows.append(row)
-                print(row.markdown(), flush=True)
+                for row in new:
+                    rows.append(row)
+                    print(row.markdown(), flush=True)
         set_torch_tf32(False)
     return rows
 

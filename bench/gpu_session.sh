@@ -3,9 +3,9 @@
 #   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
 #   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
 #   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
-#   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: the cp.async conv
-#                                       #   schedule (tests, reg vs async rows), autotuned conv rows,
-#                                       #   conv/local racecheck to the end, the max-batch 50-step run
+#   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: the cp.async GEMM
+#   bash bench/gpu_session.sh verify2   #   schedule (tests, reg vs async rows beside cuDNN/cuBLAS); the
+#   bash bench/gpu_session.sh verify3   #   autotuner and the max-batch 50-step run; racecheck to the end
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -69,17 +69,26 @@ memory2)
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
   ;;
-verify)
-  export GPUCONV_CACHE_DIR=/tmp/gpuconv-cache
-  timeout 120 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_conv.py tests/test_autotune.py > "$OUT/gpu_tests.log" 2>&1
+verify)   # the cp.async schedule: GPU tests of both schedules, then reg vs async beside cuDNN/cuBLAS
+  timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_conv.py tests/test_fc.py \
+      tests/test_autotune.py > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
-  { echo "heuristic tiles, both main-loop schedules:"; timeout 240 python3 bench/bench_conv.py --schedules reg,async
-    echo "GPUCONV_AUTOTUNE=1 (tiles x schedules):"; GPUCONV_AUTOTUNE=1 timeout 200 python3 bench/bench_conv.py; } > "$OUT/autotune.log" 2>&1
+  timeout 250 python3 bench/bench_conv.py --schedules reg,async > "$OUT/conv_schedules.log" 2>&1
+  timeout 150 python3 bench/bench_fc.py > "$OUT/fc_schedules.log" 2>&1
+  tail -3 "$OUT/gpu_tests.log"; grep -c async "$OUT/conv_schedules.log" "$OUT/fc_schedules.log"
+  ;;
+verify2)  # the autotuner over tiles x schedules, and the max-batch 50-step run
+  export GPUCONV_CACHE_DIR=/tmp/gpuconv-cache
+  GPUCONV_AUTOTUNE=1 timeout 250 python3 bench/bench_conv.py > "$OUT/autotune.log" 2>&1
   cp /tmp/gpuconv-cache/autotune.json "$OUT/" 2>/dev/null
   timeout 240 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 > "$OUT/memory.log" 2>&1
-  GPUCONV_DEBUG_ALLOC=1 timeout 280 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" \
-      -p no:cacheprovider -x tests/test_conv.py tests/test_local.py -k "not float64" > "$OUT/racecheck.log" 2>&1
+  tail -3 "$OUT/autotune.log" "$OUT/memory.log"
+  ;;
+verify3)  # racecheck of conv (both schedules) and local to the end
+  GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \
+      -m "gpu and not emu" -p no:cacheprovider -x tests/test_conv.py tests/test_local.py -k "not float64" \
+      > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
-  tail -3 "$OUT/gpu_tests.log" "$OUT/memory.log" "$OUT/racecheck.log"
+  tail -3 "$OUT/racecheck.log"
   ;;
 esac

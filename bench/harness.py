@@ -8,6 +8,7 @@ and 'tf32' (TF32 on both sides).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -100,3 +101,20 @@ def main_quick(run: Callable[..., list[Row]], doc: str | None) -> None:
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
     ap.add_argument("--quick", action="store_true", help="smaller shapes, fewer runs")
     print_rows(run(quick=ap.parse_args().quick))
+
+
+def with_schedule(schedule: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn with our GEMM kernels' main-loop schedule forced ($GPUCONV_GEMM_SCHEDULE: reg or async)."""
+    from gpuconv.ops import autotune  # noqa: PLC0415
+
+    def call() -> None:
+        old = os.environ.get(autotune.SCHEDULE_ENV)
+        os.environ[autotune.SCHEDULE_ENV] = schedule
+        try:
+            fn()
+        finally:
+            if old is None:
+                os.environ.pop(autotune.SCHEDULE_ENV, None)
+            else:
+                os.environ[autotune.SCHEDULE_ENV] = old
+    return call

@@ -19,7 +19,11 @@
 //                            64x32 (4x4 mma tiles); operands rounded to TF32 (cvt.rna)
 //                            when stored to shared (2*2*16*136 floats = 34.8 KB static).
 //                            grid = (cdiv(M,128), cdiv(N,128), splits).
-//   Split-K (both): blockIdx.z handles K range [z*kps, min(K,(z+1)*kps)) (kps a multiple
+//   gemm_tf32_async_{nn,nt,tn,tt}  the same tiles and warps fed by a cp.async pipeline: K slice
+//                            8, 4 stages, 3 in flight; operands kept in memory order in shared
+//                            memory ([r][12] when k is contiguous, else [k][136]; at most 48 KB
+//                            static), rounded to TF32 at the fragment read.  Same grid.
+//   Split-K (all): blockIdx.z handles K range [z*kps, min(K,(z+1)*kps)) (kps a multiple
 //   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
 //   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
 //   the slices and applies alpha/beta/bias/ReLU.
@@ -232,6 +236,22 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
 
 // ---------------------------------------------------------------- TF32 tensor-core kernel (mma_tf32: ptx.cuh)
 
+// C fragment (16x8): c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1); warp tile 64 x 32.
+__device__ __forceinline__ void tf32_epilogue(const float (&acc)[4][4][4], float* __restrict__ C, int M, int N,
+                                              int m0, int n0, int wm, int wn, int g, int t, float alpha,
+                                              float beta, const float* __restrict__ bias, int has_bias,
+                                              int relu, bool vc2) {
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const int r = m0 + wm * 64 + mi * 16 + g;
+            const int c = n0 + wn * 32 + ni * 8 + 2 * t;
+            store_out<2>(C, M, N, r, c, &acc[mi][ni][0], alpha, beta, bias, has_bias, relu, vc2);
+            store_out<2>(C, M, N, r + 8, c, &acc[mi][ni][2], alpha, beta, bias, has_bias, relu, vc2);
+        }
+}
+
 template <bool TA, bool TB>
 __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const float* __restrict__ B,
                                           float* __restrict__ C, const float* __restrict__ bias,
@@ -311,17 +331,127 @@ __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const flo
         cur ^= 1;
     }
 
-    // C fragment (16x8): c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1)
+    tf32_epilogue(acc, C, M, N, m0, n0, wm, wn, g, t, alpha, beta, bias, has_bias, relu, vc2);
+}
+
+// ---------------------------------------------------------------- TF32 cp.async kernel
+// gemm_tf32_async_*: the tensor-core kernel with a cp.async pipeline: K slices of 8,
+// ASYNC_ST stages in shared memory, ASYNC_ST-1 of them in flight while one is multiplied.
+// cp.async cannot transpose, so an operand keeps its memory order in shared memory:
+//   k contiguous in memory (RMAJOR):  S[r * 12 + k]   (8 k per row, padded to 12)
+//   r contiguous in memory:           S[k * 136 + r]
+// (both pads make the fragment reads conflict-free and keep 16-byte copies aligned).
+// Operands are rounded to TF32 (cvt.rna) when the fragments are read.
+#define ASYNC_BK 8
+#define ASYNC_ST 4
+
+template <bool RMAJOR>
+struct AsyncTile {
+    static constexpr int LD = RMAJOR ? ASYNC_BK + 4 : GEMM_BM + 8;
+    static constexpr int SIZE = RMAJOR ? GEMM_BM * LD : ASYNC_BK * LD;  // floats per stage
+
+    __device__ __forceinline__ static float at(const float* S, int k, int r) {
+        return RMAJOR ? S[r * LD + k] : S[k * LD + r];
+    }
+
+    // X(r, k) for r in [r0, r0+128), k in [k0, k0+8) into S; absent elements are zero-filled.
+    // vec: 16-byte copies (ld % 4 == 0 and 16-byte aligned rows; then kend (RMAJOR) or R
+    // (otherwise) is a multiple of 4, so one bounds test covers a whole chunk).
+    __device__ __forceinline__ static void issue(float* S, const float* __restrict__ X, long long ld, int R,
+                                                 int kend, int r0, int k0, bool vec, int tid) {
+        if (vec) {
+            const int rr = RMAJOR ? tid >> 1 : (tid & 31) * 4;  // 128 rows x 2 chunks, or 8 k x 32 chunks
+            const int kk = RMAJOR ? (tid & 1) * 4 : tid >> 5;
+            const int gr = r0 + rr, gk = k0 + kk;
+            const bool ok = gr < R && gk < kend;
+            const float* src = ok ? X + (RMAJOR ? (long long)gr * ld + gk : (long long)gk * ld + gr) : X;
+            cp_async16(RMAJOR ? S + rr * LD + kk : S + kk * LD + rr, src, ok);
+        } else {
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
+            for (int j = 0; j < GEMM_BM * ASYNC_BK / GEMM_THREADS; ++j) {
+                const int e = tid + j * GEMM_THREADS;
+                const int rr = RMAJOR ? e / ASYNC_BK : e % GEMM_BM;  // consecutive threads: contiguous memory
+                const int kk = RMAJOR ? e % ASYNC_BK : e / GEMM_BM;
+                const int gr = r0 + rr, gk = k0 + kk;
+                const bool ok = gr < R && gk < kend;
+                const float* src = ok ? X + (RMAJOR ? (long long)gr * ld + gk : (long long)gk * ld + gr) : X;
+                cp_async4(RMAJOR ? S + rr * LD + kk : S + kk * LD + rr, src, ok);
+            }
+        }
+    }
+};
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, const float* __restrict__ B,
+                                                float* __restrict__ C, const float* __restrict__ bias,
+                                                int M, int N, int K, int kps, float alpha, float beta,
+                                                int has_bias, int relu, int flags) {
+    using TileA = AsyncTile<!TA>;  // A(m,k): k contiguous unless transposed
+    using TileB = AsyncTile<TB>;   // B(n,k): k contiguous only when transposed
+    __shared__ __align__(16) float As[ASYNC_ST][TileA::SIZE];
+    __shared__ __align__(16) float Bs[ASYNC_ST][TileB::SIZE];
+
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps, warp tile 64 x 32
+    const int g = lane >> 2, t = lane & 3;    // mma fragment coordinates
+    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
+    const int kbeg = blockIdx.z * kps;
+    const int kend = imin(K, kbeg + kps);
+    C += (long long)blockIdx.z * M * N;
+    const long long lda = TA ? M : K, ldb = TB ? K : N;
+    const bool va = flags & 1, vb = flags & 2;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+    const int nk = kend > kbeg ? (kend - kbeg + ASYNC_BK - 1) / ASYNC_BK : 0;
+    auto issue = [&](int kt) {
+        const int st = kt % ASYNC_ST, k0 = kbeg + kt * ASYNC_BK;
+        TileA::issue(As[st], A, lda, M, kend, m0, k0, va, tid);
+        TileB::issue(Bs[st], B, ldb, N, kend, n0, k0, vb, tid);
+    };
+#pragma unroll
+    for (int kt = 0; kt < ASYNC_ST - 1; ++kt) {  // one commit group per slice, empty past the end
+        if (kt < nk) issue(kt);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; ++kt) {
+        cp_async_wait<ASYNC_ST - 2>();  // this thread's copies of slice kt have landed ...
+        __syncthreads();                // ... and everyone's; the stage of slice kt-1 is free
+        if (kt + ASYNC_ST - 1 < nk) issue(kt + ASYNC_ST - 1);
+        cp_async_commit();
+        const float* as = As[kt % ASYNC_ST];
+        const float* bs = Bs[kt % ASYNC_ST];
+        unsigned int a[4][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) {
+            const int mr = wm * 64 + mi * 16 + g;
+            a[mi][0] = __float_as_uint(to_tf32(TileA::at(as, t, mr)));
+            a[mi][1] = __float_as_uint(to_tf32(TileA::at(as, t, mr + 8)));
+            a[mi][2] = __float_as_uint(to_tf32(TileA::at(as, t + 4, mr)));
+            a[mi][3] = __float_as_uint(to_tf32(TileA::at(as, t + 4, mr + 8)));
+        }
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
-            const int r = m0 + wm * 64 + mi * 16 + g;
-            const int c = n0 + wn * 32 + ni * 8 + 2 * t;
-            store_out<2>(C, M, N, r, c, &acc[mi][ni][0], alpha, beta, bias, has_bias, relu, vc2);
-            store_out<2>(C, M, N, r + 8, c, &acc[mi][ni][2], alpha, beta, bias, has_bias, relu, vc2);
+            const int nc = wn * 32 + ni * 8 + g;
+            b[ni][0] = __float_as_uint(to_tf32(TileB::at(bs, t, nc)));
+            b[ni][1] = __float_as_uint(to_tf32(TileB::at(bs, t + 4, nc)));
         }
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
+    }
+    cp_async_wait<0>();
+    tf32_epilogue(acc, C, M, N, m0, n0, wm, wn, g, t, alpha, beta, bias, has_bias, relu, flags & 8);
 }
+
 
 // ---------------------------------------------------------------- simple kernel (float64)
 template <typename T, bool TA, bool TB>
@@ -363,6 +493,11 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
         const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
         float alpha, float beta, int has_bias, int relu, int flags) {                                     \
         tf32_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);              \
+    }                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_async_##TAG(                     \
+        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
+        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
+        tf32_async_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);        \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(256) gemm_f64_##TAG(                                     \
         const double* A, const double* B, double* C, const double* bias, int M, int N, int K,            \

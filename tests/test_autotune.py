@@ -79,7 +79,7 @@ def test_conv_tile_tuned_over_every_compiled_tile(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
     costs = {(128, 128): 4.0, (128, 64): 3.0, (64, 128): 0.5, (64, 64): 2.0}
-    costs = {(*t, sc): c * (0.9 if sc == "async" else 1.0) for t, c in costs.items() for sc in conv.SCHEDULES}
+    costs = {(*t, sc): c * (0.9 if sc == "async" else 1.0) for t, c in costs.items() for sc in autotune.SCHEDULES}
     timer = fake_timer(costs)
     monkeypatch.setattr(autotune, "_tuner", autotune.Autotuner(timer, tmp_path / "autotune.json"))
     assert conv._tuned_tile("bwdd", "tf32", [8, 3, 32, 32], (128, 64, "reg"), timer.ran.append) == (64, 128, "async")
@@ -124,12 +124,12 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
 
 
 def test_schedule_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(conv.SCHEDULE_ENV, raising=False)
-    assert conv.default_schedule() == "reg"
-    monkeypatch.setenv(conv.SCHEDULE_ENV, "Async")
-    assert conv.default_schedule() == "async"
+    monkeypatch.delenv(autotune.SCHEDULE_ENV, raising=False)
+    assert autotune.schedule() == "reg"
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, "Async")
+    assert autotune.schedule() == "async"
     assert conv._kernel("bwdf", (64, 128, "async"), "tf32") == "conv_bwdf_f32_64x128_tf32_async"
     assert conv._kernel("fwd", (128, 64, "reg"), "fp32") == "conv_fwd_f32_128x64_fp32"
-    monkeypatch.setenv(conv.SCHEDULE_ENV, "fast")
-    with pytest.raises(ValueError, match="GPUCONV_CONV_SCHEDULE='fast': choose one of reg, async"):
-        conv.default_schedule()
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, "fast")
+    with pytest.raises(ValueError, match="GPUCONV_GEMM_SCHEDULE='fast': choose one of reg, async"):
+        autotune.schedule()

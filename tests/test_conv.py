@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gpuconv.geometry import GeometryError
+from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
 from gpuconv.ops._checks import OpArgumentError
 from helpers import numeric_grad, poison, rel_error
@@ -409,11 +410,11 @@ def _tol(precision: str) -> float:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", C.SCHEDULES)
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", C.PRECISIONS)
 @pytest.mark.parametrize("g", GPU_GEOMS, ids=_geom_id)
 def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
-    monkeypatch.setenv(C.SCHEDULE_ENV, schedule)
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g)
     yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
     for relu in (False, True):
@@ -442,12 +443,12 @@ def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("schedule", C.SCHEDULES)
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", C.PRECISIONS)
 @pytest.mark.parametrize("tile", C._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule):
     """Force each compiled (BM, BN, schedule) entry point and several split counts, so none goes untested."""
-    monkeypatch.setenv(C.SCHEDULE_ENV, schedule)
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     g = (2, 21, 11, 13, 75, 3, 3, 1, 1, 1)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g)
     x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)

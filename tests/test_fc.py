@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpuconv.ops import fc
+from gpuconv.ops import autotune, fc
 from gpuconv.ops._checks import OpArgumentError
 from tests.helpers import numeric_grad, poison, rel_error
 
@@ -231,19 +231,20 @@ GPU_SHAPES = [  # (M, N, K): odd sizes, 1s, not multiples of tiles, split-K, lar
 ]
 
 
+def _upload(cp, h, misalign=False):
+    if not misalign:
+        return cp.asarray(h)
+    # same data at a 4-byte-offset address: disables the float4 / 16-byte cp.async paths
+    base = cp.empty(h.size + 1, dtype=h.dtype)
+    v = base[1:].reshape(h.shape)
+    v[...] = cp.asarray(h)
+    return v
+
+
 def _gpu_ops(cp, rng, m, n, k, ta, tb, dtype, misalign=False):
     a, b = operands(rng, m, n, k, ta, tb, np.float64)
     a, b = a.astype(dtype), b.astype(dtype)
-
-    def up(h):
-        if not misalign:
-            return cp.asarray(h)
-        # same data at a 4-byte-offset address: disables the float4 paths
-        base = cp.empty(h.size + 1, dtype=h.dtype)
-        v = base[1:].reshape(h.shape)
-        v[...] = cp.asarray(h)
-        return v
-    return a, b, up(a), up(b)
+    return a, b, _upload(cp, a, misalign), _upload(cp, b, misalign)
 
 
 @pytest.mark.gpu
@@ -260,22 +261,28 @@ def test_gemm_gpu_fp32(cp, rng, ta, tb, misalign):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
+@pytest.mark.parametrize("misalign", [False, True])
 @pytest.mark.parametrize("ta,tb", TRANS)
-def test_gemm_gpu_tf32_exact_inputs(cp, rng, ta, tb):
+def test_gemm_gpu_tf32_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign, schedule):
     # Inputs already representable in TF32: the tensor-core path must then match an
     # fp64 reference to fp32-accumulation accuracy, which pins down the fragment layout.
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     for m, n, k in GPU_SHAPES:
         a, b = operands(rng, m, n, k, ta, tb, np.float32)
         a, b = to_tf32(a), to_tf32(b)
+        da, db = _upload(cp, a, misalign), _upload(cp, b, misalign)
         out = poison(cp, (m, n))
-        fc.gemm(cp.asarray(a), cp.asarray(b), trans_a=ta, trans_b=tb, out=out, precision="tf32")
+        fc.gemm(da, db, trans_a=ta, trans_b=tb, out=out, precision="tf32")
         want = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
         assert rel_error(out, want) < 1e-4 if k else rel_error(out, want) == 0.0, (m, n, k, ta, tb)
 
 
 @pytest.mark.gpu
-def test_gemm_gpu_tf32_rounding(cp, rng):
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
+def test_gemm_gpu_tf32_rounding(cp, rng, monkeypatch, schedule):
     # Arbitrary fp32 inputs: TF32 rounding error only (10-bit mantissa).
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     a, b = operands(rng, 150, 70, 1500, False, True, np.float32)
     got = fc.gemm(cp.asarray(a), cp.asarray(b), trans_b=True, precision="tf32")
     want = a.astype(np.float64) @ b.astype(np.float64).T
@@ -284,8 +291,10 @@ def test_gemm_gpu_tf32_rounding(cp, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
-def test_gemm_gpu_beta_accumulates(cp, rng, precision):
+def test_gemm_gpu_beta_accumulates(cp, rng, monkeypatch, precision, schedule):
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     for m, n, k in [(37, 45, 19), (3, 200, 2051)]:  # direct and split-K epilogues
         a, b = operands(rng, m, n, k, False, False, np.float32)
         a, b = to_tf32(a), to_tf32(b)
@@ -297,9 +306,11 @@ def test_gemm_gpu_beta_accumulates(cp, rng, precision):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_fc_gpu_matches_cpu(cp, rng, precision, relu):
+def test_fc_gpu_matches_cpu(cp, rng, monkeypatch, precision, relu, schedule):
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     for n, d, m in [(1, 1, 1), (1, 37, 10), (7, 129, 65), (128, 300, 130), (20, 2050, 6), (130, 8, 1029)]:
         x = rng.standard_normal((n, d)).astype(np.float32)
         w = (rng.standard_normal((m, d)) / np.sqrt(d)).astype(np.float32)

@@ -27,6 +27,22 @@ Timer = Callable[[Callable[[], None]], float]   # runs a callable, returns milli
 _lock = threading.Lock()
 
 
+# Main-loop schedules of our GEMM kernels (conv.cu's implicit GEMMs, fc.cu's TF32 GEMM):
+# "reg" stages the next K slice in registers (2 shared-memory stages); "async" keeps 3
+# slices in flight with cp.async (4 stages).  "reg" stays the default until "async" has
+# been measured faster on a GPU; the tuner (GPUCONV_AUTOTUNE=1) times both for conv.
+SCHEDULES = ("reg", "async")
+SCHEDULE_ENV = "GPUCONV_GEMM_SCHEDULE"
+
+
+def schedule() -> str:
+    """The GEMM main-loop schedule: $GPUCONV_GEMM_SCHEDULE, else "reg"."""
+    value = os.environ.get(SCHEDULE_ENV, "").strip().lower() or "reg"
+    if value not in SCHEDULES:
+        raise ValueError(f"{SCHEDULE_ENV}={value!r}: choose one of {', '.join(SCHEDULES)}")
+    return value
+
+
 def enabled() -> bool:
     return os.environ.get("GPUCONV_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on")
 

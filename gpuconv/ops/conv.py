@@ -22,7 +22,6 @@ it visits only the filter taps that land on the output grid.
 """
 from __future__ import annotations
 
-import os
 from math import gcd
 from typing import Any, Sequence
 
@@ -53,12 +52,7 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
 _BK = 8  # reduction slice depth of the GEMM kernels (kernels/conv.cu BK)
 _TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points compiled in conv.cu
-# Main-loop schedules compiled for every tile (kernels/conv.cu): "reg" stages the next
-# K slice in registers (2 shared-memory stages); "async" keeps 3 slices in flight with
-# cp.async (4 stages).  "reg" is the default until "async" is measured faster on a GPU.
-SCHEDULES = ("reg", "async")
-SCHEDULE_ENV = "GPUCONV_CONV_SCHEDULE"
-Variant = tuple[int, int, str]  # (BM, BN, schedule)
+Variant = tuple[int, int, str]  # (BM, BN, schedule): every tile is compiled in both autotune.SCHEDULES
 
 
 # ----------------------------------------------------------------------------------
@@ -336,14 +330,6 @@ def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
     return bm, bn, splits
 
 
-def default_schedule() -> str:
-    """The main-loop schedule of the GEMM kernels: $GPUCONV_CONV_SCHEDULE, else "reg"."""
-    value = os.environ.get(SCHEDULE_ENV, "").strip().lower() or "reg"
-    if value not in SCHEDULES:
-        raise ValueError(f"{SCHEDULE_ENV}={value!r}: choose one of {', '.join(SCHEDULES)}")
-    return value
-
-
 def _kernel(kind: str, variant: Variant, precision: str) -> str:
     """Entry-point name in conv.cu, e.g. conv_fwd_f32_128x64_tf32_async."""
     tm, tn, schedule = variant
@@ -356,7 +342,7 @@ def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Varian
     if not autotune.enabled():
         return heuristic
     key = f"{cuda.device_key()}|conv_{kind}|{precision}|" + ",".join(str(v) for v in geo)
-    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in SCHEDULES]
+    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in autotune.SCHEDULES]
     candidates = [heuristic] + [v for v in variants if v != heuristic]   # ties keep the heuristic
     return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
 
@@ -476,7 +462,7 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
         cuda.launch("conv", _kernel("fwd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
                     (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
 
-    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn, default_schedule()), run))
+    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn, autotune.schedule()), run))
     return out
 
 
@@ -507,7 +493,7 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
         cuda.launch("conv", _kernel("bwdd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
                     (256, 1, 1), [dy, w, out, *geo])
 
-    run(_tuned_tile("bwdd", precision, geo, (bm, bn, default_schedule()), run))
+    run(_tuned_tile("bwdd", precision, geo, (bm, bn, autotune.schedule()), run))
     return out
 
 
@@ -532,7 +518,7 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
                         (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
                         [x, dy, dw, *geo, int(splits > 1)])
 
-        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, default_schedule()), run))
+        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, autotune.schedule()), run))
     if db is not None:
         db.fill(0)
         per_k = n * ho * wo

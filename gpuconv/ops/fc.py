@@ -6,6 +6,8 @@ Conventions (the notes' ``W x + b``, batched over rows): ``x[N, D]``, weights
 The GPU path is our own tiled GEMM in ``kernels/fc.cu`` (no cuBLAS): an FP32 FMA
 kernel and a TF32 tensor-core kernel (``precision="tf32"``), both with split-K for
 skinny problems, bias + ReLU fused in the epilogue; float64 uses a simple kernel.
+With ``GPUCONV_GEMM_SCHEDULE=async`` TF32 runs ``gemm_tf32_async_*`` instead (a
+cp.async 4-stage pipeline; emulator-checked, not yet timed on a GPU).
 ``precision`` only affects float32 GPU arrays (the CPU path is plain NumPy).
 """
 from __future__ import annotations
@@ -16,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from .. import cuda, device
-from . import cpu_threads
+from . import autotune, cpu_threads
 from ._checks import OpArgumentError, check_array, check_out
 
 PRECISIONS = ("fp32", "tf32")
 _TILE = 128            # block tile of the f32/tf32 kernels (M and N)
-_SLICE = {"fp32": 8, "tf32": 16}  # K slice per shared-memory stage
+_SLICE = {"fp32": 8, "tf32": 16, "tf32_async": 8}  # K slice per shared-memory stage
 _INT32_MAX = 2**31 - 1
 
 
@@ -149,8 +151,10 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         return out
     if cuda.cdiv(n, _TILE) > 65535:
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
-    kernel = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}"
-    kslice = _SLICE[precision]
+    if precision == "tf32" and autotune.schedule() == "async":
+        kernel, kslice = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"]
+    else:
+        kernel, kslice = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}", _SLICE[precision]
     lda, ldb = (m if trans_a else k), (k if trans_b else n)
     flags = (1 if lda % 4 == 0 and _aligned(a, 16) else 0) | (2 if ldb % 4 == 0 and _aligned(b, 16) else 0)
     splits, kps = _split_k(m, n, k, kslice, _sm_count(a.device.id))
