@@ -155,6 +155,18 @@ __device__ __forceinline__ void store_out(float* __restrict__ C, int M, int N, i
     }
 }
 
+// The block's output tile and K range (split-K: blockIdx.z takes [z*kps, min(K, (z+1)*kps))
+// and writes its own [M,N] slice of C).
+template <bool TA, bool TB>
+struct BlockTile {
+    int m0, n0, kbeg, kend;
+    long long lda, ldb;
+    __device__ BlockTile(int M, int N, int K, int kps)
+        : m0(blockIdx.x * GEMM_BM), n0(blockIdx.y * GEMM_BN), kbeg(blockIdx.z * kps),
+          kend(imin(K, blockIdx.z * kps + kps)), lda(TA ? M : K), ldb(TB ? K : N) {}
+    __device__ int slices(int bk) const { return kend > kbeg ? (kend - kbeg + bk - 1) / bk : 0; }
+};
+
 // ---------------------------------------------------------------- FP32 SIMT kernel
 template <bool TA, bool TB>
 __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const float* __restrict__ B,
@@ -168,11 +180,10 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
-    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
-    const int kbeg = blockIdx.z * kps;
-    const int kend = imin(K, kbeg + kps);
+    const BlockTile<TA, TB> bt(M, N, K, kps);
+    const int m0 = bt.m0, n0 = bt.n0, kbeg = bt.kbeg, kend = bt.kend;
+    const long long lda = bt.lda, ldb = bt.ldb;
     C += (long long)blockIdx.z * M * N;
-    const long long lda = TA ? M : K, ldb = TB ? K : N;
     const bool va = flags & 1, vb = flags & 2, vc = flags & 4;
 
     TileLoader<BK, !TA> la;  // A(m,k): k contiguous unless transposed
@@ -183,7 +194,7 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
 
-    const int nk = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    const int nk = bt.slices(BK);
     la.load(A, lda, M, kend, m0, kbeg, va, tid);
     lb.load(B, ldb, N, kend, n0, kbeg, vb, tid);
     la.template store<LDS, false>(As[0], tid);
@@ -236,21 +247,60 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
 
 // ---------------------------------------------------------------- TF32 tensor-core kernel (mma_tf32: ptx.cuh)
 
-// C fragment (16x8): c0,c1 = (g, 2t..2t+1), c2,c3 = (g+8, 2t..2t+1); warp tile 64 x 32.
-__device__ __forceinline__ void tf32_epilogue(const float (&acc)[4][4][4], float* __restrict__ C, int M, int N,
-                                              int m0, int n0, int wm, int wn, int g, int t, float alpha,
-                                              float beta, const float* __restrict__ bias, int has_bias,
-                                              int relu, bool vc2) {
+// The TF32 kernels' warps: 8 warps in 2 (M) x 4 (N), warp tile 64 x 32 = 4 x 4 mma tiles.
+// Fragments (g = lane/4, t = lane%4): A a0 (g,t) a1 (g+8,t) a2 (g,t+4) a3 (g+8,t+4);
+// B b0 (k=t, n=g) b1 (k=t+4, n=g); C c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1).
+struct TcWarpTile {
+    int wm, wn, g, t;
+    float acc[4][4][4];
+
+    __device__ explicit TcWarpTile(int tid) : wm((tid >> 5) >> 2), wn((tid >> 5) & 3), g((tid & 31) >> 2), t(tid & 3) {
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+    }
+
+    // One k step of 8: a(k, r) / b(k, r) give the TF32 bits of A(m0 + r, k0 + k) / B(n0 + r, k0 + k).
+    template <class AAt, class BAt>
+    __device__ __forceinline__ void k8(AAt a, BAt b) {
+        unsigned int af[4][4], bf[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) {
+            const int mr = wm * 64 + mi * 16 + g;
+            af[mi][0] = a(t, mr);
+            af[mi][1] = a(t, mr + 8);
+            af[mi][2] = a(t + 4, mr);
+            af[mi][3] = a(t + 4, mr + 8);
+        }
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
-            const int r = m0 + wm * 64 + mi * 16 + g;
-            const int c = n0 + wn * 32 + ni * 8 + 2 * t;
-            store_out<2>(C, M, N, r, c, &acc[mi][ni][0], alpha, beta, bias, has_bias, relu, vc2);
-            store_out<2>(C, M, N, r + 8, c, &acc[mi][ni][2], alpha, beta, bias, has_bias, relu, vc2);
+            const int nc = wn * 32 + ni * 8 + g;
+            bf[ni][0] = b(t, nc);
+            bf[ni][1] = b(t + 4, nc);
         }
-}
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], af[mi], bf[ni]);
+    }
+
+    __device__ __forceinline__ void store(float* __restrict__ C, int M, int N, int m0, int n0, float alpha,
+                                          float beta, const float* __restrict__ bias, int has_bias, int relu,
+                                          bool vc2) const {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const int r = m0 + wm * 64 + mi * 16 + g;
+                const int c = n0 + wn * 32 + ni * 8 + 2 * t;
+                store_out<2>(C, M, N, r, c, &acc[mi][ni][0], alpha, beta, bias, has_bias, relu, vc2);
+                store_out<2>(C, M, N, r + 8, c, &acc[mi][ni][2], alpha, beta, bias, has_bias, relu, vc2);
+            }
+    }
+};
 
 template <bool TA, bool TB>
 __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const float* __restrict__ B,
@@ -263,27 +313,16 @@ __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const flo
     __shared__ __align__(16) float Bs[2][BK * LDS];
 
     const int tid = threadIdx.x;
-    const int warp = tid >> 5, lane = tid & 31;
-    const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps, warp tile 64 x 32
-    const int g = lane >> 2, t = lane & 3;    // mma fragment coordinates
-    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
-    const int kbeg = blockIdx.z * kps;
-    const int kend = imin(K, kbeg + kps);
+    const BlockTile<TA, TB> bt(M, N, K, kps);
+    const int m0 = bt.m0, n0 = bt.n0, kbeg = bt.kbeg, kend = bt.kend;
+    const long long lda = bt.lda, ldb = bt.ldb;
     C += (long long)blockIdx.z * M * N;
-    const long long lda = TA ? M : K, ldb = TB ? K : N;
-    const bool va = flags & 1, vb = flags & 2, vc2 = flags & 8;
+    const bool va = flags & 1, vb = flags & 2;
 
     TileLoader<BK, !TA> la;
     TileLoader<BK, TB> lb;
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-
-    const int nk = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0;
+    TcWarpTile wt(tid);
+    const int nk = bt.slices(BK);
     la.load(A, lda, M, kend, m0, kbeg, va, tid);
     lb.load(B, ldb, N, kend, n0, kbeg, vb, tid);
     la.template store<LDS, true>(As[0], tid);
@@ -300,29 +339,9 @@ __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const flo
         const float* as = As[cur];
         const float* bs = Bs[cur];
 #pragma unroll
-        for (int kk = 0; kk < BK; kk += 8) {
-            unsigned int a[4][4], b[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                const int mr = wm * 64 + mi * 16 + g;
-                // A fragment (16x8, row): a0=(g,t) a1=(g+8,t) a2=(g,t+4) a3=(g+8,t+4)
-                a[mi][0] = __float_as_uint(as[(kk + t) * LDS + mr]);
-                a[mi][1] = __float_as_uint(as[(kk + t) * LDS + mr + 8]);
-                a[mi][2] = __float_as_uint(as[(kk + t + 4) * LDS + mr]);
-                a[mi][3] = __float_as_uint(as[(kk + t + 4) * LDS + mr + 8]);
-            }
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
-                const int nc = wn * 32 + ni * 8 + g;
-                // B fragment (8x8, col): b0=(k=t, n=g) b1=(k=t+4, n=g)
-                b[ni][0] = __float_as_uint(bs[(kk + t) * LDS + nc]);
-                b[ni][1] = __float_as_uint(bs[(kk + t + 4) * LDS + nc]);
-            }
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
-        }
+        for (int kk = 0; kk < BK; kk += 8)  // operands were rounded to TF32 when stored
+            wt.k8([&](int k, int r) { return __float_as_uint(as[(kk + k) * LDS + r]); },
+                  [&](int k, int r) { return __float_as_uint(bs[(kk + k) * LDS + r]); });
         if (more) {
             la.template store<LDS, true>(As[cur ^ 1], tid);
             lb.template store<LDS, true>(Bs[cur ^ 1], tid);
@@ -331,7 +350,7 @@ __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const flo
         cur ^= 1;
     }
 
-    tf32_epilogue(acc, C, M, N, m0, n0, wm, wn, g, t, alpha, beta, bias, has_bias, relu, vc2);
+    wt.store(C, M, N, m0, n0, alpha, beta, bias, has_bias, relu, flags & 8);
 }
 
 // ---------------------------------------------------------------- TF32 cp.async kernel
@@ -392,29 +411,16 @@ __device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, con
     __shared__ __align__(16) float Bs[ASYNC_ST][TileB::SIZE];
 
     const int tid = threadIdx.x;
-    const int warp = tid >> 5, lane = tid & 31;
-    const int wm = warp >> 2, wn = warp & 3;  // 2 x 4 warps, warp tile 64 x 32
-    const int g = lane >> 2, t = lane & 3;    // mma fragment coordinates
-    const int m0 = blockIdx.x * GEMM_BM, n0 = blockIdx.y * GEMM_BN;
-    const int kbeg = blockIdx.z * kps;
-    const int kend = imin(K, kbeg + kps);
+    const BlockTile<TA, TB> bt(M, N, K, kps);
     C += (long long)blockIdx.z * M * N;
-    const long long lda = TA ? M : K, ldb = TB ? K : N;
     const bool va = flags & 1, vb = flags & 2;
+    TcWarpTile wt(tid);
 
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-
-    const int nk = kend > kbeg ? (kend - kbeg + ASYNC_BK - 1) / ASYNC_BK : 0;
+    const int nk = bt.slices(ASYNC_BK);
     auto issue = [&](int kt) {
-        const int st = kt % ASYNC_ST, k0 = kbeg + kt * ASYNC_BK;
-        TileA::issue(As[st], A, lda, M, kend, m0, k0, va, tid);
-        TileB::issue(Bs[st], B, ldb, N, kend, n0, k0, vb, tid);
+        const int st = kt % ASYNC_ST, k0 = bt.kbeg + kt * ASYNC_BK;
+        TileA::issue(As[st], A, bt.lda, M, bt.kend, bt.m0, k0, va, tid);
+        TileB::issue(Bs[st], B, bt.ldb, N, bt.kend, bt.n0, k0, vb, tid);
     };
 #pragma unroll
     for (int kt = 0; kt < ASYNC_ST - 1; ++kt) {  // one commit group per slice, empty past the end
@@ -428,28 +434,11 @@ __device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, con
         cp_async_commit();
         const float* as = As[kt % ASYNC_ST];
         const float* bs = Bs[kt % ASYNC_ST];
-        unsigned int a[4][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi) {
-            const int mr = wm * 64 + mi * 16 + g;
-            a[mi][0] = __float_as_uint(to_tf32(TileA::at(as, t, mr)));
-            a[mi][1] = __float_as_uint(to_tf32(TileA::at(as, t, mr + 8)));
-            a[mi][2] = __float_as_uint(to_tf32(TileA::at(as, t + 4, mr)));
-            a[mi][3] = __float_as_uint(to_tf32(TileA::at(as, t + 4, mr + 8)));
-        }
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-            const int nc = wn * 32 + ni * 8 + g;
-            b[ni][0] = __float_as_uint(to_tf32(TileB::at(bs, t, nc)));
-            b[ni][1] = __float_as_uint(to_tf32(TileB::at(bs, t + 4, nc)));
-        }
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
+        wt.k8([&](int k, int r) { return __float_as_uint(to_tf32(TileA::at(as, k, r))); },
+              [&](int k, int r) { return __float_as_uint(to_tf32(TileB::at(bs, k, r))); });
     }
     cp_async_wait<0>();
-    tf32_epilogue(acc, C, M, N, m0, n0, wm, wn, g, t, alpha, beta, bias, has_bias, relu, flags & 8);
+    wt.store(C, M, N, bt.m0, bt.n0, alpha, beta, bias, has_bias, relu, flags & 8);
 }
 
 
