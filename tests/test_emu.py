@@ -139,6 +139,15 @@ extern "C" __global__ void scale_inplace(float* p, const float* q, long long n, 
 }
 
 extern "C" __global__ void takes_double(double* y, double v) { y[0] = v; }
+
+// Missing __syncthreads between a shared write and another thread's read (shift +1 or -1).
+extern "C" __global__ void neighbour_no_barrier(const float* x, float* y, int shift) {
+    __shared__ float s[64];
+    const int t = threadIdx.x, n = blockDim.x, base = blockIdx.x * n;
+    s[t] = x[base + t];
+    const int j = t + shift;
+    y[base + t] = (j >= 0 && j < n) ? s[j] : s[t];  // no wrap-around: only the neighbour's write races
+}
 '''
 
 
@@ -153,6 +162,20 @@ def test_block_barrier_and_shared_memory(probes, rng):
     y = np.full_like(x, np.nan)
     emu.launch(probes, "reverse_block", (3,), (256,), [x, y])
     np.testing.assert_array_equal(y, x.reshape(3, 256)[:, ::-1].reshape(-1))
+
+
+@pytest.mark.parametrize("shift", [1, -1])
+def test_missing_barrier_shows_whichever_thread_writes_first(probes, rng, shift):
+    """Threads run forward in one block and backward in the next: a read of a neighbour's
+    shared write without a barrier sees stale data in one of the two, for either neighbour."""
+    x = rng.standard_normal(2 * 64).astype(np.float32)
+    y = np.full_like(x, np.nan)
+    emu.launch(probes, "neighbour_no_barrier", (2,), (64,), [x, y, shift])
+    idx = np.arange(64) + shift
+    idx = np.where((idx >= 0) & (idx < 64), idx, np.arange(64))
+    with_barrier = x.reshape(2, 64)[:, idx].reshape(-1)
+    wrong = (y != with_barrier).reshape(2, 64).any(axis=1)
+    assert wrong.any(), "the race went unseen in both blocks"
 
 
 def test_exited_threads_do_not_hold_the_barrier(probes):

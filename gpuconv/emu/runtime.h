@@ -2,8 +2,8 @@
 //
 // gpuconv.emu compiles a kernel file with g++ and this header force-included.  Each
 // launch runs the grid's blocks one after another; the threads of a block are fibers
-// (ucontext) on the calling OS thread, switched only at barriers, so a block runs
-// deterministically:
+// on the calling OS thread, switched only at barriers, so a block runs deterministically
+// (threads in forward order in one barrier phase, in reverse in the next):
 //   __syncthreads()      every live (not yet exited) thread of the block must reach the
 //                        *same* barrier call; threads waiting at different barriers are
 //                        reported as a divergent barrier, all threads stuck as a deadlock.
@@ -282,8 +282,14 @@ inline bool run_block() {
         f.cp_open.clear();
         ctx_make(&f.ctx, stacks[i] + 4096, kStack, fiber_main);  // above the guard page
     }
-    for (;;) {
-        for (int i = 0; i < n; ++i) {
+    // Threads run in forward order in one barrier phase and in reverse in the next (and
+    // blocks alternate which comes first), so a missing barrier between a write and another
+    // thread's read shows up whichever of the two threads has the lower index.
+    const unsigned block_linear = L->bid.x + L->grid.x * (L->bid.y + L->grid.y * L->bid.z);
+    for (unsigned phase = block_linear & 1u;; ++phase) {
+        const bool reverse = phase & 1u;
+        for (int j = 0; j < n; ++j) {
+            const int i = reverse ? n - 1 - j : j;
             if (L->fibers[i].state != RUNNABLE) continue;
             L->cur = &L->fibers[i];
             ctx_switch(&L->sched, &L->fibers[i].ctx);
