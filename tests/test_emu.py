@@ -356,3 +356,14 @@ def test_emulated_arrays_look_like_device_arrays(rng):
         out = xp.empty((5,), dtype=np.float32)
         assert np.isnan(out).all()  # fresh device memory is poison, never zeros
     assert not device.is_gpu_array(gx)  # outside the context, plain NumPy again
+
+
+def test_cache_dir_falls_back_when_unwritable(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(blocker))  # a file: no folder can be made below it
+    path = emu.cache_dir()
+    assert path.is_dir() and not str(path).startswith(str(blocker))
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path / "c"))
+    assert emu.cache_dir() == tmp_path / "c" / "emu"
+

@@ -57,8 +57,17 @@ def available() -> bool:
 
 
 def cache_dir() -> Path:
+    """Where built kernel libraries are kept: $GPUCONV_CACHE_DIR/emu (default ~/.cache/gpuconv/emu),
+    or a per-user temporary folder when that cannot be created (a read-only home)."""
     root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "emu"
+    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "emu"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        fallback = Path(tempfile.gettempdir()) / f"gpuconv-emu-{os.getuid()}"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
 
 
 _EMULATED_HEADERS = {"ptx.cuh": HERE / "ptx.cuh"}  # stand-ins for kernels/*.cuh that hold inline PTX
@@ -112,13 +121,15 @@ class Module:
     def launch(self, kernel: str, grid: Sequence[int], block: Sequence[int], argv: Any, shared_mem: int) -> None:
         fn = getattr(self._lib, f"emu_launch_{kernel}")
         fn.restype = ctypes.c_char_p
-        err = fn(*(ctypes.c_uint(int(v)) for v in (*grid, *block)), ctypes.c_size_t(shared_mem), argv)
+        with _launch_lock:  # __shared__ variables are process-wide statics: one launch at a time
+            err = fn(*(ctypes.c_uint(int(v)) for v in (*grid, *block)), ctypes.c_size_t(shared_mem), argv)
         if err:
             raise EmulatorError(f"{self.name}.cu {kernel} grid={tuple(grid)} block={tuple(block)}: {err.decode()}")
 
 
 _modules: dict[str, Module] = {}
 _build_lock = threading.Lock()
+_launch_lock = threading.Lock()
 
 
 def build(name: str) -> Module:
@@ -141,7 +152,6 @@ def build_source(name: str, src: str) -> Module:
         key = hashlib.sha256("\0".join([src, runtime.read_text(), CXX, *CXXFLAGS]).encode()).hexdigest()[:20]
         lib_path = cache_dir() / f"{name}-{key}.so"
         if not lib_path.is_file():
-            lib_path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix="gpuconv-emu-") as tmp:
                 cpp = Path(tmp) / f"{name}.cpp"
                 cpp.write_text(src)
