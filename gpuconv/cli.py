@@ -131,16 +131,19 @@ def _kernels(args: argparse.Namespace) -> int:
         print(f"all kernels loaded in {time.perf_counter() - t_all:.3f} s")
         return 0
     archs = args.arch or list(cuda.TARGET_ARCHS)
+    builds = [(name, ()) for name in cuda.kernel_names()]
+    builds += [(name, d) for name, variants in cuda.MODULE_VARIANTS.items() for d in variants]  # e.g. conv+GEMM_ASYNC
     failed = 0
-    for name in cuda.kernel_names():
+    for name, defines in builds:
+        label = name + "".join(f"+{d}" for d in defines)
         for arch in archs:
             t = time.perf_counter()
             try:
-                ptx = cuda.compile_ptx(name, arch)
-                print(f"{name:12s} {arch}: ok, {len(ptx):,} bytes PTX, {time.perf_counter() - t:.2f} s")
+                ptx = cuda.compile_ptx(name, arch, defines)
+                print(f"{label:16s} {arch}: ok, {len(ptx):,} bytes PTX, {time.perf_counter() - t:.2f} s")
             except Exception as exc:  # noqa: BLE001  (report every failure, then exit non-zero)
                 failed += 1
-                print(f"{name:12s} {arch}: FAILED\n{exc}")
+                print(f"{label:16s} {arch}: FAILED\n{exc}")
     return 1 if failed else 0
 
 

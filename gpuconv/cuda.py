@@ -25,7 +25,12 @@ KERNEL_DIR = Path(os.environ.get("GPUCONV_KERNEL_DIR", Path(__file__).resolve().
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
 
-_modules: dict[tuple[int, str], Any] = {}
+# Module variants: the same source compiled with extra preprocessor defines.  A variant
+# holds entry points that only some users need (GEMM_ASYNC: the cp.async GEMM schedule),
+# so the default module's compile time is not paid for them.
+MODULE_VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {"conv": (("GEMM_ASYNC",),), "fc": (("GEMM_ASYNC",),)}
+
+_modules: dict[tuple[int, str, tuple[str, ...]], Any] = {}
 
 
 class KernelCompileError(RuntimeError):
@@ -69,15 +74,19 @@ def kernel_source(name: str, headers: Mapping[str, Path] | None = None) -> str:
     return expand_includes(path.read_text(), {**kernel_headers(), **(headers or {})})
 
 
-def compile_ptx(name: str, arch: str = "compute_90") -> str:
-    """Compile kernels/<name>.cu to PTX with NVRTC only (no GPU needed)."""
+def _define_options(defines: Sequence[str]) -> tuple[str, ...]:
+    return tuple(f"-D{d}" for d in defines)
+
+
+def compile_ptx(name: str, arch: str = "compute_90", defines: Sequence[str] = ()) -> str:
+    """Compile kernels/<name>.cu (with ``-D`` defines) to PTX with NVRTC only (no GPU needed)."""
     from cupy.cuda import nvrtc  # noqa: PLC0415
 
     src = kernel_source(name)
     prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, f"-arch={arch}", "-ftz=true"])
+            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true"])
         except nvrtc.NVRTCError as exc:
             raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
         ptx = nvrtc.getPTX(prog)
@@ -86,15 +95,15 @@ def compile_ptx(name: str, arch: str = "compute_90") -> str:
         nvrtc.destroyProgram(prog)
 
 
-def get_module(name: str) -> Any:
-    """The compiled cupy.RawModule for kernels/<name>.cu on the current device."""
+def get_module(name: str, defines: Sequence[str] = ()) -> Any:
+    """The compiled cupy.RawModule for kernels/<name>.cu (a variant: with -D defines) on the current device."""
     cp = device._cupy()
     if cp is None:
         raise device.DeviceError("cupy is not installed: CUDA kernels are unavailable")
-    key = (cp.cuda.runtime.getDevice(), name)
+    key = (cp.cuda.runtime.getDevice(), name, tuple(defines))
     mod = _modules.get(key)
     if mod is None:
-        mod = cp.RawModule(code=kernel_source(name), options=NVRTC_OPTIONS)
+        mod = cp.RawModule(code=kernel_source(name), options=NVRTC_OPTIONS + _define_options(defines))
         try:
             mod.compile()
         except cp.cuda.compiler.CompileException as exc:
@@ -103,9 +112,9 @@ def get_module(name: str) -> Any:
     return mod
 
 
-def get_function(module: str, function: str) -> Any:
+def get_function(module: str, function: str, defines: Sequence[str] = ()) -> Any:
     """A cupy RawKernel: ``get_function('conv', 'conv_fwd')``."""
-    return get_module(module).get_function(function)
+    return get_module(module, defines).get_function(function)
 
 
 def _as_kernel_arg(a: Any) -> Any:
@@ -119,13 +128,15 @@ def _as_kernel_arg(a: Any) -> Any:
 
 
 def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
-           args: Sequence[Any], shared_mem: int = 0) -> None:
-    """Launch a kernel on the current stream, converting Python scalars to int32/float32."""
+           args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
+    """Launch a kernel on the current stream, converting Python scalars to int32/float32.
+
+    ``defines`` picks a module variant (see MODULE_VARIANTS)."""
     grid = tuple(int(g) for g in grid)
     block = tuple(int(b) for b in block)
     if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
         return  # empty problem: nothing to launch (a zero grid is a CUDA error)
-    fn = get_function(module, function)
+    fn = get_function(module, function, defines)
     fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
 
 

@@ -17,7 +17,8 @@
 //   block = 256 threads, grid = (cdiv(GEMM cols, BN), cdiv(GEMM rows, BM), splits),
 //   static shared memory S * 8 * (BM+8 + BN+8) floats: S 8-deep K slices, padded by 8
 //   to keep the tf32 fragment reads bank-conflict free; S = 2 (register-staged double
-//   buffer) or, for the _async entries, 4 (cp.async pipeline, at most 34 KiB).
+//   buffer) or, for the _async entries, 4 (cp.async pipeline, at most 34 KiB; those
+//   entries exist only when compiled with -DGEMM_ASYNC).
 //   fp32: 16x16 threads, each (BM/16)x(BN/16) outputs with exact fp32 FMA.
 //   tf32: 8 warps as 2(M)x4(N), each warp (BM/2)x(BN/4) with
 //         mma.sync.m16n8k8 tf32 (operands rounded with cvt.rna.tf32.f32 when
@@ -542,9 +543,15 @@ conv_bwdf_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float
     LOOP<BwdFilterProb, BM, BN, TF>(P);                                                           \
 }
 
+// The _async entries double the compile time, so they are built only into the module
+// variant compiled with -DGEMM_ASYNC (gpuconv loads it when GPUCONV_GEMM_SCHEDULE=async).
+#ifdef GEMM_ASYNC
 #define CONV_SCHEDULES(BM, BN, PREC, TF)      \
     CONV_ENTRIES(BM, BN, PREC, TF, , igemm)   \
     CONV_ENTRIES(BM, BN, PREC, TF, _async, igemm_async)
+#else
+#define CONV_SCHEDULES(BM, BN, PREC, TF) CONV_ENTRIES(BM, BN, PREC, TF, , igemm)
+#endif
 
 CONV_SCHEDULES(128, 128, fp32, false)
 CONV_SCHEDULES(128, 64, fp32, false)

@@ -23,6 +23,7 @@
 //                            8, 4 stages, 3 in flight; operands kept in memory order in shared
 //                            memory ([r][12] when k is contiguous, else [k][136]; at most 48 KB
 //                            static), rounded to TF32 at the fragment read.  Same grid.
+//                            Compiled only with -DGEMM_ASYNC (a module variant).
 //   Split-K (all): blockIdx.z handles K range [z*kps, min(K,(z+1)*kps)) (kps a multiple
 //   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
 //   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
@@ -472,6 +473,19 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
     }
 }
 
+// gemm_tf32_async_*: only in the module variant compiled with -DGEMM_ASYNC (it adds half
+// again to the compile time; gpuconv loads it when GPUCONV_GEMM_SCHEDULE=async).
+#ifdef GEMM_ASYNC
+#define GEMM_ASYNC_ENTRY(TAG, TA, TB)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_async_##TAG(                     \
+        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
+        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
+        tf32_async_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);        \
+    }
+#else
+#define GEMM_ASYNC_ENTRY(TAG, TA, TB)
+#endif
+
 #define GEMM_ENTRIES(TAG, TA, TB)                                                                          \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32_##TAG(                            \
         const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
@@ -483,11 +497,7 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
         float alpha, float beta, int has_bias, int relu, int flags) {                                     \
         tf32_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);              \
     }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_async_##TAG(                     \
-        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
-        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
-        tf32_async_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);        \
-    }                                                                                                     \
+    GEMM_ASYNC_ENTRY(TAG, TA, TB)                                                                         \
     extern "C" __global__ void __launch_bounds__(256) gemm_f64_##TAG(                                     \
         const double* A, const double* B, double* C, const double* bias, int M, int N, int K,            \
         double alpha, double beta, int has_bias, int relu) {                                              \

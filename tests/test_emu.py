@@ -342,6 +342,11 @@ def test_every_kernel_file_builds_and_exports_its_kernels():
         assert declared <= set(mod.kernels), (name, declared - set(mod.kernels))
     assert {"conv_fwd_f32_128x128_tf32", "gemm_tf32_nt", "adam_f32", "bn_apply_f64"} <= {
         k for n in cuda.kernel_names() for k in emu.build(n).kernels}
+    # module variants: the async GEMM entries exist only with their define
+    for name, variants in cuda.MODULE_VARIANTS.items():
+        for defines in variants:
+            extra = set(emu.build(name, defines).kernels) - set(emu.build(name).kernels)
+            assert extra and all("async" in k for k in extra), (name, defines, extra)
 
 
 def test_emulated_arrays_look_like_device_arrays(rng):

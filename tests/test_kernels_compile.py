@@ -1,4 +1,6 @@
 """Every kernel compiles with NVRTC for sm_80 and sm_90 (no GPU needed, only cupy + NVRTC)."""
+import functools
+
 import pytest
 
 from gpuconv import cuda
@@ -12,6 +14,11 @@ except Exception:  # noqa: BLE001
 pytestmark = pytest.mark.nvrtc
 
 
+@functools.lru_cache(maxsize=None)
+def _ptx(name: str, arch: str, defines: tuple[str, ...] = ()) -> str:
+    return cuda.compile_ptx(name, arch, defines)  # compiled once per session (conv takes seconds)
+
+
 def test_there_are_kernels():
     assert {"conv", "pool", "fc", "loss", "optim", "activation"} <= set(cuda.kernel_names())
 
@@ -20,8 +27,17 @@ def test_there_are_kernels():
 @pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
 @pytest.mark.parametrize("name", cuda.kernel_names())
 def test_kernel_compiles(name, arch):
-    ptx = cuda.compile_ptx(name, arch)
+    ptx = _ptx(name, arch)
     assert ".entry" in ptx
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
+@pytest.mark.parametrize("name,defines", [(n, d) for n, vs in cuda.MODULE_VARIANTS.items() for d in vs])
+def test_module_variant_compiles(name, defines, arch):
+    ptx = _ptx(name, arch, defines)
+    assert ".entry" in ptx and "cp.async" in ptx and "_async" in ptx
+    assert "cp.async" not in _ptx(name, arch)  # the default module stays without them
 
 
 @pytest.mark.parametrize("name", cuda.kernel_names())

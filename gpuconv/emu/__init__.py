@@ -132,13 +132,15 @@ _build_lock = threading.Lock()
 _launch_lock = threading.Lock()
 
 
-def build(name: str) -> Module:
-    """Compile kernels/<name>.cu for the emulator (cached on disk by content hash)."""
+def build(name: str, defines: Sequence[str] = ()) -> Module:
+    """Compile kernels/<name>.cu (a module variant: with ``#define``s) for the emulator,
+    cached on disk by content hash."""
+    key = name + "".join(f"+{d}" for d in defines)
     with _build_lock:
-        mod = _modules.get(name)
+        mod = _modules.get(key)
         if mod is not None:
             return mod
-    return build_source(name, emulator_source(name))
+    return build_source(key, "".join(f"#define {d} 1\n" for d in defines) + emulator_source(name))
 
 
 def build_source(name: str, src: str) -> Module:
@@ -150,7 +152,7 @@ def build_source(name: str, src: str) -> Module:
     with _build_lock:
         runtime = HERE / "runtime.h"
         key = hashlib.sha256("\0".join([src, runtime.read_text(), CXX, *CXXFLAGS]).encode()).hexdigest()[:20]
-        lib_path = cache_dir() / f"{name}-{key}.so"
+        lib_path = cache_dir() / f"{name.replace('+', '_')}-{key}.so"
         if not lib_path.is_file():
             with tempfile.TemporaryDirectory(prefix="gpuconv-emu-") as tmp:
                 cpp = Path(tmp) / f"{name}.cpp"
@@ -272,13 +274,13 @@ def _overlapping(arrays: list[tuple[int, np.ndarray]]) -> set[int]:
 
 
 def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
-           args: Sequence[Any], shared_mem: int = 0) -> None:
+           args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
     """``cuda.launch`` on the CPU: same arguments, NumPy arrays for device pointers."""
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
     block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
     if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
         return
-    mod = build(module)
+    mod = build(module, defines)
     sig = mod.signature(function)
     if len(args) != len(sig):
         raise EmulatorError(f"{function}: {len(sig)} parameters, {len(args)} arguments")

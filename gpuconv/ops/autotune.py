@@ -33,6 +33,8 @@ _lock = threading.Lock()
 # been measured faster on a GPU; the tuner (GPUCONV_AUTOTUNE=1) times both for conv.
 SCHEDULES = ("reg", "async")
 SCHEDULE_ENV = "GPUCONV_GEMM_SCHEDULE"
+# The async entry points live in a module variant (cuda.MODULE_VARIANTS), compiled on first use.
+SCHEDULE_DEFINES: dict[str, tuple[str, ...]] = {"reg": (), "async": ("GEMM_ASYNC",)}
 
 
 def schedule() -> str:

@@ -460,7 +460,8 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
 
     def run(v: Variant) -> None:
         cuda.launch("conv", _kernel("fwd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
+                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))],
+                    defines=autotune.SCHEDULE_DEFINES[v[2]])
 
     run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn, autotune.schedule()), run))
     return out
@@ -491,7 +492,7 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
 
     def run(v: Variant) -> None:
         cuda.launch("conv", _kernel("bwdd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [dy, w, out, *geo])
+                    (256, 1, 1), [dy, w, out, *geo], defines=autotune.SCHEDULE_DEFINES[v[2]])
 
     run(_tuned_tile("bwdd", precision, geo, (bm, bn, autotune.schedule()), run))
     return out
@@ -516,7 +517,7 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
                 dw.fill(0)  # the splits accumulate with atomicAdd
             cuda.launch("conv", _kernel("bwdf", v, precision),
                         (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
-                        [x, dy, dw, *geo, int(splits > 1)])
+                        [x, dy, dw, *geo, int(splits > 1)], defines=autotune.SCHEDULE_DEFINES[v[2]])
 
         run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, autotune.schedule()), run))
     if db is not None:

@@ -151,8 +151,9 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         return out
     if cuda.cdiv(n, _TILE) > 65535:
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
+    defines: tuple[str, ...] = ()
     if precision == "tf32" and autotune.schedule() == "async":
-        kernel, kslice = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"]
+        kernel, kslice, defines = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"], autotune.SCHEDULE_DEFINES["async"]
     else:
         kernel, kslice = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}", _SLICE[precision]
     lda, ldb = (m if trans_a else k), (k if trans_b else n)
@@ -162,13 +163,14 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     if splits == 1:
         flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
         cuda.launch("fc", kernel, grid, (256, 1, 1),
-                    (a, b, out, bias_arg, m, n, k, kps, np.float32(alpha), np.float32(beta), has_bias, relu, flags))
+                    (a, b, out, bias_arg, m, n, k, kps, np.float32(alpha), np.float32(beta), has_bias, relu, flags),
+                    defines=defines)
         return out
     # Split-K: partial products into a workspace, then one pass sums them and runs the epilogue.
     ws = xp.empty((splits, m, n), dtype=np.float32)
     flags |= (4 if n % 4 == 0 else 0) | (8 if n % 2 == 0 else 0)  # pool allocations are 256-B aligned
     cuda.launch("fc", kernel, grid, (256, 1, 1),
-                (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags))
+                (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags), defines=defines)
     mn = m * n
     cuda.launch("fc", "splitk_reduce_f32", (min(cuda.cdiv(mn, 256), 65536), 1, 1), (256, 1, 1),
                 (ws, out, bias_arg, np.int64(mn), n, splits, np.float32(alpha), np.float32(beta), has_bias, relu))
