@@ -304,6 +304,16 @@ def test_out_of_bounds_read_reads_nan(probes):
     assert np.isnan(y[7])  # the guard band past x
 
 
+def test_read_only_inputs(probes):
+    x = np.arange(8, dtype=np.float32)
+    x.flags.writeable = False
+    y = np.zeros(8, dtype=np.float32)
+    emu.launch(probes, "read_n", (1,), (8,), [x, y, 7])  # reading a read-only array is fine
+    np.testing.assert_array_equal(y[:7], x[1:])
+    with pytest.raises(emu.EmulatorError, match="wrote to argument 0, a read-only array"):
+        emu.launch(probes, "write_n", (1,), (8,), [x, 7])
+
+
 def test_aliased_arguments_stay_aliased(probes):
     p = np.arange(10, dtype=np.float32)
     emu.launch(probes, "scale_inplace", (1,), (4,), [p, p, np.int64(10), 2.0])  # p = 2p + p

@@ -320,7 +320,11 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
             hi = int(np.flatnonzero(after != _POISON)[-1]) + 1 if (after != _POISON).any() else 0
             raise EmulatorError(f"{module}.cu {function}: out-of-bounds write to argument {i} "
                                 f"({lo} bytes before its start, {hi} bytes past its end)")
-        a.reshape(-1).view(np.uint8)[...] = raw[off:off + a.nbytes]
+        data = raw[off:off + a.nbytes]
+        if a.flags.writeable:
+            a.reshape(-1).view(np.uint8)[...] = data
+        elif (data != a.reshape(-1).view(np.uint8)).any():
+            raise EmulatorError(f"{module}.cu {function}: wrote to argument {i}, a read-only array")
 
 
 @contextlib.contextmanager
