@@ -234,14 +234,3 @@ def test_gpu_errors(cp, rng):
         batchnorm_backward(x, gx, gg, sm, si)
 
 
-@pytest.mark.nvrtc
-def test_kernels_compile():
-    pytest.importorskip("cupy")
-    from gpuconv import cuda
-
-    for arch in ("compute_80", "compute_90"):
-        ptx = cuda.compile_ptx("batchnorm", arch)
-        for fn in ("bn_stats_partial", "bn_stats_finalize", "bn_eval_stats", "bn_apply", "bn_bwd_partial",
-                   "bn_bwd_finalize", "bn_bwd_dx"):
-            for suf in ("f32", "f64"):
-                assert f"{fn}_{suf}" in ptx

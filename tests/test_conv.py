@@ -359,30 +359,6 @@ def test_errors(rng):
 
 
 # ----------------------------------------------------------------------------------
-# Kernel source compiles (NVRTC only, no GPU)
-# ----------------------------------------------------------------------------------
-
-@pytest.mark.nvrtc
-@pytest.mark.slow
-def test_kernels_compile_ptx():
-    pytest.importorskip("cupy")
-    from gpuconv import cuda
-
-    ptx = cuda.compile_ptx("conv", "compute_80")
-    for bm, bn in C._TILES:
-        for kind in ("fwd", "bwdd", "bwdf"):
-            for prec in C.PRECISIONS:
-                assert f".entry conv_{kind}_f32_{bm}x{bn}_{prec}(" in ptx
-    for name in ("conv_fwd_direct_f64", "conv_bwdd_direct_f64", "conv_bwdf_direct_f64",
-                 "conv_bias_grad_f32", "conv_bias_grad_f64"):
-        assert f".entry {name}(" in ptx
-    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
-    for ct in C._DIRECT_CTS:  # every direct backward-data variant the planner can name
-        for ty, tx in C._DIRECT_TILES:
-            assert f".entry conv_bwdd_direct_f32_c{ct}_{ty}x{4 * tx}(" in ptx
-
-
-# ----------------------------------------------------------------------------------
 # GPU: kernels vs the NumPy path
 # ----------------------------------------------------------------------------------
 

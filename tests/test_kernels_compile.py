@@ -31,6 +31,38 @@ def test_kernel_compiles(name, arch):
     assert ".entry" in ptx
 
 
+def _expected_entries() -> dict[str, list[str]]:
+    """Entry points each module must export: the names the ops' launchers call."""
+    from gpuconv.ops import conv as C  # noqa: PLC0415
+
+    both = lambda *fns: [f"{fn}_{suf}" for fn in fns for suf in ("f32", "f64")]  # noqa: E731
+    return {
+        "batchnorm": both("bn_stats_partial", "bn_stats_finalize", "bn_eval_stats", "bn_apply", "bn_bwd_partial",
+                          "bn_bwd_finalize", "bn_bwd_dx"),
+        "conv": [f"conv_{kind}_f32_{bm}x{bn}_{prec}" for bm, bn in C._TILES for kind in ("fwd", "bwdd", "bwdf")
+                 for prec in C.PRECISIONS]
+        + [f"conv_bwdd_direct_f32_c{ct}_{ty}x{4 * tx}" for ct in C._DIRECT_CTS for ty, tx in C._DIRECT_TILES]
+        + ["conv_fwd_direct_f64", "conv_bwdd_direct_f64", "conv_bwdf_direct_f64", "conv_bias_grad_f32",
+           "conv_bias_grad_f64"],
+        "fc": ["gemm_f32_nn", "gemm_tf32_tt", "gemm_f64_tn", "splitk_reduce_f32", "colsum_f64"],
+        "local": both("local_fwd", "local_bwd_filter", "local_bwd_bias", "local_bwd_data"),
+        "loss": ["softmax_xent_rows_f32", "svm_rows_f64", "softmax_rows_f32", "accuracy_rows_f64", "mean_reduce_f32"],
+        "lrn": both("lrn_fwd", "lrn_bwd"),
+        "optim": ["sgd_f32", "momentum_f64", "adagrad_f32", "rmsprop_f64", "adam_f32"],
+    }
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
+@pytest.mark.parametrize("name", ["batchnorm", "conv", "fc", "local", "loss", "lrn", "optim"])
+def test_kernel_exports_its_entry_points(name, arch):
+    ptx = _ptx(name, arch)
+    missing = [e for e in _expected_entries()[name] if f".entry {e}(" not in ptx]
+    assert not missing, f"{name}.cu ({arch}) lacks {missing}"
+    if name in ("conv", "fc"):
+        assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" in ptx
+
+
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
 @pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
 @pytest.mark.parametrize("name,defines", [(n, d) for n, vs in cuda.MODULE_VARIANTS.items() for d in vs])

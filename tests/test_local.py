@@ -228,13 +228,3 @@ def test_gpu_errors(cp, rng):
         local_backward_filter(x, y, w.shape, dw_out=np.empty(w.shape, np.float32))
 
 
-@pytest.mark.nvrtc
-def test_kernels_compile():
-    pytest.importorskip("cupy")
-    from gpuconv import cuda
-
-    for arch in ("compute_80", "compute_90"):
-        ptx = cuda.compile_ptx("local", arch)
-        for fn in ("local_fwd", "local_bwd_filter", "local_bwd_bias", "local_bwd_data"):
-            for suf in ("f32", "f64"):
-                assert f"{fn}_{suf}" in ptx
