@@ -37,3 +37,17 @@ def numeric_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np
 def poison(xp: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
     """An output buffer full of NaN, so any element a kernel fails to write shows up."""
     return xp.full(shape, np.nan, dtype=dtype)
+
+
+def tf32_truncate(x: np.ndarray) -> np.ndarray:
+    """Cut float32 values to TF32 (10-bit mantissa): inputs the tensor cores use exactly."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
+
+
+def tf32_rna(x: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 in NumPy: keep 10 mantissa bits, ties away from zero; Inf/NaN unchanged."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    finite = (u & 0x7F800000) != 0x7F800000
+    u = np.where(finite, u + 0x1000, u) & 0xFFFFE000
+    return u.astype(np.uint32).view(np.float32)

@@ -10,7 +10,7 @@ from gpuconv.geometry import GeometryError
 from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
 from gpuconv.ops._checks import OpArgumentError
-from helpers import numeric_grad, poison, rel_error
+from helpers import numeric_grad, poison, rel_error, tf32_rna, tf32_truncate
 
 # (N, Cin, H, W, K, FH, FW, stride, pad, dilation): odd sizes, batch 1, stride > 1,
 # dilation, 1x1, non-square filters, strides that skip input pixels.
@@ -375,14 +375,21 @@ GPU_GEOMS = GEOMS + [
 ]
 
 
-def _gpu_case(cp, rng, g, dtype=np.float32):
+def _exact(a: np.ndarray, precision: str) -> np.ndarray:
+    """Operands for comparing a GPU precision mode with fp64: for tf32, values the tensor cores
+    use exactly, so every kernel must agree with fp64 to fp32-accumulation accuracy (TOL);
+    that pins down operand addressing and fragment layout, where a 1e-2 tolerance would hide a
+    wrong tap.  test_gpu_tf32_rounds_inputs covers the rounding of arbitrary inputs."""
+    return tf32_truncate(a) if precision == "tf32" else a
+
+
+TOL = 1e-4  # fp32 accumulation order only
+
+
+def _gpu_case(cp, rng, g, dtype=np.float32, precision="fp32"):
     x, w, b, s, p, d = _make(rng, g, dtype)
+    x, w = _exact(x, precision), _exact(w, precision)
     return x, w, b, cp.asarray(x), cp.asarray(w), cp.asarray(b), s, p, d
-
-
-def _tol(precision: str) -> float:
-    # tf32 keeps 10 mantissa bits: ~1e-3 relative per product, averaging out over the sum
-    return 1e-4 if precision == "fp32" else 1e-2
 
 
 @pytest.mark.gpu
@@ -391,31 +398,51 @@ def _tol(precision: str) -> float:
 @pytest.mark.parametrize("g", GPU_GEOMS, ids=_geom_id)
 def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
     monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
-    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
     yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
     for relu in (False, True):
         out = poison(cp, yshape)
         y = C.conv_forward(gx, gw, gb, s, p, d, relu=relu, out=out, precision=precision)
         assert y is out
         ref = C.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, p, d, relu=relu)
-        assert rel_error(y, ref) < _tol(precision), (g, relu, precision)
+        assert rel_error(y, ref) < TOL, (g, relu, precision)
     out = poison(cp, yshape)
     C.conv_forward(gx, gw, None, s, p, d, out=out, precision=precision)
-    assert rel_error(out, C.conv_forward(x.astype(np.float64), w.astype(np.float64), None, s, p, d)) < _tol(precision)
+    assert rel_error(out, C.conv_forward(x.astype(np.float64), w.astype(np.float64), None, s, p, d)) < TOL
 
-    dy = rng.standard_normal(yshape).astype(np.float32)
+    dy = _exact(rng.standard_normal(yshape).astype(np.float32), precision)
     gdy = cp.asarray(dy)
     dx = poison(cp, x.shape)
     assert C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=dx, precision=precision) is dx
     dx_ref = C.conv_backward_data(dy.astype(np.float64), w.astype(np.float64), x.shape, s, p, d)
-    assert rel_error(dx, dx_ref) < _tol(precision), (g, precision)
+    assert rel_error(dx, dx_ref) < TOL, (g, precision)
 
     dw_out, db_out = poison(cp, w.shape), poison(cp, b.shape)
     dw, db = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, dw_out=dw_out, db_out=db_out, precision=precision)
     assert dw is dw_out and db is db_out
     dw_ref, db_ref = C.conv_backward_filter(x.astype(np.float64), dy.astype(np.float64), w.shape, s, p, d)
-    assert rel_error(dw, dw_ref) < _tol(precision), (g, precision)
+    assert rel_error(dw, dw_ref) < TOL, (g, precision)
     assert rel_error(db, db_ref) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
+def test_gpu_tf32_rounds_inputs(cp, rng, monkeypatch, schedule):
+    # Arbitrary fp32 inputs: the TF32 GEMMs must round each operand to nearest (ties away,
+    # cvt.rna) and accumulate in fp32.  Against a reference on rounded operands that leaves
+    # accumulation error only; against the unrounded fp64 result, TF32 error (it is TF32).
+    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, (2, 16, 9, 9, 24, 3, 3, 1, 1, 1))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    xr, wr = tf32_rna(x).astype(np.float64), tf32_rna(w).astype(np.float64)
+    y = C.conv_forward(gx, gw, None, s, p, d, precision="tf32")
+    assert rel_error(y, C.conv_forward(xr, wr, None, s, p, d)) < 1e-5
+    assert 1e-5 < rel_error(y, C.conv_forward(x64, w64, None, s, p, d)) < 5e-3
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dw, _ = C.conv_backward_filter(gx, cp.asarray(dy), w.shape, s, p, d, precision="tf32")
+    dyr = tf32_rna(dy).astype(np.float64)
+    assert rel_error(dw, C.conv_backward_filter(xr, dyr, w.shape, s, p, d)[0]) < 1e-5
+    assert 1e-5 < rel_error(dw, C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)[0]) < 5e-3
 
 
 @pytest.mark.gpu
@@ -423,25 +450,30 @@ def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
 @pytest.mark.parametrize("precision", C.PRECISIONS)
 @pytest.mark.parametrize("tile", C._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule):
-    """Force each compiled (BM, BN, schedule) entry point and several split counts, so none goes untested."""
+    """Force each compiled (BM, BN, schedule) entry point and several split counts, so none goes untested.
+
+    The second geometry has more than 96 rows in every GEMM (K = 110 filters, C = 100
+    channels): a 128-row tile's last quarter of A rows is then partly valid, partly not.
+    """
     monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
-    g = (2, 21, 11, 13, 75, 3, 3, 1, 1, 1)
-    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g)
-    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
-    yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
-    dy = rng.standard_normal(yshape).astype(np.float32)
-    gdy = cp.asarray(dy)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # C=21 would pick the direct kernel
-    for splits in (1, 2, 7, 50):
-        monkeypatch.setattr(C, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
-        y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision=precision)
-        assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < _tol(precision)
-        dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape), precision=precision)
-        assert rel_error(dx, C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d)) < _tol(precision)
-        dw, _ = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, with_bias=False,
-                                       dw_out=poison(cp, w.shape), precision=precision)
-        dw_ref, _ = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)
-        assert rel_error(dw, dw_ref) < _tol(precision), (tile, splits, precision)
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # small C would pick the direct kernel
+    for g, split_counts in (((2, 21, 11, 13, 75, 3, 3, 1, 1, 1), (1, 2, 7, 50)),
+                            ((1, 100, 5, 5, 110, 3, 3, 1, 1, 1), (1, 7))):
+        x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
+        x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+        yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+        dy = _exact(rng.standard_normal(yshape).astype(np.float32), precision)
+        gdy = cp.asarray(dy)
+        for splits in split_counts:
+            monkeypatch.setattr(C, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
+            y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision=precision)
+            assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < TOL, (g, splits)
+            dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape), precision=precision)
+            assert rel_error(dx, C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d)) < TOL, (g, splits)
+            dw, _ = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, with_bias=False,
+                                           dw_out=poison(cp, w.shape), precision=precision)
+            dw_ref, _ = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)
+            assert rel_error(dw, dw_ref) < TOL, (g, tile, splits, precision)
 
 
 @pytest.mark.gpu

@@ -7,6 +7,7 @@ import pytest
 from gpuconv.ops import autotune, fc
 from gpuconv.ops._checks import OpArgumentError
 from tests.helpers import numeric_grad, poison, rel_error
+from tests.helpers import tf32_truncate as to_tf32
 
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
 
@@ -38,12 +39,6 @@ def operands(rng, m, n, k, ta, tb, dtype=np.float64):
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
     return a, b
-
-
-def to_tf32(x: np.ndarray) -> np.ndarray:
-    """Round float32 values to TF32 (10-bit mantissa) by truncation: exactly representable inputs."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
-    return bits.view(np.float32)
 
 
 # ---------------------------------------------------------------- CPU: reference vs loops
