@@ -19,6 +19,9 @@
 //   to keep the tf32 fragment reads bank-conflict free; S = 2 (register-staged double
 //   buffer) or, for the _async entries, 4 (cp.async pipeline, at most 34 KiB; those
 //   entries exist only when compiled with -DGEMM_ASYNC).
+//   __launch_bounds__(256, MINB): 1-4 blocks per SM by tile (see MINB).
+//   Gather: per 8-deep slice each thread loads BM/32 A rows and BN/32 B columns at one
+//   reduction index r, so r is decoded once per slice (see the GEMM problem descriptions).
 //   fp32: 16x16 threads, each (BM/16)x(BN/16) outputs with exact fp32 FMA.
 //   tf32: 8 warps as 2(M)x4(N), each warp (BM/2)x(BN/4) with
 //         mma.sync.m16n8k8 tf32 (operands rounded with cvt.rna.tf32.f32 when
@@ -75,12 +78,23 @@ __device__ __forceinline__ Geo make_geo(int N, int C, int H, int W, int K, int F
 }
 
 // ---------------------------------------------------------------------------------
-// GEMM problem descriptions.  Each provides, for the block's fixed rows (A) and the
-// thread's fixed column (B), a small state set up once, and a_src/b_src: the address of
-// operand element r of the reduction and whether it exists (out-of-range rows, columns,
-// r and padding taps do not: they count as 0; the address is then any valid pointer,
-// which the cp.async schedule passes with a zero source size).
+// GEMM problem descriptions.  An operand element is addressed by its row m (A) or column
+// (B), fixed for a thread, and its reduction index r, which moves on by BK every slice.
+// The two parts are decoded separately, so the divisions that take r apart run once per
+// slice for all of a thread's elements (each thread's elements of one slice share r):
+//   A is affine in m: element (m, r) is a_ptr()[m * a_stride() + off(r)] for rows m < M;
+//   b_col(BCol&, col)                    once per thread (the column's part of B);
+//   a_red(ARed&, r) / b_red(BRed&, r)    once per slice (r >= R: absent);
+//   b_src                                per element: the address, and whether the element
+//                                        exists (absent rows, columns, r and padding taps
+//                                        count as 0; the address is then any valid pointer,
+//                                        which the cp.async schedule passes with a zero
+//                                        source size).
+// An absent row/column or r is marked with OFF (far outside any image) so the bounds test
+// that padding needs anyway rejects it: no separate flag to carry.
 // ---------------------------------------------------------------------------------
+
+#define OFF (-(1 << 29))
 
 // forward: rows m = filter k, cols = (n, ho, wo), reduction r = (c, fh, fw)
 struct FwdProb {
@@ -94,39 +108,37 @@ struct FwdProb {
         NC = (unsigned)(g.N * HoWo);
         dFF.init(FF); dFW.init(g.FW); dHoWo.init((unsigned)HoWo); dWo.init(g.Wo);
     }
-    struct AState { const float* row; bool ok; };
-    __device__ void a_init(AState& st, unsigned m) const {
-        st.ok = m < M;
-        st.row = w + (i64)(st.ok ? m : 0) * R;
+    // A = w[m, r]
+    __device__ const float* a_ptr() const { return w; }
+    __device__ i64 a_stride() const { return R; }
+    struct ARed { i64 off; bool ok; };
+    __device__ void a_red(ARed& e, unsigned r) const { e.ok = r < R; e.off = r; }
+    struct BCol { i64 base; int hb, wb; };                   // image n, window corner (hb, wb)
+    struct BRed { i64 off; int dh, dw; };                    // channel c, tap (fh, fw)
+    __device__ void b_col(BCol& b, unsigned col) const {
+        const unsigned c0 = col < NC ? col : 0u;
+        const unsigned n = dHoWo.div(c0);
+        const unsigned hw = c0 - n * (unsigned)HoWo;
+        const unsigned ho = dWo.div(hw);
+        const unsigned wo = hw - ho * (unsigned)g.Wo;
+        b.hb = col < NC ? (int)ho * g.s - g.p : OFF;
+        b.wb = (int)wo * g.s - g.p;
+        b.base = (i64)n * g.C * HW + (i64)((int)ho * g.s - g.p) * g.W + b.wb;
     }
-    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
-        ok = st.ok && r < R;
-        return ok ? st.row + r : w;
+    __device__ void b_red(BRed& e, unsigned r) const {
+        const unsigned rr = r < R ? r : 0u;
+        const unsigned c = dFF.div(rr);
+        const unsigned f = rr - c * FF;
+        const unsigned fh = dFW.div(f);
+        const unsigned fw = f - fh * (unsigned)g.FW;
+        e.dh = r < R ? (int)fh * g.d : OFF;
+        e.dw = (int)fw * g.d;
+        e.off = (i64)c * HW + (i64)((int)fh * g.d) * g.W + e.dw;
     }
-    struct BState { const float* xn; int hb, wb; bool ok; };
-    __device__ void b_init(BState& st, unsigned col) const {
-        st.ok = col < NC;
-        unsigned c0 = st.ok ? col : 0u;
-        unsigned n = dHoWo.div(c0);
-        unsigned hw = c0 - n * (unsigned)HoWo;
-        unsigned ho = dWo.div(hw);
-        unsigned wo = hw - ho * (unsigned)g.Wo;
-        st.xn = x + (i64)n * g.C * HW;
-        st.hb = (int)ho * g.s - g.p;
-        st.wb = (int)wo * g.s - g.p;
-    }
-    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
-        ok = false;
-        if (!st.ok || r >= R) return x;
-        unsigned c = dFF.div(r);
-        unsigned f = r - c * FF;
-        unsigned fh = dFW.div(f);
-        unsigned fw = f - fh * (unsigned)g.FW;
-        int h = st.hb + (int)fh * g.d;
-        int ww = st.wb + (int)fw * g.d;
-        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return x;
-        ok = true;
-        return st.xn + (i64)c * HW + (i64)h * g.W + ww;
+    __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
+        const int h = b.hb + e.dh, ww = b.wb + e.dw;
+        ok = (unsigned)h < (unsigned)g.H && (unsigned)ww < (unsigned)g.W;
+        return ok ? x + b.base + e.off : x;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHoWo.div(col);
@@ -148,47 +160,51 @@ struct BwdDataProb {
         NC = (unsigned)(g.N * HW);
         dFF.init(FF); dFW.init(g.FW); dHW.init((unsigned)HW); dW.init(g.W); dS.init(g.s);
     }
-    struct AState { const float* base; bool ok; };
-    __device__ void a_init(AState& st, unsigned m) const {
-        st.ok = m < M;
-        st.base = w + (i64)(st.ok ? m : 0) * FF;
+    // A = w[k, m, f] for r = (k, f)
+    __device__ const float* a_ptr() const { return w; }
+    __device__ i64 a_stride() const { return FF; }
+    struct ARed { i64 off; bool ok; };
+    __device__ void a_red(ARed& e, unsigned r) const {
+        e.ok = r < R;
+        const unsigned rr = e.ok ? r : 0u;
+        const unsigned k = dFF.div(rr);
+        e.off = (i64)k * g.C * FF + (rr - k * FF);
     }
-    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
-        ok = st.ok && r < R;
-        if (!ok) return w;
-        unsigned k = dFF.div(r);
-        unsigned f = r - k * FF;
-        return st.base + (i64)k * g.C * FF + f;  // w[k, c, f]
+    struct BCol { i64 base; int hp, wp; };                   // image n, position (h, w) + p
+    struct BRed { i64 off; int fhd, fwd; };                  // filter k, tap (fh, fw) * d
+    __device__ void b_col(BCol& b, unsigned col) const {
+        const unsigned c0 = col < NC ? col : 0u;
+        const unsigned n = dHW.div(c0);
+        const unsigned hw = c0 - n * (unsigned)HW;
+        const unsigned h = dW.div(hw);
+        const unsigned ww = hw - h * (unsigned)g.W;
+        b.base = (i64)n * g.K * HoWo;
+        b.hp = col < NC ? (int)h + g.p : OFF;
+        b.wp = (int)ww + g.p;
     }
-    struct BState { const float* dyn; int hp, wp; bool ok; };
-    __device__ void b_init(BState& st, unsigned col) const {
-        st.ok = col < NC;
-        unsigned c0 = st.ok ? col : 0u;
-        unsigned n = dHW.div(c0);
-        unsigned hw = c0 - n * (unsigned)HW;
-        unsigned h = dW.div(hw);
-        unsigned ww = hw - h * (unsigned)g.W;
-        st.dyn = dy + (i64)n * g.K * HoWo;
-        st.hp = (int)h + g.p;
-        st.wp = (int)ww + g.p;
+    __device__ void b_red(BRed& e, unsigned r) const {
+        const unsigned rr = r < R ? r : 0u;
+        const unsigned k = dFF.div(rr);
+        const unsigned f = rr - k * FF;
+        const unsigned fh = dFW.div(f);
+        const unsigned fw = f - fh * (unsigned)g.FW;
+        e.off = (i64)k * HoWo;
+        e.fhd = r < R ? (int)fh * g.d : -OFF;
+        e.fwd = (int)fw * g.d;
     }
-    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
+    __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         ok = false;
-        if (!st.ok || r >= R) return dy;
-        unsigned k = dFF.div(r);
-        unsigned f = r - k * FF;
-        unsigned fh = dFW.div(f);
-        unsigned fw = f - fh * (unsigned)g.FW;
-        int th = st.hp - (int)fh * g.d;
-        int tw = st.wp - (int)fw * g.d;
-        if (th < 0 || tw < 0) return dy;
-        unsigned ho = dS.div((unsigned)th);
-        unsigned wo = dS.div((unsigned)tw);
-        // only taps that land exactly on the strided output grid contribute
-        if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return dy;
+        const int th = b.hp - e.fhd, tw = b.wp - e.fwd;
+        if ((th | tw) < 0) return dy;
+        unsigned ho = (unsigned)th, wo = (unsigned)tw;
+        if (g.s != 1) {  // only taps that land exactly on the strided output grid contribute
+            ho = dS.div((unsigned)th);
+            wo = dS.div((unsigned)tw);
+            if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return dy;
+        }
         if (ho >= (unsigned)g.Ho || wo >= (unsigned)g.Wo) return dy;
         ok = true;
-        return st.dyn + (i64)k * HoWo + (i64)ho * g.Wo + wo;
+        return dy + b.base + e.off + (i64)ho * g.Wo + wo;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHW.div(col);
@@ -209,42 +225,42 @@ struct BwdFilterProb {
         R = (unsigned)(g.N * HoWo);
         dFF.init(FF); dFW.init(g.FW); dHoWo.init((unsigned)HoWo); dWo.init(g.Wo);
     }
-    struct AState { unsigned k; bool ok; };
-    __device__ void a_init(AState& st, unsigned m) const {
-        st.ok = m < M;
-        st.k = st.ok ? m : 0u;
+    // A = dy[n, m, hw] for r = (n, hw)
+    __device__ const float* a_ptr() const { return dy; }
+    __device__ i64 a_stride() const { return HoWo; }
+    struct ARed { i64 off; bool ok; };
+    __device__ void a_red(ARed& e, unsigned r) const {
+        e.ok = r < R;
+        const unsigned rr = e.ok ? r : 0u;
+        const unsigned n = dHoWo.div(rr);
+        e.off = (i64)n * g.K * HoWo + (rr - n * (unsigned)HoWo);
     }
-    __device__ const float* a_src(const AState& st, unsigned r, bool& ok) const {
-        ok = st.ok && r < R;
-        if (!ok) return dy;
-        unsigned n = dHoWo.div(r);
-        unsigned hw = r - n * (unsigned)HoWo;
-        return dy + ((i64)n * g.K + st.k) * HoWo + hw;
+    struct BCol { i64 base; int fhd, fwd; };                 // channel c, tap (fh, fw)*d - p
+    struct BRed { i64 off; int hs, ws; };                    // image n, output (ho, wo) * s
+    __device__ void b_col(BCol& b, unsigned col) const {
+        const unsigned c0 = col < NC ? col : 0u;
+        const unsigned c = dFF.div(c0);
+        const unsigned f = c0 - c * FF;
+        const unsigned fh = dFW.div(f);
+        const unsigned fw = f - fh * (unsigned)g.FW;
+        b.base = (i64)c * HW;
+        b.fhd = col < NC ? (int)fh * g.d - g.p : OFF;
+        b.fwd = (int)fw * g.d - g.p;
     }
-    struct BState { const float* xc; int fhd, fwd; bool ok; };
-    __device__ void b_init(BState& st, unsigned col) const {
-        st.ok = col < NC;
-        unsigned c0 = st.ok ? col : 0u;
-        unsigned c = dFF.div(c0);
-        unsigned f = c0 - c * FF;
-        unsigned fh = dFW.div(f);
-        unsigned fw = f - fh * (unsigned)g.FW;
-        st.xc = x + (i64)c * HW;
-        st.fhd = (int)fh * g.d - g.p;
-        st.fwd = (int)fw * g.d - g.p;
+    __device__ void b_red(BRed& e, unsigned r) const {
+        const unsigned rr = r < R ? r : 0u;
+        const unsigned n = dHoWo.div(rr);
+        const unsigned hw = rr - n * (unsigned)HoWo;
+        const unsigned ho = dWo.div(hw);
+        const unsigned wo = hw - ho * (unsigned)g.Wo;
+        e.off = (i64)n * g.C * HW;
+        e.hs = r < R ? (int)ho * g.s : OFF;
+        e.ws = (int)wo * g.s;
     }
-    __device__ const float* b_src(const BState& st, unsigned r, bool& ok) const {
-        ok = false;
-        if (!st.ok || r >= R) return x;
-        unsigned n = dHoWo.div(r);
-        unsigned hw = r - n * (unsigned)HoWo;
-        unsigned ho = dWo.div(hw);
-        unsigned wo = hw - ho * (unsigned)g.Wo;
-        int h = (int)ho * g.s + st.fhd;
-        int ww = (int)wo * g.s + st.fwd;
-        if ((unsigned)h >= (unsigned)g.H || (unsigned)ww >= (unsigned)g.W) return x;
-        ok = true;
-        return st.xc + (i64)n * g.C * HW + (i64)h * g.W + ww;
+    __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
+        const int h = e.hs + b.fhd, ww = e.ws + b.fwd;
+        ok = (unsigned)h < (unsigned)g.H && (unsigned)ww < (unsigned)g.W;
+        return ok ? x + b.base + e.off + (i64)h * g.W + ww : x;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         float* p = dw + (i64)m * NC + col;
@@ -364,16 +380,20 @@ struct Tile {  // per-thread accumulators and where they sit in the block's BM x
 };
 
 // Which slices this block reduces over, and which operand elements each thread moves.
+// Each thread moves elements of one reduction index r per operand and slice: A rows
+// a_m + i*A_MSTEP at r = k0 + a_kk; B columns lane + 32*j at r = k0 + warp (a warp reads
+// 32 consecutive columns: coalesced, and conflict-free into shared memory).
 template <class Prob, int BM, int BN>
 struct Slices {
+    static_assert(NT / 32 == BK, "one warp per B row of a slice");
     static constexpr int A_PER = BM * BK / NT;  // A elements each thread loads per slice
-    static constexpr int B_PER = BN * BK / NT;
+    static constexpr int B_PER = BN / 32;       // B elements each thread loads per slice
     static constexpr int A_MSTEP = NT / BK;     // row step between a thread's A elements
-    static constexpr int B_KSTEP = NT / BN;     // k step between a thread's B elements
     unsigned kbeg, kend, ntiles;
-    int a_kk, a_m, b_col, b_k;
-    typename Prob::AState ast[A_PER];
-    typename Prob::BState bst;
+    int a_kk, b_k, b_col;
+    unsigned a_m;          // the thread's first A row (m0 + tid / BK)
+    const float* a_row;    // A's row a_m
+    typename Prob::BCol bcol[B_PER];
 
     __device__ Slices(const Prob& P, unsigned m0, unsigned n0, int tid) {
         // split-K range of the reduction for this block (whole range when gridDim.z == 1)
@@ -382,23 +402,44 @@ struct Slices {
         kend = min(P.R, kbeg + chunk);
         ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0u;
         a_kk = tid % BK;
-        a_m = tid / BK;
+        a_m = m0 + tid / BK;
+        a_row = P.a_ptr() + (i64)a_m * P.a_stride();
+        b_k = tid / 32;
+        b_col = tid % 32;
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i) P.a_init(ast[i], m0 + a_m + i * A_MSTEP);
-        b_col = tid % BN;
-        b_k = tid / BN;
-        P.b_init(bst, n0 + b_col);
+        for (int j = 0; j < B_PER; ++j) P.b_col(bcol[j], n0 + b_col + 32 * j);
     }
     // Past this block's split (r >= kend) an element is absent: ask for r = R, which every
-    // Prob answers with a valid base pointer before any index arithmetic.
-    __device__ const float* a_src(const Prob& P, int i, unsigned k0, bool& ok) const {
+    // Prob decodes as absent.  f(i, address, exists) for each of the thread's elements.
+    template <class F>
+    __device__ __forceinline__ void each_a(const Prob& P, unsigned k0, F&& f) const {
         const unsigned r = k0 + a_kk;
-        return P.a_src(ast[i], r < kend ? r : P.R, ok);
+        typename Prob::ARed e;
+        P.a_red(e, r < kend ? r : P.R);
+        const float* p = a_row + e.off;
+        const i64 step = (i64)A_MSTEP * P.a_stride();
+#pragma unroll
+        for (int i = 0; i < A_PER; ++i) {
+            const bool ok = e.ok && a_m + i * A_MSTEP < P.M;
+            f(i, ok ? p + i * step : P.a_ptr(), ok);
+        }
     }
-    __device__ const float* b_src(const Prob& P, int i, unsigned k0, bool& ok) const {
-        const unsigned r = k0 + b_k + i * B_KSTEP;
-        return P.b_src(bst, r < kend ? r : P.R, ok);
+    template <class F>
+    __device__ __forceinline__ void each_b(const Prob& P, unsigned k0, F&& f) const {
+        const unsigned r = k0 + b_k;
+        typename Prob::BRed e;
+        P.b_red(e, r < kend ? r : P.R);
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) {
+            bool ok;
+            const float* p = P.b_src(bcol[j], e, ok);
+            f(j, p, ok);
+        }
     }
+    __device__ float* a_dst(float (*As)[BM + SPAD], int i) const {
+        return &As[a_kk][a_m % BM + i * A_MSTEP];
+    }
+    __device__ float* b_dst(float (*Bs)[BN + SPAD], int j) const { return &Bs[b_k][b_col + 32 * j]; }
 };
 
 template <class Prob, int BM, int BN, bool TF32>
@@ -416,26 +457,14 @@ __device__ __forceinline__ void igemm(const Prob& P) {
 
     float ra[S::A_PER], rb[S::B_PER];
     auto gload = [&](unsigned k0) {
-#pragma unroll
-        for (int i = 0; i < S::A_PER; ++i) {
-            bool ok;
-            const float* p = sl.a_src(P, i, k0, ok);
-            ra[i] = ok ? *p : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < S::B_PER; ++i) {
-            bool ok;
-            const float* p = sl.b_src(P, i, k0, ok);
-            rb[i] = ok ? *p : 0.f;
-        }
+        sl.each_a(P, k0, [&](int i, const float* p, bool ok) { ra[i] = ok ? *p : 0.f; });
+        sl.each_b(P, k0, [&](int j, const float* p, bool ok) { rb[j] = ok ? *p : 0.f; });
     };
     auto sstore = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < S::A_PER; ++i)
-            As[buf][sl.a_kk][sl.a_m + i * S::A_MSTEP] = TF32 ? to_tf32(ra[i]) : ra[i];
+        for (int i = 0; i < S::A_PER; ++i) *sl.a_dst(As[buf], i) = TF32 ? to_tf32(ra[i]) : ra[i];
 #pragma unroll
-        for (int i = 0; i < S::B_PER; ++i)
-            Bs[buf][sl.b_k + i * S::B_KSTEP][sl.b_col] = TF32 ? to_tf32(rb[i]) : rb[i];
+        for (int j = 0; j < S::B_PER; ++j) *sl.b_dst(Bs[buf], j) = TF32 ? to_tf32(rb[j]) : rb[j];
     };
 
     if (sl.ntiles > 0) {
@@ -474,18 +503,8 @@ __device__ __forceinline__ void igemm_async(const Prob& P) {
     auto issue = [&](unsigned t) {  // slice t -> stage t % ST (absent elements zero-filled)
         const int st = (int)(t % ST);
         const unsigned k0 = sl.kbeg + t * BK;
-#pragma unroll
-        for (int i = 0; i < S::A_PER; ++i) {
-            bool ok;
-            const float* p = sl.a_src(P, i, k0, ok);
-            cp_async4(&As[st][sl.a_kk][sl.a_m + i * S::A_MSTEP], p, ok);
-        }
-#pragma unroll
-        for (int i = 0; i < S::B_PER; ++i) {
-            bool ok;
-            const float* p = sl.b_src(P, i, k0, ok);
-            cp_async4(&Bs[st][sl.b_k + i * S::B_KSTEP][sl.b_col], p, ok);
-        }
+        sl.each_a(P, k0, [&](int i, const float* p, bool ok) { cp_async4(sl.a_dst(As[st], i), p, ok); });
+        sl.each_b(P, k0, [&](int j, const float* p, bool ok) { cp_async4(sl.b_dst(Bs[st], j), p, ok); });
     };
 
     // Prologue: slices 0..ST-2 in flight, one commit group each (empty groups past the end
@@ -514,9 +533,17 @@ __device__ __forceinline__ void igemm_async(const Prob& P) {
 #define GEO_PARAMS int N, int C, int H, int W, int K, int FH, int FW, int Ho, int Wo, int s, int p, int d
 #define GEO_ARGS N, C, H, W, K, FH, FW, Ho, Wo, s, p, d
 
+// Blocks per SM that ptxas must fit in registers (65536 / (256 * MINB) per thread): the most
+// at which the main loops do not spill (bench/sass_stats.py, sm_90), except tf32 128x128,
+// where two blocks cost one 16-byte spill in the forward entry and are still worth it (one
+// block's barrier wait is covered by the other's tensor-core work).  fp32 128x128 runs one
+// block of eight warps: 512 independent FMAs per slice keep it busy on its own.
+#define MINB(BM, BN, TF) \
+    ((BM) * (BN) == 64 * 64 ? ((TF) ? 4 : 3) : (BM) * (BN) == 128 * 128 ? ((TF) ? 2 : 1) : 2)
+
 // SUF: "" for the reg schedule (igemm), _async for igemm_async.
 #define CONV_ENTRIES(BM, BN, PREC, TF, SUF, LOOP)                                                  \
-extern "C" __global__ void __launch_bounds__(NT)                                                  \
+extern "C" __global__ void __launch_bounds__(NT, MINB(BM, BN, TF))                                            \
 conv_fwd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float* __restrict__ w, \
                                   const float* __restrict__ b, float* __restrict__ y,            \
                                   GEO_PARAMS, int has_bias, int relu) {                          \
@@ -526,7 +553,7 @@ conv_fwd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float*
     P.init();                                                                                     \
     LOOP<FwdProb, BM, BN, TF>(P);                                                                 \
 }                                                                                                 \
-extern "C" __global__ void __launch_bounds__(NT)                                                  \
+extern "C" __global__ void __launch_bounds__(NT, MINB(BM, BN, TF))                                            \
 conv_bwdd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ dy, const float* __restrict__ w,\
                                    float* __restrict__ dx, GEO_PARAMS) {                         \
     BwdDataProb P;                                                                                \
@@ -534,7 +561,7 @@ conv_bwdd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ dy, const floa
     P.init();                                                                                     \
     LOOP<BwdDataProb, BM, BN, TF>(P);                                                             \
 }                                                                                                 \
-extern "C" __global__ void __launch_bounds__(NT)                                                  \
+extern "C" __global__ void __launch_bounds__(NT, MINB(BM, BN, TF))                                            \
 conv_bwdf_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float* __restrict__ dy,\
                                    float* __restrict__ dw, GEO_PARAMS, int atomic) {             \
     BwdFilterProb P;                                                                              \
