@@ -24,7 +24,7 @@
 //   reduction index r, so r is decoded once per slice (see the GEMM problem descriptions).
 //   fp32: 16x16 threads, each (BM/16)x(BN/16) outputs with exact fp32 FMA.
 //   tf32: 8 warps as 2(M)x4(N), each warp (BM/2)x(BN/4) with
-//         mma.sync.m16n8k8 tf32 (operands rounded with cvt.rna.tf32.f32 when
+//         mma.sync.m16n8k8 tf32 (operands rounded by to_tf32, ptx.cuh, when
 //         they are written to shared memory, or read from it for _async), fp32
 //         accumulation.
 // Index arithmetic: GEMM indices are 32-bit (the launcher checks they fit);

@@ -16,7 +16,7 @@
 //                            grid = (cdiv(M,128), cdiv(N,128), splits).
 //   gemm_tf32_{nn,nt,tn,tt}  TF32 tensor cores via inline PTX mma.sync m16n8k8: block tile
 //                            128x128, K slice 16, 256 threads = 8 warps in 2x4, warp tile
-//                            64x32 (4x4 mma tiles); operands rounded to TF32 (cvt.rna)
+//                            64x32 (4x4 mma tiles); operands rounded to TF32 (to_tf32, ptx.cuh)
 //                            when stored to shared (2*2*16*136 floats = 34.8 KB static).
 //                            grid = (cdiv(M,128), cdiv(N,128), splits).
 //   gemm_tf32_async_{nn,nt,tn,tt}  the same tiles and warps fed by a cp.async pipeline: K slice
@@ -361,7 +361,7 @@ __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const flo
 //   k contiguous in memory (RMAJOR):  S[r * 12 + k]   (8 k per row, padded to 12)
 //   r contiguous in memory:           S[k * 136 + r]
 // (both pads make the fragment reads conflict-free and keep 16-byte copies aligned).
-// Operands are rounded to TF32 (cvt.rna) when the fragments are read.
+// Operands are rounded to TF32 (to_tf32) when the fragments are read.
 #define ASYNC_BK 8
 #define ASYNC_ST 4
 

@@ -3,15 +3,23 @@
 // Included textually by gpuconv.cuda.kernel_source (so CuPy's cache key covers it);
 // the CPU emulator (gpuconv/emu/ptx.cuh) supplies the same functions.  No launch
 // geometry of its own; data are NCHW tensors' GEMM tiles in shared memory.
-//   to_tf32      cvt.rna.tf32.f32: round an fp32 value to TF32 (10-bit mantissa).
+//   to_tf32      round an fp32 value to TF32 (10-bit mantissa): cvt.rn (ties to even) on
+//                sm_90+, cvt.rna (ties away) on sm_80.
 //   mma_tf32     mma.sync.m16n8k8 row.col, TF32 inputs, fp32 accumulate, one warp.
 //   cp_async4/16 cp.async global -> shared, 4 or 16 bytes, zero-filled when !valid.
 //   cp_async_commit / cp_async_wait<N>: close a group / wait until <= N groups pend.
 #pragma once
 
+// sm_90 and later: cvt.rn (nearest, ties to even; what cuBLAS applies) is one instruction
+// (F2FP.TF32.F32), where cvt.rna (ties away, the only form before sm_90) expands to three or
+// four integer/compare instructions per operand: a fifth of the TF32 main loops' issue slots.
 __device__ __forceinline__ float to_tf32(float v) {
     unsigned u;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(u) : "f"(v));
+#else
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(v));
+#endif
     return __uint_as_float(u);
 }
 

@@ -51,3 +51,20 @@ def tf32_rna(x: np.ndarray) -> np.ndarray:
     finite = (u & 0x7F800000) != 0x7F800000
     u = np.where(finite, u + 0x1000, u) & 0xFFFFE000
     return u.astype(np.uint32).view(np.float32)
+
+
+def tf32_rne(x: np.ndarray) -> np.ndarray:
+    """cvt.rn.tf32.f32 in NumPy: keep 10 mantissa bits, ties to even; Inf/NaN unchanged."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    finite = (u & 0x7F800000) != 0x7F800000
+    u = np.where(finite, u + 0x0FFF + ((u >> 13) & 1), u) & 0xFFFFE000
+    return u.astype(np.uint32).view(np.float32)
+
+
+def device_tf32(cp: Any, x: np.ndarray) -> np.ndarray:
+    """x rounded to TF32 as the kernels on ``cp``'s device round it (kernels/ptx.cuh to_tf32):
+    ties to even on sm_90 and later, and on the emulator (which stands for sm_90); ties away
+    from zero on sm_80."""
+    if getattr(cp, "__name__", "") == "cupy" and int(cp.cuda.Device().compute_capability) < 90:
+        return tf32_rna(x)
+    return tf32_rne(x)

@@ -10,7 +10,7 @@ from gpuconv.geometry import GeometryError
 from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
 from gpuconv.ops._checks import OpArgumentError
-from helpers import numeric_grad, poison, rel_error, tf32_rna, tf32_truncate
+from helpers import device_tf32, numeric_grad, poison, rel_error, tf32_truncate
 
 # (N, Cin, H, W, K, FH, FW, stride, pad, dilation): odd sizes, batch 1, stride > 1,
 # dilation, 1x1, non-square filters, strides that skip input pixels.
@@ -428,19 +428,20 @@ def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 def test_gpu_tf32_rounds_inputs(cp, rng, monkeypatch, schedule):
-    # Arbitrary fp32 inputs: the TF32 GEMMs must round each operand to nearest (ties away,
-    # cvt.rna) and accumulate in fp32.  Against a reference on rounded operands that leaves
-    # accumulation error only; against the unrounded fp64 result, TF32 error (it is TF32).
+    # Arbitrary fp32 inputs: the TF32 GEMMs must round each operand to nearest (the device's
+    # cvt: ties to even on sm_90) and accumulate in fp32.  Against a reference on rounded
+    # operands that leaves accumulation error only; against the unrounded fp64 result, TF32
+    # error (it is TF32).
     monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, (2, 16, 9, 9, 24, 3, 3, 1, 1, 1))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    xr, wr = tf32_rna(x).astype(np.float64), tf32_rna(w).astype(np.float64)
+    xr, wr = device_tf32(cp, x).astype(np.float64), device_tf32(cp, w).astype(np.float64)
     y = C.conv_forward(gx, gw, None, s, p, d, precision="tf32")
     assert rel_error(y, C.conv_forward(xr, wr, None, s, p, d)) < 1e-5
     assert 1e-5 < rel_error(y, C.conv_forward(x64, w64, None, s, p, d)) < 5e-3
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dw, _ = C.conv_backward_filter(gx, cp.asarray(dy), w.shape, s, p, d, precision="tf32")
-    dyr = tf32_rna(dy).astype(np.float64)
+    dyr = device_tf32(cp, dy).astype(np.float64)
     assert rel_error(dw, C.conv_backward_filter(xr, dyr, w.shape, s, p, d)[0]) < 1e-5
     assert 1e-5 < rel_error(dw, C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)[0]) < 5e-3
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpuconv import cuda, emu
-from tests.helpers import tf32_rna, tf32_truncate
+from tests.helpers import tf32_rne, tf32_truncate
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
 
@@ -259,8 +259,15 @@ def test_tf32_rounding(probes):
                         np.random.default_rng(1).standard_normal(300).astype(np.float32)])
     y = np.full_like(x, np.nan)
     emu.launch(probes, "tf32_round", (cuda.cdiv(x.size, 128),), (128,), [x, y, x.size])
-    np.testing.assert_array_equal(y.view(np.uint32), tf32_rna(x).view(np.uint32))
-    assert y[0] == np.float32(1.0) + np.float32(2.0 ** -10)  # a tie rounds away from zero
+    np.testing.assert_array_equal(y.view(np.uint32), tf32_rne(x).view(np.uint32))
+    assert y[0] == np.float32(1.0)                             # a tie goes to the even neighbour ...
+    assert y[2] == np.float32(1.0) + np.float32(2.0 ** -9)     # ... up from an odd one
+    assert y[3] == -np.float32(1.0) and y[1] == np.float32(1.0)
+    # The NumPy model itself, against an independent one: frexp's mantissa in [0.5, 1) has 11
+    # significant bits in TF32, and np.round rounds half to even.
+    finite = x[np.isfinite(x) & (np.abs(x) < 3e38)].astype(np.float64)
+    m, e = np.frexp(finite)
+    np.testing.assert_array_equal(tf32_rne(finite.astype(np.float32)), np.ldexp(np.round(np.ldexp(m, 11)), e - 11))
     nan = np.full(1, np.nan, dtype=np.float32)
     emu.launch(probes, "tf32_round", (1,), (32,), [nan, y, 1])
     assert np.isnan(y[0])

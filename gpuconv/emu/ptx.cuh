@@ -1,10 +1,11 @@
 // ptx.cuh (emulator) -- the functions of kernels/ptx.cuh on the CPU (see runtime.h).
 #pragma once
 
+// The emulator stands for sm_90 (the H100 we deploy on): cvt.rn.tf32.f32, round to nearest,
+// ties to even, on the top 19 bits; the low 13 bits come out zero.
 __device__ __forceinline__ float to_tf32(float v) {
-    // cvt.rna.tf32.f32: round to nearest, ties away from zero, on the top 19 bits.
     unsigned u = __float_as_uint(v);
-    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // Inf/NaN pass through
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x0fffu + ((u >> 13) & 1u);  // Inf/NaN pass through
     return __uint_as_float(u & 0xffffe000u);
 }
 
