@@ -533,13 +533,14 @@ __device__ __forceinline__ void igemm_async(const Prob& P) {
 #define GEO_PARAMS int N, int C, int H, int W, int K, int FH, int FW, int Ho, int Wo, int s, int p, int d
 #define GEO_ARGS N, C, H, W, K, FH, FW, Ho, Wo, s, p, d
 
-// Blocks per SM that ptxas must fit in registers (65536 / (256 * MINB) per thread): the most
-// at which the main loops do not spill (bench/sass_stats.py, sm_90), except tf32 128x128,
-// where two blocks cost one 16-byte spill in the forward entry and are still worth it (one
-// block's barrier wait is covered by the other's tensor-core work).  fp32 128x128 runs one
-// block of eight warps: 512 independent FMAs per slice keep it busy on its own.
-#define MINB(BM, BN, TF) \
-    ((BM) * (BN) == 64 * 64 ? ((TF) ? 4 : 3) : (BM) * (BN) == 128 * 128 ? ((TF) ? 2 : 1) : 2)
+// Blocks per SM that ptxas must fit in registers (65536 / (256 * MINB) per thread).  The
+// rule (bench/sass_stats.py, sm_90): the most blocks at which the main loops do not spill,
+// but at least two, so one block's barrier wait is covered by the other's arithmetic.  The
+// 128x128 tiles are the exception to "no spill": at two blocks (the occupancy they had when
+// last timed on the H100) the fp32 forward/backward-filter loops keep a few values in L1-
+// resident local memory (fp32 forward: 15 of 716 instructions per slice; tf32: 1 of 204).
+// One block without spills (up to 163 registers) is the alternative; only a GPU can tell.
+#define MINB(BM, BN, TF) ((BM) * (BN) == 64 * 64 ? ((TF) ? 4 : 3) : 2)
 
 // SUF: "" for the reg schedule (igemm), _async for igemm_async.
 #define CONV_ENTRIES(BM, BN, PREC, TF, SUF, LOOP)                                                  \
