@@ -6,6 +6,9 @@
 #   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: the cp.async GEMM
 #   bash bench/gpu_session.sh verify2   #   schedule (tests, reg vs async rows beside cuDNN/cuBLAS); the
 #   bash bench/gpu_session.sh verify3   #   autotuner and the max-batch 50-step run; racecheck to the end
+#   bash bench/gpu_session.sh baseline REV  # (here, not on the GPU) kernels/ of git revision REV into
+#                                           #   .data/baseline-kernels: carry it to the GPU, then
+#   bash bench/gpu_session.sh ab        # conv and FC timed with those kernels and with ours, one run each
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -16,6 +19,23 @@ what=${1:-tests}
 { date -u; git rev-parse --short HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
 
 case "$what" in
+baseline)  # runs where git is: the GPU machine gets the working tree without .git
+  rev=${2:?usage: gpu_session.sh baseline REV}
+  rm -rf .data/baseline-kernels && mkdir -p .data/baseline-kernels
+  for f in $(git ls-tree --name-only "$rev" kernels/); do git show "$rev:$f" > ".data/baseline-kernels/${f#kernels/}"; done
+  git rev-parse --short "$rev" > .data/baseline-kernels/REVISION
+  echo "carry .data/baseline-kernels ($(ls .data/baseline-kernels | wc -l) files, $(cat .data/baseline-kernels/REVISION))"
+  ;;
+ab)  # the same launchers over two kernel sources (entry names and arguments must match)
+  base=.data/baseline-kernels
+  [ -f "$base/conv.cu" ] || { echo "no $base: run 'bash bench/gpu_session.sh baseline REV' and carry it"; exit 2; }
+  echo "baseline kernels: $(cat $base/REVISION 2>/dev/null)" >> "$OUT/env.txt"
+  GPUCONV_KERNEL_DIR=$PWD/$base timeout 200 python3 bench/bench_conv.py > "$OUT/conv_baseline.log" 2>&1
+  timeout 200 python3 bench/bench_conv.py > "$OUT/conv_current.log" 2>&1
+  GPUCONV_KERNEL_DIR=$PWD/$base timeout 80 python3 bench/bench_fc.py > "$OUT/fc_baseline.log" 2>&1
+  timeout 80 python3 bench/bench_fc.py > "$OUT/fc_current.log" 2>&1
+  tail -2 "$OUT"/conv_*.log "$OUT"/fc_*.log
+  ;;
 tests)
   rm -rf ~/.cupy/kernel_cache
   { echo "cold:"; python3 -m gpuconv kernels --load; echo "warm (new process, disk cache):"; python3 -m gpuconv kernels --load; } > "$OUT/kernel_load.txt" 2>&1
