@@ -113,7 +113,7 @@ struct FwdProb {
     __device__ i64 a_stride() const { return R; }
     struct ARed { i64 off; bool ok; };
     __device__ void a_red(ARed& e, unsigned r) const { e.ok = r < R; e.off = r; }
-    struct BCol { i64 base; int hb, wb; };                   // image n, window corner (hb, wb)
+    struct BCol { const float* p; int hb, wb; };             // &x[n, 0, hb, wb] (window corner)
     struct BRed { i64 off; int dh, dw; };                    // channel c, tap (fh, fw)
     __device__ void b_col(BCol& b, unsigned col) const {
         const unsigned c0 = col < NC ? col : 0u;
@@ -123,7 +123,7 @@ struct FwdProb {
         const unsigned wo = hw - ho * (unsigned)g.Wo;
         b.hb = col < NC ? (int)ho * g.s - g.p : OFF;
         b.wb = (int)wo * g.s - g.p;
-        b.base = (i64)n * g.C * HW + (i64)((int)ho * g.s - g.p) * g.W + b.wb;
+        b.p = x + ((i64)n * g.C * HW + (i64)((int)ho * g.s - g.p) * g.W + b.wb);
     }
     __device__ void b_red(BRed& e, unsigned r) const {
         const unsigned rr = r < R ? r : 0u;
@@ -138,7 +138,7 @@ struct FwdProb {
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         const int h = b.hb + e.dh, ww = b.wb + e.dw;
         ok = (unsigned)h < (unsigned)g.H && (unsigned)ww < (unsigned)g.W;
-        return ok ? x + b.base + e.off : x;
+        return ok ? b.p + e.off : x;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHoWo.div(col);
@@ -170,7 +170,7 @@ struct BwdDataProb {
         const unsigned k = dFF.div(rr);
         e.off = (i64)k * g.C * FF + (rr - k * FF);
     }
-    struct BCol { i64 base; int hp, wp; };                   // image n, position (h, w) + p
+    struct BCol { const float* p; int hp, wp; };             // &dy[n], position (h, w) + p
     struct BRed { i64 off; int fhd, fwd; };                  // filter k, tap (fh, fw) * d
     __device__ void b_col(BCol& b, unsigned col) const {
         const unsigned c0 = col < NC ? col : 0u;
@@ -178,7 +178,7 @@ struct BwdDataProb {
         const unsigned hw = c0 - n * (unsigned)HW;
         const unsigned h = dW.div(hw);
         const unsigned ww = hw - h * (unsigned)g.W;
-        b.base = (i64)n * g.K * HoWo;
+        b.p = dy + (i64)n * g.K * HoWo;
         b.hp = col < NC ? (int)h + g.p : OFF;
         b.wp = (int)ww + g.p;
     }
@@ -204,7 +204,7 @@ struct BwdDataProb {
         }
         if (ho >= (unsigned)g.Ho || wo >= (unsigned)g.Wo) return dy;
         ok = true;
-        return dy + b.base + e.off + (i64)ho * g.Wo + wo;
+        return b.p + (e.off + (i64)ho * g.Wo + wo);
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHW.div(col);
@@ -235,7 +235,7 @@ struct BwdFilterProb {
         const unsigned n = dHoWo.div(rr);
         e.off = (i64)n * g.K * HoWo + (rr - n * (unsigned)HoWo);
     }
-    struct BCol { i64 base; int fhd, fwd; };                 // channel c, tap (fh, fw)*d - p
+    struct BCol { const float* p; int fhd, fwd; };           // &x[0, c], tap (fh, fw)*d - p
     struct BRed { i64 off; int hs, ws; };                    // image n, output (ho, wo) * s
     __device__ void b_col(BCol& b, unsigned col) const {
         const unsigned c0 = col < NC ? col : 0u;
@@ -243,7 +243,7 @@ struct BwdFilterProb {
         const unsigned f = c0 - c * FF;
         const unsigned fh = dFW.div(f);
         const unsigned fw = f - fh * (unsigned)g.FW;
-        b.base = (i64)c * HW;
+        b.p = x + (i64)c * HW;
         b.fhd = col < NC ? (int)fh * g.d - g.p : OFF;
         b.fwd = (int)fw * g.d - g.p;
     }
@@ -260,7 +260,7 @@ struct BwdFilterProb {
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         const int h = e.hs + b.fhd, ww = e.ws + b.fwd;
         ok = (unsigned)h < (unsigned)g.H && (unsigned)ww < (unsigned)g.W;
-        return ok ? x + b.base + e.off + (i64)h * g.W + ww : x;
+        return ok ? b.p + (e.off + (i64)h * g.W + ww) : x;
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         float* p = dw + (i64)m * NC + col;
