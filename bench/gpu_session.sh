@@ -34,7 +34,7 @@ ab)  # the same launchers over two kernel sources (entry names and arguments mus
   timeout 200 python3 bench/bench_conv.py > "$OUT/conv_current.log" 2>&1
   GPUCONV_KERNEL_DIR=$PWD/$base timeout 80 python3 bench/bench_fc.py > "$OUT/fc_baseline.log" 2>&1
   timeout 80 python3 bench/bench_fc.py > "$OUT/fc_current.log" 2>&1
-  tail -2 "$OUT"/conv_*.log "$OUT"/fc_*.log
+  tail -n 2 "$OUT"/conv_*.log "$OUT"/fc_*.log
   ;;
 tests)
   rm -rf ~/.cupy/kernel_cache
@@ -42,7 +42,7 @@ tests)
   timeout 420 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -rf --timeout 120 tests > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   { for m in small fmnist; do timeout 60 python3 -m gpuconv check $m; done; } > "$OUT/check.log" 2>&1
-  tail -5 "$OUT/gpu_tests.log"
+  tail -n 5 "$OUT/gpu_tests.log"
   ;;
 sanitize)
   export GPUCONV_DEBUG_ALLOC=1
@@ -55,13 +55,13 @@ sanitize)
       tests/test_conv.py tests/test_fc.py tests/test_batchnorm.py tests/test_loss.py -k "not float64" \
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
-  tail -3 "$OUT/memcheck.log" "$OUT/racecheck.log"
+  tail -n 3 "$OUT/memcheck.log" "$OUT/racecheck.log"
   ;;
 bench)
   cp -r ${GPUCONV_DATA_SRC:-.data/fashion-mnist} /tmp/fmnist 2>/dev/null && export GPUCONV_DATA=/tmp/fmnist
   timeout ${BENCH_TIMEOUT:-540} python3 bench/run_all.py ${BENCH_ARGS:-} --out "$OUT/results.md" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?" >> "$OUT/bench.log"
-  tail -3 "$OUT/bench.log"
+  tail -n 3 "$OUT/bench.log"
   ;;
 memory)
   cp -r .data/fashion-mnist /tmp/fmnist 2>/dev/null && export GPUCONV_DATA=/tmp/fmnist
@@ -76,7 +76,7 @@ memory)
     timeout 60 python3 -m gpuconv profile vgg16 --batch 32 --steps 3 --out /tmp/prof; } > "$OUT/profile.txt" 2>&1
   cp /tmp/prof/profile.html "$OUT/" 2>/dev/null
   timeout 90 python3 bench/bench_conv.py --only "L1,AlexNet conv1" >> "$OUT/gpu_tests.log" 2>&1
-  tail -3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
+  tail -n 3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
   ;;
 memory2)
   timeout 60 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_net.py tests/test_arena.py tests/test_profile.py tests/test_budget.py > "$OUT/gpu_tests.log" 2>&1
@@ -95,20 +95,20 @@ verify)   # the cp.async schedule: GPU tests of both schedules, then reg vs asyn
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   timeout 250 python3 bench/bench_conv.py --schedules reg,async > "$OUT/conv_schedules.log" 2>&1
   timeout 150 python3 bench/bench_fc.py > "$OUT/fc_schedules.log" 2>&1
-  tail -3 "$OUT/gpu_tests.log"; grep -c async "$OUT/conv_schedules.log" "$OUT/fc_schedules.log"
+  tail -n 3 "$OUT/gpu_tests.log"; grep -c async "$OUT/conv_schedules.log" "$OUT/fc_schedules.log"
   ;;
 verify2)  # the autotuner over tiles x schedules, and the max-batch 50-step run
   export GPUCONV_CACHE_DIR=/tmp/gpuconv-cache
   GPUCONV_AUTOTUNE=1 timeout 250 python3 bench/bench_conv.py > "$OUT/autotune.log" 2>&1
   cp /tmp/gpuconv-cache/autotune.json "$OUT/" 2>/dev/null
   timeout 240 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 > "$OUT/memory.log" 2>&1
-  tail -3 "$OUT/autotune.log" "$OUT/memory.log"
+  tail -n 3 "$OUT/autotune.log" "$OUT/memory.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \
       -m "gpu and not emu" -p no:cacheprovider -x tests/test_conv.py tests/test_local.py -k "not float64" \
       > "$OUT/racecheck.log" 2>&1
   echo "racecheck rc=$?" >> "$OUT/racecheck.log"
-  tail -3 "$OUT/racecheck.log"
+  tail -n 3 "$OUT/racecheck.log"
   ;;
 esac
