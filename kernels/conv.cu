@@ -65,6 +65,17 @@ struct FastDiv {
     }
 };
 
+// i = (a * B + b) * C + c, taken apart: outer divides by B*C, inner by C.
+struct Split3 { unsigned a, b, c; };
+__device__ __forceinline__ Split3 split3(unsigned i, const FastDiv& outer, const FastDiv& inner) {
+    Split3 r;
+    r.a = outer.div(i);
+    const unsigned rem = i - r.a * outer.d;
+    r.b = inner.div(rem);
+    r.c = rem - r.b * inner.d;
+    return r;
+}
+
 struct Geo {
     int N, C, H, W, K, FH, FW, Ho, Wo, s, p, d;
 };
@@ -116,24 +127,16 @@ struct FwdProb {
     struct BCol { const float* p; int hb, wb; };             // &x[n, 0, hb, wb] (window corner)
     struct BRed { i64 off; int dh, dw; };                    // channel c, tap (fh, fw)
     __device__ void b_col(BCol& b, unsigned col) const {
-        const unsigned c0 = col < NC ? col : 0u;
-        const unsigned n = dHoWo.div(c0);
-        const unsigned hw = c0 - n * (unsigned)HoWo;
-        const unsigned ho = dWo.div(hw);
-        const unsigned wo = hw - ho * (unsigned)g.Wo;
-        b.hb = col < NC ? (int)ho * g.s - g.p : OFF;
-        b.wb = (int)wo * g.s - g.p;
-        b.p = x + ((i64)n * g.C * HW + (i64)((int)ho * g.s - g.p) * g.W + b.wb);
+        const Split3 o = split3(col < NC ? col : 0u, dHoWo, dWo);  // (n, ho, wo)
+        b.hb = col < NC ? (int)o.b * g.s - g.p : OFF;
+        b.wb = (int)o.c * g.s - g.p;
+        b.p = x + ((i64)o.a * g.C * HW + (i64)((int)o.b * g.s - g.p) * g.W + b.wb);
     }
     __device__ void b_red(BRed& e, unsigned r) const {
-        const unsigned rr = r < R ? r : 0u;
-        const unsigned c = dFF.div(rr);
-        const unsigned f = rr - c * FF;
-        const unsigned fh = dFW.div(f);
-        const unsigned fw = f - fh * (unsigned)g.FW;
-        e.dh = r < R ? (int)fh * g.d : OFF;
-        e.dw = (int)fw * g.d;
-        e.off = (i64)c * HW + (i64)((int)fh * g.d) * g.W + e.dw;
+        const Split3 t = split3(r < R ? r : 0u, dFF, dFW);  // (c, fh, fw)
+        e.dh = r < R ? (int)t.b * g.d : OFF;
+        e.dw = (int)t.c * g.d;
+        e.off = (i64)t.a * HW + (i64)((int)t.b * g.d) * g.W + e.dw;
     }
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         const int h = b.hb + e.dh, ww = b.wb + e.dw;
@@ -173,24 +176,16 @@ struct BwdDataProb {
     struct BCol { const float* p; int hp, wp; };             // &dy[n], position (h, w) + p
     struct BRed { i64 off; int fhd, fwd; };                  // filter k, tap (fh, fw) * d
     __device__ void b_col(BCol& b, unsigned col) const {
-        const unsigned c0 = col < NC ? col : 0u;
-        const unsigned n = dHW.div(c0);
-        const unsigned hw = c0 - n * (unsigned)HW;
-        const unsigned h = dW.div(hw);
-        const unsigned ww = hw - h * (unsigned)g.W;
-        b.p = dy + (i64)n * g.K * HoWo;
-        b.hp = col < NC ? (int)h + g.p : OFF;
-        b.wp = (int)ww + g.p;
+        const Split3 o = split3(col < NC ? col : 0u, dHW, dW);  // (n, h, w)
+        b.p = dy + (i64)o.a * g.K * HoWo;
+        b.hp = col < NC ? (int)o.b + g.p : OFF;
+        b.wp = (int)o.c + g.p;
     }
     __device__ void b_red(BRed& e, unsigned r) const {
-        const unsigned rr = r < R ? r : 0u;
-        const unsigned k = dFF.div(rr);
-        const unsigned f = rr - k * FF;
-        const unsigned fh = dFW.div(f);
-        const unsigned fw = f - fh * (unsigned)g.FW;
-        e.off = (i64)k * HoWo;
-        e.fhd = r < R ? (int)fh * g.d : -OFF;
-        e.fwd = (int)fw * g.d;
+        const Split3 t = split3(r < R ? r : 0u, dFF, dFW);  // (k, fh, fw)
+        e.off = (i64)t.a * HoWo;
+        e.fhd = r < R ? (int)t.b * g.d : -OFF;
+        e.fwd = (int)t.c * g.d;
     }
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         ok = false;
@@ -238,24 +233,16 @@ struct BwdFilterProb {
     struct BCol { const float* p; int fhd, fwd; };           // &x[0, c], tap (fh, fw)*d - p
     struct BRed { i64 off; int hs, ws; };                    // image n, output (ho, wo) * s
     __device__ void b_col(BCol& b, unsigned col) const {
-        const unsigned c0 = col < NC ? col : 0u;
-        const unsigned c = dFF.div(c0);
-        const unsigned f = c0 - c * FF;
-        const unsigned fh = dFW.div(f);
-        const unsigned fw = f - fh * (unsigned)g.FW;
-        b.p = x + (i64)c * HW;
-        b.fhd = col < NC ? (int)fh * g.d - g.p : OFF;
-        b.fwd = (int)fw * g.d - g.p;
+        const Split3 t = split3(col < NC ? col : 0u, dFF, dFW);  // (c, fh, fw)
+        b.p = x + (i64)t.a * HW;
+        b.fhd = col < NC ? (int)t.b * g.d - g.p : OFF;
+        b.fwd = (int)t.c * g.d - g.p;
     }
     __device__ void b_red(BRed& e, unsigned r) const {
-        const unsigned rr = r < R ? r : 0u;
-        const unsigned n = dHoWo.div(rr);
-        const unsigned hw = rr - n * (unsigned)HoWo;
-        const unsigned ho = dWo.div(hw);
-        const unsigned wo = hw - ho * (unsigned)g.Wo;
-        e.off = (i64)n * g.C * HW;
-        e.hs = r < R ? (int)ho * g.s : OFF;
-        e.ws = (int)wo * g.s;
+        const Split3 o = split3(r < R ? r : 0u, dHoWo, dWo);  // (n, ho, wo)
+        e.off = (i64)o.a * g.C * HW;
+        e.hs = r < R ? (int)o.b * g.s : OFF;
+        e.ws = (int)o.c * g.s;
     }
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
         const int h = e.hs + b.fhd, ww = e.ws + b.fwd;
