@@ -45,20 +45,23 @@ def tf32_truncate(x: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def tf32_rna(x: np.ndarray) -> np.ndarray:
-    """cvt.rna.tf32.f32 in NumPy: keep 10 mantissa bits, ties away from zero; Inf/NaN unchanged."""
+def _tf32_round(x: np.ndarray, ties_even: bool) -> np.ndarray:
+    """Keep 10 mantissa bits, rounding to nearest; Inf/NaN unchanged."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     finite = (u & 0x7F800000) != 0x7F800000
-    u = np.where(finite, u + 0x1000, u) & 0xFFFFE000
+    half = 0x0FFF + ((u >> 13) & 1) if ties_even else 0x1000
+    u = np.where(finite, u + half, u) & 0xFFFFE000
     return u.astype(np.uint32).view(np.float32)
+
+
+def tf32_rna(x: np.ndarray) -> np.ndarray:
+    """cvt.rna.tf32.f32 in NumPy: ties away from zero (sm_80)."""
+    return _tf32_round(x, ties_even=False)
 
 
 def tf32_rne(x: np.ndarray) -> np.ndarray:
-    """cvt.rn.tf32.f32 in NumPy: keep 10 mantissa bits, ties to even; Inf/NaN unchanged."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    finite = (u & 0x7F800000) != 0x7F800000
-    u = np.where(finite, u + 0x0FFF + ((u >> 13) & 1), u) & 0xFFFFE000
-    return u.astype(np.uint32).view(np.float32)
+    """cvt.rn.tf32.f32 in NumPy: ties to even (sm_90 and later)."""
+    return _tf32_round(x, ties_even=True)
 
 
 def device_tf32(cp: Any, x: np.ndarray) -> np.ndarray:
