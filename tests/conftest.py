@@ -51,6 +51,8 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     if chosen == "random":
         seed = int(np.random.SeedSequence().entropy % (2**32))
     elif chosen:
+        if not chosen.isdigit():
+            raise pytest.UsageError(f"{SEED_ENV} must be 'random' or a non-negative integer, got {chosen!r}")
         seed = int(chosen)
     else:
         seed = zlib.crc32(request.node.nodeid.encode())
