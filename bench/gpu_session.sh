@@ -9,6 +9,8 @@
 #   bash bench/gpu_session.sh baseline REV  # (here, not on the GPU) kernels/ of git revision REV into
 #                                           #   .data/baseline-kernels: carry it to the GPU, then
 #   bash bench/gpu_session.sh ab        # conv and FC timed with those kernels and with ours, one run each
+#   bash bench/gpu_session.sh winograd  # Winograd F(2x2,3x3): GPU tests, then Winograd vs our GEMM vs cuDNN
+#                                       #   (fp32) and the VGG16 step with GPUCONV_CONV_ALGO=winograd
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -103,6 +105,17 @@ verify2)  # the autotuner over tiles x schedules, and the max-batch 50-step run
   cp /tmp/gpuconv-cache/autotune.json "$OUT/" 2>/dev/null
   timeout 240 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 > "$OUT/memory.log" 2>&1
   tail -n 3 "$OUT/autotune.log" "$OUT/memory.log"
+  ;;
+winograd)  # never run on a GPU before: correctness first, then the three-way timing
+  timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_winograd.py tests/test_fc.py \
+      > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  timeout 200 python3 bench/bench_winograd.py > "$OUT/winograd.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/winograd.log"
+  { for algo in gemm winograd; do echo "GPUCONV_CONV_ALGO=$algo"
+      GPUCONV_CONV_ALGO=$algo timeout 90 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, 'fp32')])"
+    done; } > "$OUT/vgg16.log" 2>&1
+  tail -n 3 "$OUT/gpu_tests.log"; tail -n 14 "$OUT/winograd.log"; cat "$OUT/vgg16.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \

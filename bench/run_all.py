@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import HEADER, Row  # noqa: E402
 
-SUITES = ["conv", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
+SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
           "memory"]
 
 

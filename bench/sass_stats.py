@@ -52,7 +52,12 @@ class Kernel:
 
     def main_loop(self) -> tuple[int, Counter[str]]:
         """(instructions, mix) of one trip of the innermost loop with the most arithmetic."""
-        best: tuple[int, int, Counter[str]] | None = None  # (arith, -size, mix)
+        body = self.main_loop_body()
+        return len(body), Counter(KINDS.get(o, "other") for _, o, _ in body)
+
+    def main_loop_body(self) -> list[tuple[int, str, str]]:
+        """The SASS of the innermost loop with the most arithmetic (empty if none)."""
+        best: tuple[int, int, list[tuple[int, str, str]]] | None = None  # (arith, -size, body)
         index = {addr: i for i, (addr, _, _) in enumerate(self.sass)}
         for i, (addr, op, text) in enumerate(self.sass):
             if op != "BRA":
@@ -62,16 +67,13 @@ class Kernel:
             if target is None or target >= addr or target not in index:
                 continue
             body = self.sass[index[target]:i + 1]
-            mix: Counter[str] = Counter(KINDS.get(o, "other") for _, o, _ in body)
             arith = sum(1 for _, o, _ in body if o in ARITH)
             if arith == 0:
                 continue
             key = (arith, -len(body))
             if best is None or key > best[:2]:
-                best = (arith, -len(body), mix)
-        if best is None:
-            return 0, Counter()
-        return -best[1], best[2]
+                best = (arith, -len(body), body)
+        return [] if best is None else best[2]
 
 
 def _tool(env: str, name: str) -> str:
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", default="", help="regular expression on entry-point names")
     ap.add_argument("--define", action="append", default=[], help="preprocessor define (repeatable)")
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--loop", action="store_true",
+                    help="also print each entry's main-loop SASS and the opcodes counted as 'other'")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         cubin, log = compile_module(args.module, args.arch, args.define, Path(tmp))
@@ -146,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         size, mix = k.main_loop()
         print(f"{name:44s} {k.registers:4d} {k.spill_stores + k.spill_loads:5d} {k.smem:6d} {size:5d} "
               + " ".join(f"{mix.get(c, 0):8d}" for c in cols))
+        if args.loop:
+            body = k.main_loop_body()
+            other = Counter(o for _, o, _ in body if o not in KINDS)
+            print("  other: " + ", ".join(f"{o} {n}" for o, n in other.most_common()))
+            for _, _, text in body:
+                print("    " + text)
     return 0
 
 

@@ -28,6 +28,10 @@
 //   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
 //   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
 //   the slices and applies alpha/beta/bias/ReLU.
+//   gemm_f32_batched_{nn,nt} the FP32 kernel over a batch of equal-shaped GEMMs (the
+//                            Winograd conv's 16 transform components): grid = (cdiv(M,128),
+//                            cdiv(N,128), batch*splits); GEMM b's split s writes
+//                            C + b*sC + s*M*N (no bias/ReLU epilogue).
 //   flags bits: 1 = A rows float4-loadable (ld % 4 == 0, 16-B aligned), 2 = same for B,
 //               4 = C float4-storable, 8 = C float2-storable.
 //   gemm_f64_{nn,nt,tn,tt}   simple 16x16 shared-tile kernel, one output per thread,
@@ -156,15 +160,16 @@ __device__ __forceinline__ void store_out(float* __restrict__ C, int M, int N, i
     }
 }
 
-// The block's output tile and K range (split-K: blockIdx.z takes [z*kps, min(K, (z+1)*kps))
-// and writes its own [M,N] slice of C).
+// The block's output tile and K range (split-K: split zs takes [zs*kps, min(K, (zs+1)*kps))
+// and writes its own [M,N] slice of C; zs is blockIdx.z, or its remainder by the split
+// count in the batched entries).
 template <bool TA, bool TB>
 struct BlockTile {
     int m0, n0, kbeg, kend;
     long long lda, ldb;
-    __device__ BlockTile(int M, int N, int K, int kps)
-        : m0(blockIdx.x * GEMM_BM), n0(blockIdx.y * GEMM_BN), kbeg(blockIdx.z * kps),
-          kend(imin(K, blockIdx.z * kps + kps)), lda(TA ? M : K), ldb(TB ? K : N) {}
+    __device__ BlockTile(int M, int N, int K, int kps, int zs)
+        : m0(blockIdx.x * GEMM_BM), n0(blockIdx.y * GEMM_BN), kbeg(zs * kps),
+          kend(imin(K, zs * kps + kps)), lda(TA ? M : K), ldb(TB ? K : N) {}
     __device__ int slices(int bk) const { return kend > kbeg ? (kend - kbeg + bk - 1) / bk : 0; }
 };
 
@@ -173,7 +178,7 @@ template <bool TA, bool TB>
 __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const float* __restrict__ B,
                                            float* __restrict__ C, const float* __restrict__ bias,
                                            int M, int N, int K, int kps, float alpha, float beta,
-                                           int has_bias, int relu, int flags) {
+                                           int has_bias, int relu, int flags, int zs) {
     constexpr int BK = 8;
     constexpr int LDS = GEMM_BM + 4;  // +4: transposed scalar stores hit distinct banks
     __shared__ __align__(16) float As[2][BK * LDS];
@@ -181,10 +186,10 @@ __device__ __forceinline__ void sgemm_body(const float* __restrict__ A, const fl
 
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
-    const BlockTile<TA, TB> bt(M, N, K, kps);
+    const BlockTile<TA, TB> bt(M, N, K, kps, zs);
     const int m0 = bt.m0, n0 = bt.n0, kbeg = bt.kbeg, kend = bt.kend;
     const long long lda = bt.lda, ldb = bt.ldb;
-    C += (long long)blockIdx.z * M * N;
+    C += (long long)zs * M * N;
     const bool va = flags & 1, vb = flags & 2, vc = flags & 4;
 
     TileLoader<BK, !TA> la;  // A(m,k): k contiguous unless transposed
@@ -307,17 +312,17 @@ template <bool TA, bool TB>
 __device__ __forceinline__ void tf32_body(const float* __restrict__ A, const float* __restrict__ B,
                                           float* __restrict__ C, const float* __restrict__ bias,
                                           int M, int N, int K, int kps, float alpha, float beta,
-                                          int has_bias, int relu, int flags) {
+                                          int has_bias, int relu, int flags, int zs) {
     constexpr int BK = 16;
     constexpr int LDS = GEMM_BM + 8;  // 136 = 8 mod 32: fragment reads (t*LDS + g) are conflict-free
     __shared__ __align__(16) float As[2][BK * LDS];
     __shared__ __align__(16) float Bs[2][BK * LDS];
 
     const int tid = threadIdx.x;
-    const BlockTile<TA, TB> bt(M, N, K, kps);
+    const BlockTile<TA, TB> bt(M, N, K, kps, zs);
     const int m0 = bt.m0, n0 = bt.n0, kbeg = bt.kbeg, kend = bt.kend;
     const long long lda = bt.lda, ldb = bt.ldb;
-    C += (long long)blockIdx.z * M * N;
+    C += (long long)zs * M * N;
     const bool va = flags & 1, vb = flags & 2;
 
     TileLoader<BK, !TA> la;
@@ -405,15 +410,15 @@ template <bool TA, bool TB>
 __device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, const float* __restrict__ B,
                                                 float* __restrict__ C, const float* __restrict__ bias,
                                                 int M, int N, int K, int kps, float alpha, float beta,
-                                                int has_bias, int relu, int flags) {
+                                                int has_bias, int relu, int flags, int zs) {
     using TileA = AsyncTile<!TA>;  // A(m,k): k contiguous unless transposed
     using TileB = AsyncTile<TB>;   // B(n,k): k contiguous only when transposed
     __shared__ __align__(16) float As[ASYNC_ST][TileA::SIZE];
     __shared__ __align__(16) float Bs[ASYNC_ST][TileB::SIZE];
 
     const int tid = threadIdx.x;
-    const BlockTile<TA, TB> bt(M, N, K, kps);
-    C += (long long)blockIdx.z * M * N;
+    const BlockTile<TA, TB> bt(M, N, K, kps, zs);
+    C += (long long)zs * M * N;
     const bool va = flags & 1, vb = flags & 2;
     TcWarpTile wt(tid);
 
@@ -480,22 +485,40 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_async_##TAG(                     \
         const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
         float alpha, float beta, int has_bias, int relu, int flags) {                                     \
-        tf32_async_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);        \
+        tf32_async_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags,         \
+                                blockIdx.z);                                                              \
     }
 #else
 #define GEMM_ASYNC_ENTRY(TAG, TA, TB)
 #endif
 
+// gemm_f32_batched_*: blockIdx.z = b * splits + s runs split s of GEMM b, whose operands
+// start at A + b*sA, B + b*sB and whose output (with its `splits` [M,N] partial slices)
+// starts at C + b*sC.  Strides are in elements; 16-B alignment of every batch's operands
+// is the caller's to check before setting the float4 flags.  Two blocks per SM, as the plain
+// gemm_f32_* get (128 registers): without the bound ptxas takes 139-151 and fits one; with it
+// the main loop keeps 7 (nn) / 3 (nt) L1-resident local accesses per 640-instruction trip
+// (bench/sass_stats.py, sm_90): the per-batch base pointers live in registers where the
+// plain entries re-read their parameters from the constant bank.
+#define GEMM_BATCHED_ENTRY(TAG, TA, TB)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_f32_batched_##TAG(                 \
+        const float* A, const float* B, float* C, int M, int N, int K, int kps, float alpha, float beta, \
+        int flags, int splits, long long sA, long long sB, long long sC) {                                \
+        const int b = blockIdx.z / splits;                                                                \
+        sgemm_body<TA, TB>(A + b * sA, B + b * sB, C + b * sC, nullptr, M, N, K, kps, alpha, beta, 0, 0,  \
+                           flags, blockIdx.z - b * splits);                                               \
+    }
+
 #define GEMM_ENTRIES(TAG, TA, TB)                                                                          \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_f32_##TAG(                            \
         const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
         float alpha, float beta, int has_bias, int relu, int flags) {                                     \
-        sgemm_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);             \
+        sgemm_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags, blockIdx.z); \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS) gemm_tf32_##TAG(                           \
         const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
         float alpha, float beta, int has_bias, int relu, int flags) {                                     \
-        tf32_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags);              \
+        tf32_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags, blockIdx.z);  \
     }                                                                                                     \
     GEMM_ASYNC_ENTRY(TAG, TA, TB)                                                                         \
     extern "C" __global__ void __launch_bounds__(256) gemm_f64_##TAG(                                     \
@@ -508,6 +531,8 @@ GEMM_ENTRIES(nn, false, false)
 GEMM_ENTRIES(nt, false, true)
 GEMM_ENTRIES(tn, true, false)
 GEMM_ENTRIES(tt, true, true)
+GEMM_BATCHED_ENTRY(nn, false, false)  // Winograd conv: transformed filters x transformed inputs
+GEMM_BATCHED_ENTRY(nt, false, true)   // Winograd conv backward-filter: reduction over tiles
 
 // C[i] = epilogue(sum_z ws[z*MN + i]); ws holds the split-K partial products.
 extern "C" __global__ void splitk_reduce_f32(const float* __restrict__ ws, float* __restrict__ C,

@@ -44,17 +44,20 @@ def _expected_entries() -> dict[str, list[str]]:
         + [f"conv_bwdd_direct_f32_c{ct}_{ty}x{4 * tx}" for ct in C._DIRECT_CTS for ty, tx in C._DIRECT_TILES]
         + ["conv_fwd_direct_f64", "conv_bwdd_direct_f64", "conv_bwdf_direct_f64", "conv_bias_grad_f32",
            "conv_bias_grad_f64"],
-        "fc": ["gemm_f32_nn", "gemm_tf32_tt", "gemm_f64_tn", "splitk_reduce_f32", "colsum_f64"],
+        "fc": ["gemm_f32_nn", "gemm_tf32_tt", "gemm_f64_tn", "splitk_reduce_f32", "colsum_f64",
+               "gemm_f32_batched_nn", "gemm_f32_batched_nt"],
         "local": both("local_fwd", "local_bwd_filter", "local_bwd_bias", "local_bwd_data"),
         "loss": ["softmax_xent_rows_f32", "svm_rows_f64", "softmax_rows_f32", "accuracy_rows_f64", "mean_reduce_f32"],
         "lrn": both("lrn_fwd", "lrn_bwd"),
         "optim": ["sgd_f32", "momentum_f64", "adagrad_f32", "rmsprop_f64", "adam_f32"],
+        "winograd": ["wino_input_f32", "wino_filter_f32", "wino_output_f32", "wino_grad_output_f32",
+                     "wino_filter_grad_f32"],
     }
 
 
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
 @pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
-@pytest.mark.parametrize("name", ["batchnorm", "conv", "fc", "local", "loss", "lrn", "optim"])
+@pytest.mark.parametrize("name", ["batchnorm", "conv", "fc", "local", "loss", "lrn", "optim", "winograd"])
 def test_kernel_exports_its_entry_points(name, arch):
     ptx = _ptx(name, arch)
     missing = [e for e in _expected_entries()[name] if f".entry {e}(" not in ptx]

@@ -115,7 +115,8 @@ class Layer:
     def saved_specs(self, batch: int) -> list[TensorSpec]:
         return []
 
-    def workspace_specs(self, batch: int) -> list[TensorSpec]:
+    def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
+        """Kernel scratch the layer's ops need (forward, and backward when ``train``)."""
         return []
 
     def flops(self, batch: int) -> int:

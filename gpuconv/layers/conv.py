@@ -9,7 +9,8 @@ from ..geometry import GeometryError, window_output_size
 from ..ops import activation as act_ops
 from ..ops import conv as conv_ops
 from ..ops import local as local_ops
-from .base import NO_BUFFERS, Buffers, Layer, Shape, check_positive_int, init_weight
+from ..ops import winograd
+from .base import NO_BUFFERS, Buffers, Layer, Shape, TensorSpec, check_positive_int, init_weight
 
 
 def _require_volume(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
@@ -23,19 +24,24 @@ class Conv(Layer):
 
     ``fused_relu`` is set by the Net when a RELU follows: the kernel applies it in
     its epilogue and backward masks the gradient with the kept output.
+    ``algo``: the GPU algorithm for float32 at fp32 precision, 'gemm' or 'winograd'
+    (F(2x2,3x3), for 3x3 stride-1 layers; its workspace is part of the memory plan);
+    None follows $GPUCONV_CONV_ALGO (default 'gemm').
     """
 
     kind = "CONV"
     can_skip_input_grad = True
 
     def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
-                 bias: bool = True, init: str = "he", name: str | None = None) -> None:
+                 bias: bool = True, init: str = "he", algo: str | None = None, name: str | None = None) -> None:
         super().__init__(name)
         check_positive_int(self.name, K=K, F=F, S=S, dilation=dilation)
         if not isinstance(P, (int, np.integer)) or P < 0:
             raise GeometryError(f"{self.name}: P={P!r} must be an integer >= 0")
+        if algo is not None and algo not in winograd.ALGOS:
+            raise ValueError(f"{self.name}: algo must be one of {winograd.ALGOS} or None, got {algo!r}")
         self.K, self.F, self.S, self.P, self.dilation = int(K), int(F), int(S), int(P), int(dilation)
-        self.bias, self.init = bias, init
+        self.bias, self.init, self.algo = bias, init, algo
         self.fused_relu = False
         self.precision = "fp32"
 
@@ -72,6 +78,19 @@ class Conv(Layer):
         k, ho, wo = self.out_shape  # type: ignore[misc]
         return 2 * batch * k * ho * wo * self.in_shape[0] * self.F * self.F  # type: ignore[index]
 
+    def uses_winograd(self) -> bool:
+        """True when this layer's GPU passes run Winograd F(2x2,3x3) (see ops.conv.conv_forward)."""
+        return (winograd.chosen_algo(self.algo) == "winograd" and np.dtype(self.dtype) == np.float32
+                and self.precision == "fp32"
+                and winograd.eligible((self.K, 0, self.F, self.F), self.S, self.P, self.dilation))
+
+    def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
+        if not self.uses_winograd():
+            return []
+        x_shape = (batch, *self.in_shape)  # type: ignore[misc]
+        elems = winograd.layer_workspace_elems(x_shape, (self.K, self.in_shape[0], 3, 3), self.P, train)  # type: ignore[index]
+        return [TensorSpec(f"{self.name}.winograd", (elems,), np.dtype(np.float32), "workspace")]
+
     def describe(self) -> str:
         extra = "".join([f"/{self.S}" if self.S != 1 else "", f" p{self.P}" if self.P else "",
                          f" d{self.dilation}" if self.dilation != 1 else ""])
@@ -79,7 +98,8 @@ class Conv(Layer):
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         y = conv_ops.conv_forward(x, self.params["w"], self.params.get("b"), self.S, self.P, self.dilation,
-                                  relu=self.fused_relu, out=buf.out, precision=self.precision)
+                                  relu=self.fused_relu, out=buf.out, precision=self.precision, algo=self.algo,
+                                  workspace=buf.workspace.get("winograd"))
         if train:
             self._cache["x"] = x
             if self.fused_relu:
@@ -92,11 +112,13 @@ class Conv(Layer):
             dy = act_ops.relu_backward(dy, self._cache["y"], out=dy)  # dy is ours to overwrite
         conv_ops.conv_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
                                       with_bias=self.bias, dw_out=self.grads["w"],
-                                      db_out=self.grads.get("b"), precision=self.precision)
+                                      db_out=self.grads.get("b"), precision=self.precision, algo=self.algo,
+                                      workspace=buf.workspace.get("winograd"))
         if not self.input_grad:
             return None
         return conv_ops.conv_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
-                                           out=buf.dx, precision=self.precision)
+                                           out=buf.dx, precision=self.precision, algo=self.algo,
+                                           workspace=buf.workspace.get("winograd"))
 
 
 class LocallyConnected(Layer):

@@ -450,7 +450,7 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
                                   start=span[0], end=span[1], intervals=(span,))
                 tensors.append(t)
                 layer_tensors[i]["saved"][_short(layer.name, spec.name)] = t.name
-        for spec in layer.workspace_specs(batch):
+        for spec in layer.workspace_specs(batch, train=not inference):
             d = cast(spec.dtype)
             iv = ((i, i),) if inference else ((i, i), (bwd(i), bwd(i)))
             t = PlannedTensor(spec.name, "workspace", i, tuple(spec.shape), d.name, tensor_bytes(spec.shape, d),

@@ -18,7 +18,9 @@ buffer), bias and ReLU fused into the forward epilogue; ``precision="tf32"``
 uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
 (they back the GPU gradient checks).  Backward-data with few input channels or
 stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
-it visits only the filter taps that land on the output grid.
+it visits only the filter taps that land on the output grid.  With ``algo="winograd"``
+(or ``GPUCONV_CONV_ALGO=winograd``) float32 3x3 stride-1 layers run Winograd F(2x2,3x3)
+instead (``ops.winograd``: transform kernels + batched GEMM, in a planned workspace).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from .. import cuda, device
 from ..geometry import window_output_size
-from . import autotune, cpu_threads
+from . import autotune, cpu_threads, winograd
 from ._checks import OpArgumentError, check_array, check_out
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "conv_forward_gpu",
     "conv_backward_data_gpu",
     "conv_backward_filter_gpu",
+    "conv_bias_grad_gpu",
 ]
 
 PRECISIONS = ("fp32", "tf32")
@@ -108,13 +111,28 @@ def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
     return t
 
 
+def _use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
+                  pad: int, dilation: int) -> bool:
+    """Winograd where it was asked for (algo / $GPUCONV_CONV_ALGO) and applies: float32 data
+    at fp32 precision (TF32 and float64 keep their kernels) and F(2x2,3x3) geometry."""
+    return (winograd.chosen_algo(algo) == "winograd" and dtype == np.float32 and precision == "fp32"
+            and winograd.eligible(w_shape, stride, pad, dilation))
+
+
 # ----------------------------------------------------------------------------------
 # Public API (dispatch on where the data lives)
 # ----------------------------------------------------------------------------------
 
 def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, dilation: int = 1,
-                 relu: bool = False, out: Any = None, precision: str = "fp32") -> Any:
-    """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU)."""
+                 relu: bool = False, out: Any = None, precision: str = "fp32", algo: str | None = None,
+                 workspace: Any = None) -> Any:
+    """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
+
+    ``algo`` (GPU, float32, fp32 precision): 'gemm' (implicit GEMM) or 'winograd' (F(2x2,3x3),
+    used where ``winograd.eligible``; elsewhere the GEMM); None reads $GPUCONV_CONV_ALGO
+    (default 'gemm').  ``workspace``: a float32 array for Winograd's transformed tensors
+    (the memory plan's; None allocates one).  The CPU path ignores both.
+    """
     op = "conv_forward"
     dt = _check_dtype(op, "x", x)
     check_array(op, "w", w, ndim=4, dtype=dt, like=x)
@@ -123,14 +141,18 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     _check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
     y = check_out(op, out, shape, like=x, dtype=dt)
+    use_wino = _use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(x):
+        if use_wino:
+            return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace)
         return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
     return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
 
 
 def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
-                       dilation: int = 1, out: Any = None, precision: str = "fp32") -> Any:
-    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w)."""
+                       dilation: int = 1, out: Any = None, precision: str = "fp32", algo: str | None = None,
+                       workspace: Any = None) -> Any:
+    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``algo``/``workspace``: as conv_forward."""
     op = "conv_backward_data"
     dt = _check_dtype(op, "dy", dy)
     check_array(op, "w", w, ndim=4, dtype=dt, like=dy)
@@ -139,17 +161,21 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
     y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
+    use_wino = _use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(dy):
+        if use_wino:
+            return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace)
         return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
     return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
 
 
 def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 1, pad: int = 0,
                          dilation: int = 1, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
-                         precision: str = "fp32") -> tuple[Any, Any]:
+                         precision: str = "fp32", algo: str | None = None,
+                         workspace: Any = None) -> tuple[Any, Any]:
     """(dw[K,C,FH,FW], db[K] or None): gradients of sum(y*dy) for y = conv(x, w) + b.
 
-    The buffers are overwritten (not accumulated into).
+    The buffers are overwritten (not accumulated into).  ``algo``/``workspace``: as conv_forward.
     """
     op = "conv_backward_filter"
     dt = _check_dtype(op, "x", x)
@@ -160,7 +186,13 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
+    use_wino = _use_winograd(algo, dt, precision, w_shape, stride, pad, dilation)
     if device.is_gpu_array(x):
+        if use_wino:
+            winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace)
+            if db is not None:
+                conv_bias_grad_gpu(dy, db)
+            return dw, db
         return conv_backward_filter_gpu(x, dy, stride, pad, dilation, dw, db, precision)
     return conv_backward_filter_cpu(x, dy, stride, pad, dilation, dw, db)
 
@@ -521,9 +553,16 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
 
         run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, autotune.schedule()), run))
     if db is not None:
-        db.fill(0)
-        per_k = n * ho * wo
-        gy = max(1, min(cuda.cdiv(per_k, 256 * 16), max(1, 1024 // max(k, 1)), 65535))
-        suffix = "f64" if x.dtype == np.float64 else "f32"
-        cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1), [dy, db, n, k, ho, wo])
+        conv_bias_grad_gpu(dy, db)
     return dw, db
+
+
+def conv_bias_grad_gpu(dy: Any, db: Any) -> Any:
+    """db[k] = sum of dy[:, k] (overwritten)."""
+    n, k, ho, wo = dy.shape
+    db.fill(0)
+    per_k = n * ho * wo
+    gy = max(1, min(cuda.cdiv(per_k, 256 * 16), max(1, 1024 // max(k, 1)), 65535))
+    suffix = "f64" if dy.dtype == np.float64 else "f32"
+    cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1), [dy, db, n, k, ho, wo])
+    return db

@@ -177,6 +177,44 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     return out
 
 
+def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits: int = 1, beta: float = 0.0) -> Any:
+    """out[i] = a[i] @ op(b[i]) + beta * out[i] for a batch of float32 GEMMs on the device.
+
+    a[batch, M, K]; b[batch, K, N], or b[batch, N, K] with ``trans_b``; out[batch, M, N],
+    or with ``splits`` > 1 out[batch, splits, M, N]: split s of the reduction goes to
+    out[i, s] and the caller sums the splits (the Winograd conv does it in its final
+    transform).  All three C-contiguous.  No bias or ReLU (gemm_f32_batched_* in fc.cu).
+    """
+    nb, m, k = a.shape
+    n = b.shape[1] if trans_b else b.shape[2]
+    want_b = (nb, n, k) if trans_b else (nb, k, n)
+    want_out = (nb, splits, m, n) if splits > 1 else (nb, m, n)
+    if tuple(b.shape) != want_b or tuple(out.shape) != want_out:
+        raise OpArgumentError(f"gemm_batched: shapes a {tuple(a.shape)}, b {tuple(b.shape)}, out {tuple(out.shape)} "
+                              f"do not match (want b {want_b}, out {want_out})")
+    for name, arr in (("a", a), ("b", b), ("out", out)):
+        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+            raise OpArgumentError(f"gemm_batched: {name} must be a C-contiguous float32 array")
+    if splits < 1 or nb * splits > 65535 or cuda.cdiv(n, _TILE) > 65535:
+        raise OpArgumentError(f"gemm_batched: grid too large (batch {nb} x splits {splits}, N={n})")
+    if nb == 0 or m == 0 or n == 0:
+        return out
+    # whole K slices per split; trailing splits may be empty (they write beta * out)
+    kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), _SLICE["fp32"]) * _SLICE["fp32"]
+    sa, sb, sc = m * k, n * k, splits * m * n
+    # float4 loads need every batch's rows 16-B aligned: row length and batch stride % 4
+    lda, ldb = k, (k if trans_b else n)
+    flags = ((1 if lda % 4 == 0 and sa % 4 == 0 and _aligned(a, 16) else 0)
+             | (2 if ldb % 4 == 0 and sb % 4 == 0 and _aligned(b, 16) else 0)
+             | (4 if n % 4 == 0 and sc % 4 == 0 and _aligned(out, 16) else 0)
+             | (8 if n % 2 == 0 and sc % 2 == 0 and _aligned(out, 8) else 0))
+    cuda.launch("fc", f"gemm_f32_batched_{'nt' if trans_b else 'nn'}",
+                (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), nb * splits), (256, 1, 1),
+                (a, b, out, m, n, k, kps, np.float32(1.0), np.float32(beta), flags, splits,
+                 np.int64(sa), np.int64(sb), np.int64(sc)))
+    return out
+
+
 def colsum_gpu(dy: Any, db: Any) -> Any:
     """db[m] = sum_n dy[n, m]."""
     n, m = dy.shape

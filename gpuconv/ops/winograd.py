@@ -1,0 +1,332 @@
+"""3x3 stride-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016).
+
+A 2x2 output tile of a 3x3 convolution is ``A^T [(G g G^T) * (B^T d B)] A`` for the 4x4
+input patch d under it: 16 multiplies per (filter, channel) pair instead of 36, so the
+GEMM work of the convolution falls by 2.25x, at the price of transforming inputs, filters
+and outputs (memory-bound passes) and of a workspace for the transformed tensors.
+
+This module is the spec and the launcher of ``kernels/winograd.cu``:
+
+* the transforms in NumPy (float64 matrices ``BT``, ``G``, ``AT``), with the kernels'
+  layouts: filters ``U[16, K, C]``, inputs ``V[16, C, P]``, products ``M[16, K, P]``,
+  component ``b = 4*xi + nu``, tile ``p = n*TH*TW + ti*TW + tj`` (TH x TW 2x2-tiles per
+  image cover the output);
+* the three passes composed from them (``*_winograd_cpu``): tested against the direct
+  convolution (``ops.conv``), they are what the GPU kernels are checked against;
+* the GPU passes (``*_winograd_gpu``): transform kernels + the batched GEMM of fc.cu
+  (16 GEMMs per launch), over chunks of the batch so the workspace stays bounded.
+
+Backward-data is the forward pass of dy with the filters rotated by 180 degrees and
+transposed (``w'[c, k] = w[k, c, ::-1, ::-1]``) and padding 2 - P; backward-filter is
+``G^T [sum_p (A dy_p A^T) * (B^T d_p B)] G``, the sum over tiles p being a batched GEMM.
+
+Applies to float32, 3x3 filters, stride 1, dilation 1, padding <= 2 (``eligible``).  The
+conv ops use it when asked (``algo="winograd"`` or ``GPUCONV_CONV_ALGO=winograd``); the
+default stays the implicit GEMM until the benchmark (bench/bench_winograd.py) has shown on
+a GPU which layers it speeds up.  In float32 its error is a small multiple of the direct
+convolution's (the transforms add and halve; no large constants as in F(4x4, 3x3)).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import cuda, device
+from ._checks import OpArgumentError
+
+__all__ = [
+    "BT", "G", "AT", "ALGOS", "eligible", "chosen_algo", "tiles",
+    "filter_transform", "input_transform", "output_transform", "grad_output_transform",
+    "filter_grad_transform",
+    "conv_forward_winograd_cpu", "conv_backward_data_winograd_cpu", "conv_backward_filter_winograd_cpu",
+    "Workspace", "workspace_plan", "layer_workspace_elems",
+    "conv_forward_winograd_gpu", "conv_backward_data_winograd_gpu", "conv_backward_filter_winograd_gpu",
+]
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+ALGOS = ("gemm", "winograd")
+ALGO_ENV = "GPUCONV_CONV_ALGO"
+WS_ENV = "GPUCONV_WINOGRAD_WS_MB"
+_WS_DEFAULT_MB = 256      # workspace cap per call: chunks of the batch stay under it
+_SMS_HINT = 132           # split-K heuristic only (an H100's SMs); fixed so plans are reproducible
+_TILE = 128               # fc.cu block tile (M and N)
+_SLICE = 8                # fc.cu fp32 K slice
+
+
+def eligible(w_shape: Any, stride: int, pad: int, dilation: int) -> bool:
+    """True for the geometry F(2x2, 3x3) covers: 3x3 filters, stride 1, dilation 1, pad <= 2."""
+    return (int(w_shape[2]), int(w_shape[3])) == (3, 3) and stride == 1 and dilation == 1 and 0 <= pad <= 2
+
+
+def chosen_algo(algo: str | None) -> str:
+    """The algorithm a conv op was asked for: ``algo``, else $GPUCONV_CONV_ALGO, else 'gemm'."""
+    a = algo if algo is not None else (os.environ.get(ALGO_ENV, "").strip() or "gemm")
+    if a not in ALGOS:
+        src = "algo" if algo is not None else ALGO_ENV
+        raise OpArgumentError(f"conv: {src} must be one of {ALGOS}, got {a!r}")
+    return a
+
+
+def tiles(ho: int, wo: int) -> tuple[int, int]:
+    """(TH, TW): 2x2 tiles per image covering an Ho x Wo output."""
+    return -(-ho // 2), -(-wo // 2)
+
+
+# ----------------------------------------------------------------------------------
+# The transforms (NumPy, float64 matrices; the spec of kernels/winograd.cu)
+# ----------------------------------------------------------------------------------
+
+def filter_transform(w: np.ndarray, flip: bool = False) -> np.ndarray:
+    """U[16, K, C] = G g G^T per filter; flip: U[16, C, K] of the 180-degree-rotated filters."""
+    g = w[:, :, ::-1, ::-1] if flip else w
+    u = np.einsum("iu,kcuv,jv->ijkc", G, g, G)  # [4, 4, K, C]
+    if flip:
+        u = u.transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(u.reshape(16, *u.shape[2:]))
+
+
+def _patches(x: np.ndarray, pad: int, th: int, tw: int) -> np.ndarray:
+    """[N, C, TH, TW, 4, 4]: the input patch under each output tile (zeros past the edges)."""
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), dtype=x.dtype)
+    hh, ww = min(h, 2 * th + 2 - pad), min(w, 2 * tw + 2 - pad)
+    xp[:, :, pad:pad + hh, pad:pad + ww] = x[:, :, :hh, :ww]
+    s = xp.strides
+    return np.lib.stride_tricks.as_strided(xp, (n, c, th, tw, 4, 4), (s[0], s[1], 2 * s[2], 2 * s[3], s[2], s[3]))
+
+
+def input_transform(x: np.ndarray, pad: int, th: int, tw: int) -> np.ndarray:
+    """V[16, C, P] = B^T d B for the patch d under every tile (P = N*TH*TW)."""
+    n, c = x.shape[:2]
+    v = np.einsum("ia,nctsab,jb->ijcnts", BT, _patches(x, pad, th, tw), BT)
+    return np.ascontiguousarray(v.reshape(16, c, n * th * tw))
+
+
+def output_transform(m: np.ndarray, n: int, ho: int, wo: int, bias: np.ndarray | None = None,
+                     relu: bool = False) -> np.ndarray:
+    """y[N, K, Ho, Wo] from products M[16, K, P]: A^T m A per tile (+ bias, then ReLU)."""
+    k = m.shape[1]
+    th, tw = tiles(ho, wo)
+    t = np.einsum("ia,abknts,jb->kntsij", AT, m.reshape(4, 4, k, n, th, tw), AT)  # [K, N, TH, TW, 2, 2]
+    y = t.transpose(1, 0, 2, 4, 3, 5).reshape(n, k, 2 * th, 2 * tw)[:, :, :ho, :wo]
+    if bias is not None:
+        y = y + bias.reshape(1, k, 1, 1)
+    if relu:
+        y = np.maximum(y, 0)
+    return np.ascontiguousarray(y)
+
+
+def grad_output_transform(dy: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Y[16, K, P] = A e A^T for each 2x2 tile e of dy (zeros past Ho/Wo)."""
+    n, k, ho, wo = dy.shape
+    e = np.zeros((n, k, 2 * th, 2 * tw), dtype=dy.dtype)
+    e[:, :, :ho, :wo] = dy
+    e = e.reshape(n, k, th, 2, tw, 2)
+    y = np.einsum("ai,nktiuj,bj->abkntu", AT.T, e, AT.T)
+    return np.ascontiguousarray(y.reshape(16, k, n * th * tw))
+
+
+def filter_grad_transform(d: np.ndarray) -> np.ndarray:
+    """dW[K, C, 3, 3] = G^T s G from D[16, K, C] or D[16, splits, K, C] (splits summed)."""
+    if d.ndim == 4:
+        d = d.sum(axis=1)
+    k, c = d.shape[1:]
+    return np.ascontiguousarray(np.einsum("ai,abkc,bj->kcij", G, d.reshape(4, 4, k, c), G))
+
+
+# ----------------------------------------------------------------------------------
+# The three passes, composed (NumPy; float64 in the tests)
+# ----------------------------------------------------------------------------------
+
+def _check_geometry(op: str, w_shape: Any, pad: int) -> None:
+    if not eligible(w_shape, 1, pad, 1):
+        raise OpArgumentError(f"{op}: Winograd F(2x2,3x3) needs 3x3 filters and pad <= 2 (stride 1, dilation 1), "
+                              f"got filters {tuple(w_shape)}, pad {pad}")
+
+
+def conv_forward_winograd_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int,
+                              relu: bool = False) -> np.ndarray:
+    """y = conv(x, w) + b (stride 1), by the transforms: the reference of the GPU pass."""
+    _check_geometry("conv_forward_winograd", w.shape, pad)
+    n, _, h, wd = x.shape
+    ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+    th, tw = tiles(ho, wo)
+    m = filter_transform(w) @ input_transform(x, pad, th, tw)  # 16 GEMMs [K,C] x [C,P]
+    return output_transform(m, n, ho, wo, b, relu)
+
+
+def conv_backward_data_winograd_cpu(dy: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    """dx: the forward pass of dy with rotated, transposed filters and padding 2 - pad."""
+    _check_geometry("conv_backward_data_winograd", w.shape, pad)
+    n, _, ho, wo = dy.shape
+    h, wd = ho + 2 - 2 * pad, wo + 2 - 2 * pad
+    th, tw = tiles(h, wd)
+    m = filter_transform(w, flip=True) @ input_transform(dy, 2 - pad, th, tw)
+    return output_transform(m, n, h, wd)
+
+
+def conv_backward_filter_winograd_cpu(x: np.ndarray, dy: np.ndarray, pad: int) -> np.ndarray:
+    """dW[K, C, 3, 3] = G^T [sum_p (A dy_p A^T) * (B^T d_p B)] G."""
+    _, _, ho, wo = dy.shape
+    th, tw = tiles(ho, wo)
+    d = grad_output_transform(dy, th, tw) @ input_transform(x, pad, th, tw).transpose(0, 2, 1)
+    return filter_grad_transform(d)
+
+
+# ----------------------------------------------------------------------------------
+# GPU passes: workspace plan, chunks of the batch, launches
+# ----------------------------------------------------------------------------------
+
+def _ws_cap_elems() -> int:
+    raw = os.environ.get(WS_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else float(_WS_DEFAULT_MB)
+    except ValueError:
+        raise OpArgumentError(f"conv: {WS_ENV} must be a number of MiB, got {raw!r}") from None
+    if mb <= 0:
+        raise OpArgumentError(f"conv: {WS_ENV} must be > 0, got {raw!r}")
+    return int(mb * 2**20) // 4
+
+
+def _bwdf_splits(k: int, c: int, p: int) -> int:
+    """Split-K of the backward-filter GEMMs (reduction over P tiles, output 16 x K x C)."""
+    blocks = 16 * -(-k // _TILE) * -(-c // _TILE)
+    if blocks >= 2 * _SMS_HINT or p < 4096:
+        return 1
+    return max(1, min(-(-2 * _SMS_HINT // blocks), p // 2048, 16))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """How one pass lays out its float32 workspace: fixed part, per-image part, chunk."""
+
+    pass_: str          # fwd | bwdd | bwdf
+    fixed: int          # elements independent of the chunk (filters; backward-filter's D)
+    per_image: int      # elements per image in a chunk (transformed inputs and products)
+    chunk: int          # images per chunk
+    splits: int = 1     # backward-filter split-K
+
+    @property
+    def elems(self) -> int:
+        return self.fixed + self.per_image * self.chunk
+
+
+def workspace_plan(pass_: str, x_shape: Any, w_shape: Any, pad: int, cap_elems: int | None = None) -> Workspace:
+    """The workspace of one Winograd pass of conv(x[N,C,H,W], w[K,C,3,3]), chunked so it stays
+    under the cap ($GPUCONV_WINOGRAD_WS_MB, default 256 MiB) where one image allows."""
+    n, c, h, wd = (int(v) for v in x_shape)
+    k = int(w_shape[0])
+    ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
+    cap = _ws_cap_elems() if cap_elems is None else cap_elems
+    if pass_ == "fwd":
+        th, tw = tiles(ho, wo)
+        fixed, per_image, splits = 16 * k * c, 16 * (c + k) * th * tw, 1
+    elif pass_ == "bwdd":
+        th, tw = tiles(h, wd)
+        fixed, per_image, splits = 16 * c * k, 16 * (k + c) * th * tw, 1
+    elif pass_ == "bwdf":
+        th, tw = tiles(ho, wo)
+        per_image = 16 * (c + k) * th * tw
+        chunk0 = max(1, min(n, (cap - 16 * k * c) // max(per_image, 1)))
+        splits = _bwdf_splits(k, c, chunk0 * th * tw)
+        fixed = 16 * splits * k * c
+    else:
+        raise ValueError(pass_)
+    chunk = max(1, min(n, (cap - fixed) // max(per_image, 1)))
+    return Workspace(pass_, fixed, per_image, chunk, splits)
+
+
+def layer_workspace_elems(x_shape: Any, w_shape: Any, pad: int, train: bool = True) -> int:
+    """The float32 elements a conv layer's Winograd passes need (the largest of its passes)."""
+    passes = ("fwd", "bwdd", "bwdf") if train else ("fwd",)
+    return max(workspace_plan(p, x_shape, w_shape, pad).elems for p in passes)
+
+
+def _grid(total: int) -> tuple[int, int, int]:
+    return (max(1, min(cuda.cdiv(total, 256), 1 << 20)), 1, 1)
+
+
+def _workspace(xp: Any, ws: Workspace, given: Any) -> Any:
+    """A flat float32 array of ws.elems: the caller's (planned) workspace, or a fresh one."""
+    if given is None:
+        return xp.empty(ws.elems, dtype=np.float32)
+    if given.dtype != np.float32 or given.size < ws.elems or not given.flags.c_contiguous:
+        raise OpArgumentError(f"conv ({ws.pass_}, Winograd): workspace must be a contiguous float32 array of "
+                              f">= {ws.elems} elements, got {given.dtype} x {given.size}")
+    return given.reshape(-1)
+
+
+def _take(flat: Any, start: int, shape: tuple[int, ...]) -> tuple[Any, int]:
+    size = int(np.prod(shape))
+    return flat[start:start + size].reshape(shape), start + size
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(n0, min(chunk, n - n0)) for n0 in range(0, n, chunk)]
+
+
+def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out: Any, flip: bool,
+                          ws: Workspace, flat: Any) -> Any:
+    """out = conv(src, w') by F(2x2,3x3): w' = w (forward) or rotated+transposed (flip)."""
+    from .fc import gemm_batched_gpu  # noqa: PLC0415
+    n, c_in, h, wd = src.shape
+    _, c_out, ho, wo = out.shape
+    k0, c0 = w.shape[:2]
+    th, tw = tiles(ho, wo)
+    u, pos = _take(flat, 0, (16, c_out, c_in))
+    cuda.launch("winograd", "wino_filter_f32", _grid(k0 * c0), (256, 1, 1), [w, u, k0, c0, int(flip)])
+    has_bias = bias is not None
+    for n0, nb in _chunks(n, ws.chunk):
+        p = nb * th * tw
+        v, end = _take(flat, pos, (16, c_in, p))
+        m, _ = _take(flat, end, (16, c_out, p))
+        cuda.launch("winograd", "wino_input_f32", _grid(c_in * p), (256, 1, 1),
+                    [src, v, n0, nb, c_in, h, wd, pad, th, tw])
+        gemm_batched_gpu(u, v, m)
+        cuda.launch("winograd", "wino_output_f32", _grid(c_out * p), (256, 1, 1),
+                    [m, out, bias if has_bias else out, n0, nb, c_out, ho, wo, th, tw, int(has_bias), int(relu)])
+    return out
+
+
+def conv_forward_winograd_gpu(x: Any, w: Any, b: Any, pad: int, relu: bool, out: Any, workspace: Any = None) -> Any:
+    """Forward pass into ``out`` (arguments validated by ops.conv): filters, then per chunk of
+    the batch input transform -> 16 GEMMs -> output transform with bias and ReLU."""
+    ws = workspace_plan("fwd", x.shape, w.shape, pad)
+    flat = _workspace(device.array_module(x), ws, workspace)
+    return _transformed_conv_gpu(x, w, b, pad, relu, out, False, ws, flat)
+
+
+def conv_backward_data_winograd_gpu(dy: Any, w: Any, pad: int, out: Any, workspace: Any = None) -> Any:
+    """dx into ``out``: the forward pass of dy with rotated, transposed filters, padding 2 - pad."""
+    ws = workspace_plan("bwdd", out.shape, w.shape, pad)
+    flat = _workspace(device.array_module(dy), ws, workspace)
+    return _transformed_conv_gpu(dy, w, None, 2 - pad, False, out, True, ws, flat)
+
+
+def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, workspace: Any = None) -> Any:
+    """dW into ``dw`` (overwritten): per chunk, transforms of x and dy and the 16 GEMMs
+    D += Y V^T (split-K slices kept apart), then dW = G^T (sum of slices) G."""
+    from .fc import gemm_batched_gpu  # noqa: PLC0415
+    n, c, h, wd = x.shape
+    k = dw.shape[0]
+    _, _, ho, wo = dy.shape
+    th, tw = tiles(ho, wo)
+    ws = workspace_plan("bwdf", x.shape, dw.shape, pad)
+    flat = _workspace(device.array_module(x), ws, workspace)
+    shape_d = (16, ws.splits, k, c) if ws.splits > 1 else (16, k, c)
+    d, pos = _take(flat, 0, shape_d)
+    for i, (n0, nb) in enumerate(_chunks(n, ws.chunk)):
+        p = nb * th * tw
+        v, end = _take(flat, pos, (16, c, p))
+        y, _ = _take(flat, end, (16, k, p))
+        cuda.launch("winograd", "wino_input_f32", _grid(c * p), (256, 1, 1), [x, v, n0, nb, c, h, wd, pad, th, tw])
+        cuda.launch("winograd", "wino_grad_output_f32", _grid(k * p), (256, 1, 1), [dy, y, n0, nb, k, ho, wo, th, tw])
+        gemm_batched_gpu(y, v, d, trans_b=True, splits=ws.splits, beta=0.0 if i == 0 else 1.0)
+    cuda.launch("winograd", "wino_filter_grad_f32", _grid(k * c), (256, 1, 1), [d, dw, k, c, ws.splits])
+    return dw
