@@ -79,7 +79,10 @@ def test_workspace_plan_chunks_under_the_cap():
         full = W.workspace_plan(p, x_shape, w_shape, 1, cap_elems=1 << 40)
         assert full.chunk == 64
         ws = W.workspace_plan(p, x_shape, w_shape, 1, cap_elems=64 << 20)
-        assert ws.elems <= 64 << 20 and ws.chunk < 64 and ws.fixed + ws.per_image * (ws.chunk + 1) > 64 << 20
+        assert ws.elems <= 64 << 20 and ws.chunk < 64
+        chunks = -(-64 // ws.chunk)
+        assert ws.chunk == -(-64 // chunks)  # chunks of even size, not full ones and a small tail
+        assert ws.fixed + ws.per_image * -(-64 // (chunks - 1)) > 64 << 20  # one chunk fewer would not fit
     fwd = W.workspace_plan("fwd", x_shape, w_shape, 1, cap_elems=1 << 40)
     assert fwd.per_image == 16 * (256 + 256) * 28 * 28 and fwd.fixed == 16 * 256 * 256
     # one image over the cap still runs: one image per chunk, whatever it needs

@@ -238,7 +238,8 @@ def workspace_plan(pass_: str, x_shape: Any, w_shape: Any, pad: int, cap_elems: 
         fixed = 16 * splits * k * c
     else:
         raise ValueError(pass_)
-    chunk = max(1, min(n, (cap - fixed) // max(per_image, 1)))
+    most = max(1, min(n, (cap - fixed) // max(per_image, 1)))
+    chunk = -(-n // -(-n // most))  # as many chunks as the cap needs, of even sizes (no 1-image tail)
     return Workspace(pass_, fixed, per_image, chunk, splits)
 
 
