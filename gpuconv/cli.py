@@ -23,6 +23,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
+    p.add_argument("--conv-algo", default=None, choices=["gemm", "winograd"],
+                   help="GPU conv algorithm at fp32 (default: $GPUCONV_CONV_ALGO, else gemm); winograd: "
+                        "F(2x2,3x3) for the 3x3 stride-1 layers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (else $GPUCONV_DATA, then "
                    "/usr/share/datasets/<name>)")
@@ -48,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
                       schedule=args.schedule, device=args.device, seed=args.seed, data_dir=args.data_dir,
                       out_dir=args.out, resume=args.resume, augment=args.augment, log_every=args.log_every,
                       limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
-                      budget=args.budget, planned=not args.unplanned)
+                      conv_algo=args.conv_algo, budget=args.budget, planned=not args.unplanned)
     try:
         result = train(cfg)
     except (DataError, CheckpointError, ValueError, KeyError, PlanExceedsBudget) as exc:

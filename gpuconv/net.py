@@ -149,6 +149,16 @@ class Net:
             if hasattr(layer, "precision"):
                 layer.precision = precision  # type: ignore[attr-defined]
 
+    def set_conv_algo(self, algo: str | None) -> None:
+        """The GPU algorithm of every CONV layer: 'gemm', 'winograd' (3x3 stride-1 layers;
+        the others keep the GEMM) or None ($GPUCONV_CONV_ALGO).  Set it before planning:
+        Winograd's workspace is part of the memory plan."""
+        if algo is not None and algo not in ("gemm", "winograd"):
+            raise ValueError(f"conv algo must be 'gemm', 'winograd' or None, got {algo!r}")
+        for layer in self.layers:
+            if layer.kind == "CONV":
+                layer.algo = algo  # type: ignore[attr-defined]
+
     # ---- execution --------------------------------------------------------------------
     def check_input(self, x: Any) -> None:
         if tuple(x.shape[1:]) != self.input_shape:

@@ -57,6 +57,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     precision: str = "fp32"
+    conv_algo: str | None = None    # gemm | winograd | None ($GPUCONV_CONV_ALGO)
     eval_batch: int = 1000
     save: bool = True
     budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.precision not in ("fp32", "tf32"):
             raise ValueError(f"--precision must be fp32 or tf32, got {self.precision!r}")
+        if self.conv_algo not in (None, "gemm", "winograd"):
+            raise ValueError(f"--conv-algo must be gemm or winograd, got {self.conv_algo!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
 
@@ -100,6 +103,8 @@ def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device,
     if net.input_shape != ds.input_shape:
         raise ValueError(f"model {cfg.model!r} takes {net.input_shape} inputs, dataset {ds.name} has {ds.input_shape}")
     net.set_precision(cfg.precision)
+    if cfg.conv_algo is not None:
+        net.set_conv_algo(cfg.conv_algo)
     schedule = Schedule(cfg.schedule, total_epochs=cfg.epochs, step_epochs=max(cfg.epochs // 3, 1))
     opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule)
     if not cfg.planned:

@@ -293,3 +293,20 @@ def test_gpu_planned_step_with_winograd_matches_gemm(rng):
         grads.append(device.to_host(ex.grad_view()))
     assert abs(losses[0] - losses[1]) <= 1e-5 * max(1.0, abs(losses[0]))
     assert rel_error(grads[0], grads[1]) < 1e-4
+
+
+def test_net_and_train_config_set_the_algo(monkeypatch):
+    from gpuconv import zoo
+    from gpuconv.train import TrainConfig
+
+    monkeypatch.delenv(W.ALGO_ENV, raising=False)
+    net = zoo.get_model("vgg16")
+    net.set_conv_algo("winograd")
+    ws = [t for t in make_plan(net, 2).tensors if t.kind == "workspace"]
+    assert len(ws) == 13  # every VGG16 conv is 3x3 stride 1 pad 1
+    net.set_conv_algo("gemm")
+    assert not [t for t in make_plan(net, 2).tensors if t.kind == "workspace"]
+    with pytest.raises(ValueError, match="conv algo"):
+        net.set_conv_algo("fft")
+    with pytest.raises(ValueError, match="--conv-algo"):
+        TrainConfig(conv_algo="fft").validate()
