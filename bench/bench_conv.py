@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from dataclasses import dataclass
 
 if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
 
 import numpy as np
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
+from bench.harness import Row, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
 
 
 @dataclass(frozen=True)
@@ -148,15 +147,8 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None,
     rows: list[Row] = []
     for L in layers:
         for mode in MODES:
-            try:
-                rows.extend(_bench_layer(L, mode, cp, conv, schedules))
-            except Exception as exc:  # noqa: BLE001  (keep benchmarking the other layers)
-                traceback.print_exc()
-                rows.append(Row("conv", f"{L.label}", mode, None, extra={"error": f"{type(exc).__name__}: {exc}"}))
-            finally:
-                cp.get_default_memory_pool().free_all_blocks()
-                if torch is not None and torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            rows += guarded_case("conv", L.label, mode, cp,
+                                 lambda L=L, mode=mode: _bench_layer(L, mode, cp, conv, schedules))
     return rows
 
 

@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 
 if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_conv import LAYERS  # noqa: E402
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <= 2]
 QUICK = ("CIFAR 64", "VGG conv5_2")
@@ -122,15 +121,7 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
     for L in WINO_LAYERS:
         if names is not None and L.name not in names:
             continue
-        try:
-            rows.extend(_bench_layer(L, cp, conv, winograd))
-        except Exception as exc:  # noqa: BLE001  (keep benchmarking the other layers)
-            traceback.print_exc()
-            rows.append(Row("winograd", L.label, "fp32", None, extra={"error": f"{type(exc).__name__}: {exc}"}))
-        finally:
-            cp.get_default_memory_pool().free_all_blocks()
-            if torch is not None and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        rows += guarded_case("winograd", L.label, "fp32", cp, lambda L=L: _bench_layer(L, cp, conv, winograd))
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -92,6 +93,20 @@ def print_rows(rows: list[Row]) -> None:
     print(HEADER)
     for r in rows:
         print(r.markdown(), flush=True)
+
+
+def guarded_case(suite: str, case: str, mode: str, cp: Any, bench: Callable[[], list[Row]]) -> list[Row]:
+    """bench()'s rows, or one row carrying the error (the other cases go on); device memory
+    of both frameworks is released afterwards, so one large case does not starve the next."""
+    try:
+        return bench()
+    except Exception as exc:  # noqa: BLE001  (keep benchmarking the other cases)
+        traceback.print_exc()
+        return [Row(suite, case, mode, None, extra={"error": f"{type(exc).__name__}: {exc}"})]
+    finally:
+        cp.get_default_memory_pool().free_all_blocks()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def main_quick(run: Callable[..., list[Row]], doc: str | None) -> None:

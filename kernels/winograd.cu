@@ -24,6 +24,20 @@
 
 typedef long long i64;
 
+// Item idx of a [rows][P] loop -> its row and tile p, and tile p -> its image n and the
+// output position (h0, w0) of its top-left element (2ti, 2tj).
+struct TileItem { int row, n, h0, w0; i64 p; };
+__device__ __forceinline__ TileItem tile_item(i64 idx, i64 P, int n0, int TH, int TW) {
+    TileItem t;
+    t.row = (int)(idx / P);
+    t.p = idx - (i64)t.row * P;
+    t.n = n0 + (int)(t.p / (TH * TW));
+    const int q = (int)(t.p % (TH * TW));
+    t.h0 = (q / TW) * 2;
+    t.w0 = (q % TW) * 2;
+    return t;
+}
+
 // B^T d B for a 4x4 patch d (B^T rows: [1,0,-1,0], [0,1,1,0], [0,-1,1,0], [0,1,0,-1]).
 __device__ __forceinline__ void input_tile(const float d[4][4], float v[16]) {
     float t[4][4];
@@ -48,12 +62,10 @@ extern "C" __global__ void wino_input_f32(const float* __restrict__ x, float* __
                                           int C, int H, int W, int pad, int TH, int TW) {
     const i64 P = (i64)nb * TH * TW, total = (i64)C * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
-        const int c = (int)(idx / P);
-        const i64 p = idx - (i64)c * P;
-        const int n = n0 + (int)(p / (TH * TW));
-        const int t = (int)(p % (TH * TW));
-        const int h0 = (t / TW) * 2 - pad, w0 = (t % TW) * 2 - pad;
-        const float* img = x + ((i64)n * C + c) * H * W;
+        const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel c
+        const int c = it.row, h0 = it.h0 - pad, w0 = it.w0 - pad;
+        const i64 p = it.p;
+        const float* img = x + ((i64)it.n * C + c) * H * W;
         float d[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -109,11 +121,9 @@ extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* _
                                            int TH, int TW, int has_bias, int relu) {
     const i64 P = (i64)nb * TH * TW, total = (i64)K * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
-        const int k = (int)(idx / P);
-        const i64 p = idx - (i64)k * P;
-        const int n = n0 + (int)(p / (TH * TW));
-        const int t = (int)(p % (TH * TW));
-        const int h0 = (t / TW) * 2, w0 = (t % TW) * 2;
+        const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel k
+        const int k = it.row, n = it.n, h0 = it.h0, w0 = it.w0;
+        const i64 p = it.p;
         float m[16];
 #pragma unroll
         for (int b = 0; b < 16; ++b) m[b] = M[((i64)b * K + k) * P + p];
@@ -146,11 +156,9 @@ extern "C" __global__ void wino_grad_output_f32(const float* __restrict__ dy, fl
                                                 int nb, int K, int Ho, int Wo, int TH, int TW) {
     const i64 P = (i64)nb * TH * TW, total = (i64)K * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
-        const int k = (int)(idx / P);
-        const i64 p = idx - (i64)k * P;
-        const int n = n0 + (int)(p / (TH * TW));
-        const int t = (int)(p % (TH * TW));
-        const int h0 = (t / TW) * 2, w0 = (t % TW) * 2;
+        const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel k
+        const int k = it.row, n = it.n, h0 = it.h0, w0 = it.w0;
+        const i64 p = it.p;
         const float* g = dy + ((i64)n * K + k) * Ho * Wo;
         float e[2][2];
 #pragma unroll

@@ -80,9 +80,8 @@ class Conv(Layer):
 
     def uses_winograd(self) -> bool:
         """True when this layer's GPU passes run Winograd F(2x2,3x3) (see ops.conv.conv_forward)."""
-        return (winograd.chosen_algo(self.algo) == "winograd" and np.dtype(self.dtype) == np.float32
-                and self.precision == "fp32"
-                and winograd.eligible((self.K, 0, self.F, self.F), self.S, self.P, self.dilation))
+        return conv_ops.use_winograd(self.algo, np.dtype(self.dtype), self.precision, (self.K, 0, self.F, self.F),
+                                     self.S, self.P, self.dilation)
 
     def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
         if not self.uses_winograd():

@@ -48,6 +48,7 @@ __all__ = [
     "conv_backward_data_gpu",
     "conv_backward_filter_gpu",
     "conv_bias_grad_gpu",
+    "use_winograd",
 ]
 
 PRECISIONS = ("fp32", "tf32")
@@ -111,7 +112,7 @@ def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
     return t
 
 
-def _use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
+def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
                   pad: int, dilation: int) -> bool:
     """Winograd where it was asked for (algo / $GPUCONV_CONV_ALGO) and applies: float32 data
     at fp32 precision (TF32 and float64 keep their kernels) and F(2x2,3x3) geometry."""
@@ -141,7 +142,7 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     _check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
     y = check_out(op, out, shape, like=x, dtype=dt)
-    use_wino = _use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
+    use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(x):
         if use_wino:
             return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace)
@@ -161,7 +162,7 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
     y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
-    use_wino = _use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
+    use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(dy):
         if use_wino:
             return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace)
@@ -186,7 +187,7 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
-    use_wino = _use_winograd(algo, dt, precision, w_shape, stride, pad, dilation)
+    use_wino = use_winograd(algo, dt, precision, w_shape, stride, pad, dilation)
     if device.is_gpu_array(x):
         if use_wino:
             winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace)

@@ -173,6 +173,7 @@ def conv_backward_data_winograd_cpu(dy: np.ndarray, w: np.ndarray, pad: int) -> 
 
 def conv_backward_filter_winograd_cpu(x: np.ndarray, dy: np.ndarray, pad: int) -> np.ndarray:
     """dW[K, C, 3, 3] = G^T [sum_p (A dy_p A^T) * (B^T d_p B)] G."""
+    _check_geometry("conv_backward_filter_winograd", (dy.shape[1], x.shape[1], 3, 3), pad)
     _, _, ho, wo = dy.shape
     th, tw = tiles(ho, wo)
     d = grad_output_transform(dy, th, tw) @ input_transform(x, pad, th, tw).transpose(0, 2, 1)
