@@ -1,13 +1,14 @@
-"""Benchmark the Winograd F(2x2,3x3) conv against our implicit GEMM and cuDNN (fp32, TF32 off).
+"""Benchmark the Winograd F(2x2,3x3) conv against our implicit GEMM and cuDNN (fp32 and TF32).
 
-    python bench/bench_winograd.py [--quick] [--json] [--only "VGG conv3_2,..."]
+    python bench/bench_winograd.py [--quick] [--json] [--only "VGG conv3_2,..."] [--precision fp32,tf32]
 
 The 3x3 stride-1 layers of bench_conv.py (L5, VGG conv1_2/conv3_2/conv5_2, CIFAR 64/128)
 are the ones Winograd applies to.  Per layer and pass (fwd, bwd-data, bwd-filter (+ bias
 grad), fwd+bwd), three timings on the same inputs: ours with ``algo="winograd"`` (the
 row's "ours"), ours with the implicit GEMM (``extra['gemm_ms']``, and the ratio
 gemm/winograd in ``extra['speedup_vs_gemm']``), and cuDNN with ``cudnn.benchmark=True``
-and TF32 off (the row's "torch").  Rates count the direct convolution's FLOPs
+(the row's "torch").  Precision modes are separate rows: "fp32" with TF32 off on both sides,
+"tf32" with TF32 on both sides (ours: the 16 GEMMs on tensor cores).  Rates count the direct convolution's FLOPs
 (2*N*K*Ho*Wo*C*9 per pass), so they compare with bench_conv's rows; Winograd's
 multiplies are 1/2.25 of that.  ``extra['rel_err']`` is the forward's distance from
 cuDNN's; ``extra['ws_mib']`` the workspace one pass allocated (the memory plan's figure).
@@ -34,7 +35,7 @@ WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <
 QUICK = ("CIFAR 64", "VGG conv5_2")
 
 
-def _bench_layer(L, cp, conv, winograd) -> list[Row]:  # noqa: ANN001
+def _bench_layer(L, cp, conv, winograd, precision: str) -> list[Row]:  # noqa: ANN001
     n, c, h, w, k, p = L.n, L.c, L.h, L.w, L.k, L.p
     ho, wo = h + 2 * p - 2, w + 2 * p - 2
     flops = 2.0 * n * k * ho * wo * c * 9
@@ -48,7 +49,7 @@ def _bench_layer(L, cp, conv, winograd) -> list[Row]:  # noqa: ANN001
     ws = cp.empty(ws_elems, dtype=cp.float32)  # one planned workspace, as a net's executor passes it
 
     def passes(algo: str) -> dict[str, object]:
-        kw = {"algo": algo, "workspace": ws if algo == "winograd" else None}
+        kw = {"algo": algo, "workspace": ws if algo == "winograd" else None, "precision": precision}
 
         def fwd() -> None:
             conv.conv_forward(x, wt, b, 1, p, out=y, **kw)
@@ -71,7 +72,7 @@ def _bench_layer(L, cp, conv, winograd) -> list[Row]:  # noqa: ANN001
     rel_err = None
     if torch is not None and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        set_torch_tf32(False)
+        set_torch_tf32(precision == "tf32")
         tx = torch.from_dlpack(x).requires_grad_(True)
         tw = torch.from_dlpack(wt).requires_grad_(True)
         tb = torch.from_dlpack(b).requires_grad_(True)
@@ -106,11 +107,12 @@ def _bench_layer(L, cp, conv, winograd) -> list[Row]:  # noqa: ANN001
                  "ws_mib": ws_elems * 4 / 2**20}
         if rel_err is not None:
             extra["rel_err"] = rel_err
-        rows.append(Row("winograd", f"{L.label} {name}", "fp32", ours[name], theirs[name], work, extra=extra))
+        rows.append(Row("winograd", f"{L.label} {name}", precision, ours[name], theirs[name], work, extra=extra))
     return rows
 
 
-def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
+def run(quick: bool = False, only: tuple[str, ...] | None = None,
+        precisions: tuple[str, ...] = ("fp32", "tf32")) -> list[Row]:
     """Time every eligible layer; a layer that fails gets a row carrying the error."""
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import conv, winograd  # noqa: PLC0415
@@ -118,10 +120,12 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
     cp = device.get_device("cuda").xp
     names = only if only else QUICK if quick else None
     rows: list[Row] = []
-    for L in WINO_LAYERS:
-        if names is not None and L.name not in names:
-            continue
-        rows += guarded_case("winograd", L.label, "fp32", cp, lambda L=L: _bench_layer(L, cp, conv, winograd))
+    for precision in precisions:
+        for L in WINO_LAYERS:
+            if names is not None and L.name not in names:
+                continue
+            rows += guarded_case("winograd", L.label, precision, cp,
+                                 lambda L=L, pr=precision: _bench_layer(L, cp, conv, winograd, pr))
     return rows
 
 
@@ -130,11 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
     ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. 'VGG conv3_2,L5'")
+    ap.add_argument("--precision", default="fp32,tf32", help="comma-separated modes: fp32 (TF32 off), tf32")
     args = ap.parse_args(argv)
-    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None)
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    if not precisions or any(p not in ("fp32", "tf32") for p in precisions):
+        ap.error(f"--precision: comma-separated fp32/tf32, got {args.precision!r}")
+    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None, precisions)
     print_rows(rows)
     for r in rows:  # the GEMM comparison lives in extra: print it beside the table
-        print(f"{r.name}: winograd {r.ours_ms} ms, gemm {r.extra.get('gemm_ms')} ms, "
+        print(f"{r.name} [{r.mode}]: winograd {r.ours_ms} ms, gemm {r.extra.get('gemm_ms')} ms, "
               f"gemm/winograd {r.extra.get('speedup_vs_gemm')}, rel_err {r.extra.get('rel_err')}")
     if args.json:
         for r in rows:

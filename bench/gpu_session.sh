@@ -10,7 +10,8 @@
 #                                           #   .data/baseline-kernels: carry it to the GPU, then
 #   bash bench/gpu_session.sh ab        # conv and FC timed with those kernels and with ours, one run each
 #   bash bench/gpu_session.sh winograd  # Winograd F(2x2,3x3): GPU tests, then Winograd vs our GEMM vs cuDNN
-#                                       #   (fp32) and the VGG16 step with GPUCONV_CONV_ALGO=winograd
+#                                       #   (fp32 and TF32 rows)
+#   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / =winograd
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -110,12 +111,15 @@ winograd)  # never run on a GPU before: correctness first, then the three-way ti
   timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_winograd.py tests/test_fc.py \
       > "$OUT/gpu_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
-  timeout 200 python3 bench/bench_winograd.py > "$OUT/winograd.log" 2>&1
+  timeout 400 python3 bench/bench_winograd.py > "$OUT/winograd.log" 2>&1
   echo "bench rc=$?" >> "$OUT/winograd.log"
-  { for algo in gemm winograd; do echo "GPUCONV_CONV_ALGO=$algo"
-      GPUCONV_CONV_ALGO=$algo timeout 90 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, 'fp32')])"
-    done; } > "$OUT/vgg16.log" 2>&1
-  tail -n 3 "$OUT/gpu_tests.log"; tail -n 14 "$OUT/winograd.log"; cat "$OUT/vgg16.log"
+  tail -n 3 "$OUT/gpu_tests.log"; tail -n 28 "$OUT/winograd.log"
+  ;;
+winograd-vgg)  # whole training steps: does Winograd pay off in a net (its workspace planned in the arena)?
+  { for prec in fp32 tf32; do for algo in gemm winograd; do echo "GPUCONV_CONV_ALGO=$algo $prec"
+      GPUCONV_CONV_ALGO=$algo timeout 120 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, '$prec')])"
+    done; done; } > "$OUT/vgg16.log" 2>&1
+  cat "$OUT/vgg16.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \

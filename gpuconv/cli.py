@@ -24,8 +24,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
     p.add_argument("--conv-algo", default=None, choices=["gemm", "winograd"],
-                   help="GPU conv algorithm at fp32 (default: $GPUCONV_CONV_ALGO, else gemm); winograd: "
-                        "F(2x2,3x3) for the 3x3 stride-1 layers")
+                   help="GPU conv algorithm (default: $GPUCONV_CONV_ALGO, else gemm); winograd: "
+                        "F(2x2,3x3) for the float32 3x3 stride-1 layers, at either --precision")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (else $GPUCONV_DATA, then "
                    "/usr/share/datasets/<name>)")

@@ -28,9 +28,9 @@
 //   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
 //   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
 //   the slices and applies alpha/beta/bias/ReLU.
-//   gemm_f32_batched_{nn,nt} the FP32 kernel over a batch of equal-shaped GEMMs (the
-//                            Winograd conv's 16 transform components): grid = (cdiv(M,128),
-//                            cdiv(N,128), batch*splits); GEMM b's split s writes
+//   gemm_{f32,tf32}_batched_{nn,nt}  the FP32 / TF32 kernel over a batch of equal-shaped
+//                            GEMMs (the Winograd conv's 16 transform components): grid =
+//                            (cdiv(M,128), cdiv(N,128), batch*splits); GEMM b's split s writes
 //                            C + b*sC + s*M*N (no bias/ReLU epilogue).
 //   flags bits: 1 = A rows float4-loadable (ld % 4 == 0, 16-B aligned), 2 = same for B,
 //               4 = C float4-storable, 8 = C float2-storable.
@@ -492,21 +492,21 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
 #define GEMM_ASYNC_ENTRY(TAG, TA, TB)
 #endif
 
-// gemm_f32_batched_*: blockIdx.z = b * splits + s runs split s of GEMM b, whose operands
-// start at A + b*sA, B + b*sB and whose output (with its `splits` [M,N] partial slices)
-// starts at C + b*sC.  Strides are in elements; 16-B alignment of every batch's operands
-// is the caller's to check before setting the float4 flags.  Two blocks per SM, as the plain
-// gemm_f32_* get (128 registers): without the bound ptxas takes 139-151 and fits one; with it
-// the main loop keeps 7 (nn) / 3 (nt) L1-resident local accesses per 640-instruction trip
-// (bench/sass_stats.py, sm_90): the per-batch base pointers live in registers where the
-// plain entries re-read their parameters from the constant bank.
-#define GEMM_BATCHED_ENTRY(TAG, TA, TB)                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_f32_batched_##TAG(                 \
+// gemm_{f32,tf32}_batched_*: blockIdx.z = b * splits + s runs split s of GEMM b, whose
+// operands start at A + b*sA, B + b*sB and whose output (with its `splits` [M,N] partial
+// slices) starts at C + b*sC.  Strides are in elements; 16-B alignment of every batch's
+// operands is the caller's to check before setting the float4 flags.  Two blocks per SM, as
+// the plain gemm_f32_* get (128 registers): without the bound ptxas takes 139-151 for the
+// FP32 body and fits one; with it the FP32 main loop keeps 7 (nn) / 3 (nt) L1-resident local
+// accesses per 640-instruction trip (bench/sass_stats.py, sm_90): the per-batch base pointers
+// live in registers where the plain entries re-read their parameters from the constant bank.
+#define GEMM_BATCHED_ENTRY(PREC, BODY, TAG, TA, TB)                                                       \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_##PREC##_batched_##TAG(            \
         const float* A, const float* B, float* C, int M, int N, int K, int kps, float alpha, float beta, \
         int flags, int splits, long long sA, long long sB, long long sC) {                                \
         const int b = blockIdx.z / splits;                                                                \
-        sgemm_body<TA, TB>(A + b * sA, B + b * sB, C + b * sC, nullptr, M, N, K, kps, alpha, beta, 0, 0,  \
-                           flags, blockIdx.z - b * splits);                                               \
+        BODY<TA, TB>(A + b * sA, B + b * sB, C + b * sC, nullptr, M, N, K, kps, alpha, beta, 0, 0, flags, \
+                     blockIdx.z - b * splits);                                                            \
     }
 
 #define GEMM_ENTRIES(TAG, TA, TB)                                                                          \
@@ -531,8 +531,10 @@ GEMM_ENTRIES(nn, false, false)
 GEMM_ENTRIES(nt, false, true)
 GEMM_ENTRIES(tn, true, false)
 GEMM_ENTRIES(tt, true, true)
-GEMM_BATCHED_ENTRY(nn, false, false)  // Winograd conv: transformed filters x transformed inputs
-GEMM_BATCHED_ENTRY(nt, false, true)   // Winograd conv backward-filter: reduction over tiles
+GEMM_BATCHED_ENTRY(f32, sgemm_body, nn, false, false)    // Winograd conv: transformed filters x inputs
+GEMM_BATCHED_ENTRY(f32, sgemm_body, nt, false, true)     // Winograd backward-filter: reduction over tiles
+GEMM_BATCHED_ENTRY(tf32, tf32_body, nn, false, false)    // the same at TF32 precision
+GEMM_BATCHED_ENTRY(tf32, tf32_body, nt, false, true)
 
 // C[i] = epilogue(sum_z ws[z*MN + i]); ws holds the split-K partial products.
 extern "C" __global__ void splitk_reduce_f32(const float* __restrict__ ws, float* __restrict__ C,

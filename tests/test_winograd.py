@@ -14,7 +14,7 @@ from gpuconv.net import Net
 from gpuconv.ops import conv as C
 from gpuconv.ops import fc, winograd as W
 from gpuconv.ops._checks import OpArgumentError
-from tests.helpers import poison, rel_error
+from tests.helpers import device_tf32, poison, rel_error, tf32_truncate
 
 # (N, C, H, W, K, pad): odd and even outputs, every pad the algorithm takes, 1-pixel outputs
 GEOS = [(2, 3, 7, 6, 4, 1), (1, 5, 5, 8, 3, 0), (2, 4, 6, 6, 5, 2), (1, 2, 3, 3, 2, 0), (3, 1, 4, 9, 1, 1)]
@@ -160,6 +160,37 @@ def test_gpu_batched_gemm_matches_numpy(cp, rng, trans_b, m, n, k, splits):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,n,k,splits", [(5, 7, 9, 1), (130, 12, 40, 1), (4, 132, 37, 3)])
+def test_gpu_batched_gemm_tf32(cp, rng, trans_b, m, n, k, splits):
+    """TF32: exact on operands with 10-bit mantissas; arbitrary operands rounded as the device
+    rounds them (so a kernel that skipped the rounding, or ran the fp32 path, fails)."""
+    nb = 2
+    a = rng.standard_normal((nb, m, k)).astype(np.float32)
+    b = rng.standard_normal((nb, n, k) if trans_b else (nb, k, n)).astype(np.float32)
+    out_shape = (nb, splits, m, n) if splits > 1 else (nb, m, n)
+
+    def run(a_, b_):
+        out = poison(cp, out_shape)
+        fc.gemm_batched_gpu(cp.asarray(a_), cp.asarray(b_), out, trans_b=trans_b, splits=splits, precision="tf32")
+        got = device.to_host(out).astype(np.float64)
+        return got.sum(axis=1) if splits > 1 else got
+
+    def exact(a_, b_):
+        bb = b_.astype(np.float64)
+        return a_.astype(np.float64) @ (bb.transpose(0, 2, 1) if trans_b else bb)
+
+    at, bt = tf32_truncate(a), tf32_truncate(b)
+    assert rel_error(run(at, bt), exact(at, bt)) < 1e-6
+    got = run(a, b)
+    assert rel_error(got, exact(device_tf32(cp, a), device_tf32(cp, b))) < 1e-6
+    assert rel_error(got, exact(a, b)) > 1e-5  # the operands really were rounded
+    with pytest.raises(OpArgumentError, match="precision"):
+        fc.gemm_batched_gpu(cp.asarray(a), cp.asarray(b), cp.zeros(out_shape, np.float32), trans_b=trans_b,
+                            splits=splits, precision="bf16")
+
+
+@pytest.mark.gpu
 def test_gpu_batched_gemm_rejects_bad_shapes(cp):
     a, b = cp.zeros((2, 4, 8), dtype=np.float32), cp.zeros((2, 8, 5), dtype=np.float32)
     with pytest.raises(OpArgumentError, match="do not match"):
@@ -235,14 +266,42 @@ def test_gpu_winograd_uses_the_given_workspace(cp, rng, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("g", [GEOS[0], GEOS[2], (2, 40, 6, 7, 9, 1)])
+def test_gpu_winograd_tf32_matches_the_rounded_spec(cp, rng, g):
+    """precision='tf32': the 16 GEMMs take TF32-rounded transforms.  The spec with the device's
+    rounding of those operands is the reference; the exact (unrounded) spec is measurably
+    further away, so running the fp32 GEMM instead would fail.  The data are 13-bit fixed
+    point, so the float32 transforms are exact (sums of <= 9 terms, halves and quarters) and
+    the kernels round the very values the spec rounds: 15-17 significant bits cut to 11,
+    ties included."""
+    x, w, b, dy, pad = _case(rng, g, np.float64)
+    x, w, b, dy = (np.round(np.clip(a, -4, 4) * 1024).astype(np.float32) / np.float32(1024) for a in (x, w, b, dy))
+    x64, w64, b64, dy64 = (a.astype(np.float64) for a in (x, w, b, dy))
+
+    def rnd(a):
+        return device_tf32(cp, a.astype(np.float32)).astype(np.float64)
+
+    gx, gw, gb, gdy = (cp.asarray(a) for a in (x, w, b, dy))
+    got = [C.conv_forward(gx, gw, gb, 1, pad, relu=False, algo="winograd", precision="tf32"),
+           C.conv_backward_data(gdy, gw, x.shape, 1, pad, algo="winograd", precision="tf32"),
+           C.conv_backward_filter(gx, gdy, w.shape, 1, pad, with_bias=False, algo="winograd", precision="tf32")[0]]
+    specs = [lambda r: W.conv_forward_winograd_cpu(x64, w64, b64, pad, rounding=r),
+             lambda r: W.conv_backward_data_winograd_cpu(dy64, w64, pad, rounding=r),
+             lambda r: W.conv_backward_filter_winograd_cpu(x64, dy64, pad, rounding=r)]
+    for name, y, spec in zip(("fwd", "bwdd", "bwdf"), got, specs):
+        near, exact = rel_error(y, spec(rnd)), rel_error(y, spec(None))
+        assert near < 2e-6 and exact > 1e-4, (name, near, exact)
+
+
+@pytest.mark.gpu
 def test_gpu_winograd_request_falls_back_where_it_does_not_apply(cp, rng, monkeypatch):
-    """Stride 2, 5x5 filters, TF32 and float64 run their usual kernels under algo='winograd'."""
+    """Stride 2, 5x5 filters and float64 run their usual kernels under algo='winograd'."""
     from gpuconv import cuda
     launched: list[str] = []
     real = cuda.launch
     monkeypatch.setattr(cuda, "launch", lambda mod, fn, *a, **kw: (launched.append(fn), real(mod, fn, *a, **kw))[1])
-    for (f, s, dtype, precision) in [(3, 2, np.float32, "fp32"), (5, 1, np.float32, "fp32"),
-                                     (3, 1, np.float32, "tf32"), (3, 1, np.float64, "fp32")]:
+    for (f, s, dtype, precision) in [(3, 2, np.float32, "fp32"), (5, 1, np.float32, "tf32"),
+                                     (3, 1, np.float64, "fp32")]:
         x = rng.standard_normal((1, 2, 7, 7)).astype(dtype)
         w = rng.standard_normal((3, 2, f, f)).astype(dtype)
         y = C.conv_forward(cp.asarray(x), cp.asarray(w), None, s, 1, algo="winograd", precision=precision)

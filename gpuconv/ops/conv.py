@@ -115,8 +115,8 @@ def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
 def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
                   pad: int, dilation: int) -> bool:
     """Winograd where it was asked for (algo / $GPUCONV_CONV_ALGO) and applies: float32 data
-    at fp32 precision (TF32 and float64 keep their kernels) and F(2x2,3x3) geometry."""
-    return (winograd.chosen_algo(algo) == "winograd" and dtype == np.float32 and precision == "fp32"
+    (float64 keeps its direct kernels; fp32 or TF32 precision) and F(2x2,3x3) geometry."""
+    return (winograd.chosen_algo(algo) == "winograd" and dtype == np.float32 and precision in PRECISIONS
             and winograd.eligible(w_shape, stride, pad, dilation))
 
 
@@ -129,7 +129,7 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
                  workspace: Any = None) -> Any:
     """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
 
-    ``algo`` (GPU, float32, fp32 precision): 'gemm' (implicit GEMM) or 'winograd' (F(2x2,3x3),
+    ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM) or 'winograd' (F(2x2,3x3),
     used where ``winograd.eligible``; elsewhere the GEMM); None reads $GPUCONV_CONV_ALGO
     (default 'gemm').  ``workspace``: a float32 array for Winograd's transformed tensors
     (the memory plan's; None allocates one).  The CPU path ignores both.
@@ -145,7 +145,7 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(x):
         if use_wino:
-            return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace)
+            return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace, precision)
         return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
     return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
 
@@ -165,7 +165,7 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
     use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(dy):
         if use_wino:
-            return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace)
+            return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace, precision)
         return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
     return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
 
@@ -190,7 +190,7 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     use_wino = use_winograd(algo, dt, precision, w_shape, stride, pad, dilation)
     if device.is_gpu_array(x):
         if use_wino:
-            winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace)
+            winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace, precision)
             if db is not None:
                 conv_bias_grad_gpu(dy, db)
             return dw, db

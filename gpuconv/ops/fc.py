@@ -177,14 +177,18 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     return out
 
 
-def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits: int = 1, beta: float = 0.0) -> Any:
+def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits: int = 1, beta: float = 0.0,
+                     precision: str = "fp32") -> Any:
     """out[i] = a[i] @ op(b[i]) + beta * out[i] for a batch of float32 GEMMs on the device.
 
     a[batch, M, K]; b[batch, K, N], or b[batch, N, K] with ``trans_b``; out[batch, M, N],
     or with ``splits`` > 1 out[batch, splits, M, N]: split s of the reduction goes to
     out[i, s] and the caller sums the splits (the Winograd conv does it in its final
-    transform).  All three C-contiguous.  No bias or ReLU (gemm_f32_batched_* in fc.cu).
+    transform).  All three C-contiguous.  No bias or ReLU (gemm_{f32,tf32}_batched_* in
+    fc.cu).  ``precision="tf32"``: operands rounded to TF32, tensor cores, fp32 accumulation.
     """
+    if precision not in ("fp32", "tf32"):
+        raise OpArgumentError(f"gemm_batched: precision must be 'fp32' or 'tf32', got {precision!r}")
     nb, m, k = a.shape
     n = b.shape[1] if trans_b else b.shape[2]
     want_b = (nb, n, k) if trans_b else (nb, k, n)
@@ -200,7 +204,7 @@ def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits:
     if nb == 0 or m == 0 or n == 0:
         return out
     # whole K slices per split; trailing splits may be empty (they write beta * out)
-    kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), _SLICE["fp32"]) * _SLICE["fp32"]
+    kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), _SLICE[precision]) * _SLICE[precision]
     sa, sb, sc = m * k, n * k, splits * m * n
     # float4 loads need every batch's rows 16-B aligned: row length and batch stride % 4
     lda, ldb = k, (k if trans_b else n)
@@ -208,7 +212,7 @@ def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits:
              | (2 if ldb % 4 == 0 and sb % 4 == 0 and _aligned(b, 16) else 0)
              | (4 if n % 4 == 0 and sc % 4 == 0 and _aligned(out, 16) else 0)
              | (8 if n % 2 == 0 and sc % 2 == 0 and _aligned(out, 8) else 0))
-    cuda.launch("fc", f"gemm_f32_batched_{'nt' if trans_b else 'nn'}",
+    cuda.launch("fc", f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_batched_{'nt' if trans_b else 'nn'}",
                 (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), nb * splits), (256, 1, 1),
                 (a, b, out, m, n, k, kps, np.float32(1.0), np.float32(beta), flags, splits,
                  np.int64(sa), np.int64(sb), np.int64(sc)))

@@ -20,7 +20,9 @@ Backward-data is the forward pass of dy with the filters rotated by 180 degrees 
 transposed (``w'[c, k] = w[k, c, ::-1, ::-1]``) and padding 2 - P; backward-filter is
 ``G^T [sum_p (A dy_p A^T) * (B^T d_p B)] G``, the sum over tiles p being a batched GEMM.
 
-Applies to float32, 3x3 filters, stride 1, dilation 1, padding <= 2 (``eligible``).  The
+Applies to float32, 3x3 filters, stride 1, dilation 1, padding <= 2 (``eligible``), at
+fp32 or TF32 precision (TF32: the 16 GEMMs run on the tensor cores, their operands, the
+transformed filters and inputs, rounded to TF32; the transforms themselves stay fp32).  The
 conv ops use it when asked (``algo="winograd"`` or ``GPUCONV_CONV_ALGO=winograd``); the
 default stays the implicit GEMM until the benchmark (bench/bench_winograd.py) has shown on
 a GPU which layers it speeds up.  In float32 its error is a small multiple of the direct
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -141,8 +143,18 @@ def filter_grad_transform(d: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------
-# The three passes, composed (NumPy; float64 in the tests)
+# The three passes, composed (NumPy; float64 in the tests).  ``rounding`` models a
+# precision mode: applied to both operands of the 16 GEMMs (the TF32 kernels round the
+# transformed filters, inputs and gradients when they load them), None for exact products.
 # ----------------------------------------------------------------------------------
+
+Rounding = Callable[[np.ndarray], np.ndarray] | None
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, rounding: Rounding) -> np.ndarray:
+    if rounding is not None:
+        a, b = rounding(a), rounding(b)
+    return a @ b
 
 def _check_geometry(op: str, w_shape: Any, pad: int) -> None:
     if not eligible(w_shape, 1, pad, 1):
@@ -151,32 +163,34 @@ def _check_geometry(op: str, w_shape: Any, pad: int) -> None:
 
 
 def conv_forward_winograd_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int,
-                              relu: bool = False) -> np.ndarray:
+                              relu: bool = False, rounding: Rounding = None) -> np.ndarray:
     """y = conv(x, w) + b (stride 1), by the transforms: the reference of the GPU pass."""
     _check_geometry("conv_forward_winograd", w.shape, pad)
     n, _, h, wd = x.shape
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
     th, tw = tiles(ho, wo)
-    m = filter_transform(w) @ input_transform(x, pad, th, tw)  # 16 GEMMs [K,C] x [C,P]
+    m = _gemm(filter_transform(w), input_transform(x, pad, th, tw), rounding)  # 16 GEMMs [K,C] x [C,P]
     return output_transform(m, n, ho, wo, b, relu)
 
 
-def conv_backward_data_winograd_cpu(dy: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+def conv_backward_data_winograd_cpu(dy: np.ndarray, w: np.ndarray, pad: int,
+                                    rounding: Rounding = None) -> np.ndarray:
     """dx: the forward pass of dy with rotated, transposed filters and padding 2 - pad."""
     _check_geometry("conv_backward_data_winograd", w.shape, pad)
     n, _, ho, wo = dy.shape
     h, wd = ho + 2 - 2 * pad, wo + 2 - 2 * pad
     th, tw = tiles(h, wd)
-    m = filter_transform(w, flip=True) @ input_transform(dy, 2 - pad, th, tw)
+    m = _gemm(filter_transform(w, flip=True), input_transform(dy, 2 - pad, th, tw), rounding)
     return output_transform(m, n, h, wd)
 
 
-def conv_backward_filter_winograd_cpu(x: np.ndarray, dy: np.ndarray, pad: int) -> np.ndarray:
+def conv_backward_filter_winograd_cpu(x: np.ndarray, dy: np.ndarray, pad: int,
+                                      rounding: Rounding = None) -> np.ndarray:
     """dW[K, C, 3, 3] = G^T [sum_p (A dy_p A^T) * (B^T d_p B)] G."""
     _check_geometry("conv_backward_filter_winograd", (dy.shape[1], x.shape[1], 3, 3), pad)
     _, _, ho, wo = dy.shape
     th, tw = tiles(ho, wo)
-    d = grad_output_transform(dy, th, tw) @ input_transform(x, pad, th, tw).transpose(0, 2, 1)
+    d = _gemm(grad_output_transform(dy, th, tw), input_transform(x, pad, th, tw).transpose(0, 2, 1), rounding)
     return filter_grad_transform(d)
 
 
@@ -274,7 +288,7 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out: Any, flip: bool,
-                          ws: Workspace, flat: Any) -> Any:
+                          ws: Workspace, flat: Any, precision: str) -> Any:
     """out = conv(src, w') by F(2x2,3x3): w' = w (forward) or rotated+transposed (flip)."""
     from .fc import gemm_batched_gpu  # noqa: PLC0415
     n, c_in, h, wd = src.shape
@@ -290,28 +304,31 @@ def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out
         m, _ = _take(flat, end, (16, c_out, p))
         cuda.launch("winograd", "wino_input_f32", _grid(c_in * p), (256, 1, 1),
                     [src, v, n0, nb, c_in, h, wd, pad, th, tw])
-        gemm_batched_gpu(u, v, m)
+        gemm_batched_gpu(u, v, m, precision=precision)
         cuda.launch("winograd", "wino_output_f32", _grid(c_out * p), (256, 1, 1),
                     [m, out, bias if has_bias else out, n0, nb, c_out, ho, wo, th, tw, int(has_bias), int(relu)])
     return out
 
 
-def conv_forward_winograd_gpu(x: Any, w: Any, b: Any, pad: int, relu: bool, out: Any, workspace: Any = None) -> Any:
+def conv_forward_winograd_gpu(x: Any, w: Any, b: Any, pad: int, relu: bool, out: Any, workspace: Any = None,
+                              precision: str = "fp32") -> Any:
     """Forward pass into ``out`` (arguments validated by ops.conv): filters, then per chunk of
     the batch input transform -> 16 GEMMs -> output transform with bias and ReLU."""
     ws = workspace_plan("fwd", x.shape, w.shape, pad)
     flat = _workspace(device.array_module(x), ws, workspace)
-    return _transformed_conv_gpu(x, w, b, pad, relu, out, False, ws, flat)
+    return _transformed_conv_gpu(x, w, b, pad, relu, out, False, ws, flat, precision)
 
 
-def conv_backward_data_winograd_gpu(dy: Any, w: Any, pad: int, out: Any, workspace: Any = None) -> Any:
+def conv_backward_data_winograd_gpu(dy: Any, w: Any, pad: int, out: Any, workspace: Any = None,
+                                    precision: str = "fp32") -> Any:
     """dx into ``out``: the forward pass of dy with rotated, transposed filters, padding 2 - pad."""
     ws = workspace_plan("bwdd", out.shape, w.shape, pad)
     flat = _workspace(device.array_module(dy), ws, workspace)
-    return _transformed_conv_gpu(dy, w, None, 2 - pad, False, out, True, ws, flat)
+    return _transformed_conv_gpu(dy, w, None, 2 - pad, False, out, True, ws, flat, precision)
 
 
-def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, workspace: Any = None) -> Any:
+def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, workspace: Any = None,
+                                      precision: str = "fp32") -> Any:
     """dW into ``dw`` (overwritten): per chunk, transforms of x and dy and the 16 GEMMs
     D += Y V^T (split-K slices kept apart), then dW = G^T (sum of slices) G."""
     from .fc import gemm_batched_gpu  # noqa: PLC0415
@@ -329,6 +346,7 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
         y, _ = _take(flat, end, (16, k, p))
         cuda.launch("winograd", "wino_input_f32", _grid(c * p), (256, 1, 1), [x, v, n0, nb, c, h, wd, pad, th, tw])
         cuda.launch("winograd", "wino_grad_output_f32", _grid(k * p), (256, 1, 1), [dy, y, n0, nb, k, ho, wo, th, tw])
-        gemm_batched_gpu(y, v, d, trans_b=True, splits=ws.splits, beta=0.0 if i == 0 else 1.0)
+        gemm_batched_gpu(y, v, d, trans_b=True, splits=ws.splits, beta=0.0 if i == 0 else 1.0,
+                         precision=precision)
     cuda.launch("winograd", "wino_filter_grad_f32", _grid(k * c), (256, 1, 1), [d, dw, k, c, ws.splits])
     return dw
