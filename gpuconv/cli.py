@@ -23,9 +23,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
-    p.add_argument("--conv-algo", default=None, choices=["gemm", "winograd"],
+    p.add_argument("--conv-algo", default=None, choices=["gemm", "winograd", "auto"],
                    help="GPU conv algorithm (default: $GPUCONV_CONV_ALGO, else gemm); winograd: "
-                        "F(2x2,3x3) for the float32 3x3 stride-1 layers, at either --precision")
+                        "F(2x2,3x3) for the float32 3x3 stride-1 layers, at either --precision; auto: "
+                        "for those layers, the faster of the two, timed on first use and cached")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (else $GPUCONV_DATA, then "
                    "/usr/share/datasets/<name>)")

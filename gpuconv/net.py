@@ -18,6 +18,7 @@ from . import device as devmod
 from .geometry import GeometryError
 from .layers import FC, BatchNorm, Buffers, Conv, Dropout, Layer, ReLU
 from .ops import cpu_threads
+from .ops.winograd import ALGOS as CONV_ALGOS
 from .ops import loss as loss_ops
 
 LOSSES = ("softmax", "svm")
@@ -151,10 +152,11 @@ class Net:
 
     def set_conv_algo(self, algo: str | None) -> None:
         """The GPU algorithm of every CONV layer: 'gemm', 'winograd' (3x3 stride-1 layers;
-        the others keep the GEMM) or None ($GPUCONV_CONV_ALGO).  Set it before planning:
+        the others keep the GEMM), 'auto' (where Winograd applies, the faster of the two,
+        timed on first use) or None ($GPUCONV_CONV_ALGO).  Set it before planning:
         Winograd's workspace is part of the memory plan."""
-        if algo is not None and algo not in ("gemm", "winograd"):
-            raise ValueError(f"conv algo must be 'gemm', 'winograd' or None, got {algo!r}")
+        if algo is not None and algo not in CONV_ALGOS:
+            raise ValueError(f"conv algo must be one of {', '.join(CONV_ALGOS)} or None, got {algo!r}")
         for layer in self.layers:
             if layer.kind == "CONV":
                 layer.algo = algo  # type: ignore[attr-defined]

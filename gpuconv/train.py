@@ -23,7 +23,7 @@ from . import device as devmod
 from .augment import augment as augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, BatchIterator, Dataset
-from .net import Net
+from .net import CONV_ALGOS, Net
 from .ops import loss as loss_ops
 from .optim import Optimizer, Schedule
 from .progress import MetricsWriter, Progress
@@ -57,7 +57,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     precision: str = "fp32"
-    conv_algo: str | None = None    # gemm | winograd | None ($GPUCONV_CONV_ALGO)
+    conv_algo: str | None = None    # gemm | winograd | auto | None ($GPUCONV_CONV_ALGO)
     eval_batch: int = 1000
     save: bool = True
     budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory
@@ -69,8 +69,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.precision not in ("fp32", "tf32"):
             raise ValueError(f"--precision must be fp32 or tf32, got {self.precision!r}")
-        if self.conv_algo not in (None, "gemm", "winograd"):
-            raise ValueError(f"--conv-algo must be gemm or winograd, got {self.conv_algo!r}")
+        if self.conv_algo is not None and self.conv_algo not in CONV_ALGOS:
+            raise ValueError(f"--conv-algo must be one of {', '.join(CONV_ALGOS)}, got {self.conv_algo!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
 

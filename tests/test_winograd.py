@@ -63,7 +63,13 @@ def test_eligibility_and_algo_choice(monkeypatch):
     monkeypatch.delenv(W.ALGO_ENV, raising=False)
     assert W.chosen_algo(None) == "gemm"
     monkeypatch.setenv(W.ALGO_ENV, "winograd")
-    assert W.chosen_algo(None) == "winograd" and W.chosen_algo("gemm") == "gemm"
+    assert W.chosen_algo(None) == "winograd" and W.chosen_algo("gemm") == "gemm" and W.chosen_algo("auto") == "auto"
+    f32 = np.dtype(np.float32)
+    assert C.winograd_mode("auto", f32, "tf32", (8, 4, 3, 3), 1, 1, 1) == "auto"
+    assert C.winograd_mode(None, f32, "fp32", (8, 4, 3, 3), 1, 1, 1) == "winograd"
+    assert C.winograd_mode("auto", f32, "fp32", (8, 4, 3, 3), 2, 1, 1) is None      # not eligible: the GEMM
+    assert C.winograd_mode("auto", np.dtype(np.float64), "fp32", (8, 4, 3, 3), 1, 1, 1) is None
+    assert C.winograd_mode("gemm", f32, "fp32", (8, 4, 3, 3), 1, 1, 1) is None
     monkeypatch.setenv(W.ALGO_ENV, "fft")
     with pytest.raises(OpArgumentError, match="GPUCONV_CONV_ALGO"):
         W.chosen_algo(None)
@@ -311,6 +317,56 @@ def test_gpu_winograd_request_falls_back_where_it_does_not_apply(cp, rng, monkey
     assert not any(f.startswith("wino") for f in launched)
 
 
+@pytest.mark.gpu
+def test_gpu_auto_times_both_keeps_the_faster_and_caches_it(cp, rng, monkeypatch, tmp_path):
+    """algo='auto': each pass's first call times the GEMM and Winograd (a fake timer makes
+    Winograd faster for forward and backward-filter, the GEMM for backward-data), runs the
+    faster one last and caches the choice; a second call times nothing.  Results are right
+    whichever runs."""
+    from gpuconv import cuda
+    from gpuconv.ops import autotune
+    launched: list[str] = []
+    real = cuda.launch
+    monkeypatch.setattr(cuda, "launch", lambda mod, fn, *a, **kw: (launched.append(fn), real(mod, fn, *a, **kw))[1])
+    monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
+    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)  # the tile choice stays the heuristic's
+
+    in_bwdd = [False]
+
+    def timer(fn) -> float:  # noqa: ANN001
+        start = len(launched)
+        fn()
+        wino = any(f.startswith("wino") for f in launched[start:])
+        return 1.0 if wino != in_bwdd[0] else 2.0
+    tuner = autotune.Autotuner(timer, tmp_path / "autotune.json")
+    monkeypatch.setattr(autotune, "_tuner", tuner)
+    args, refs = _ops_case(cp, rng, (2, 6, 7, 6, 5, 1))
+    x, w, b, dy, pad = args
+    for rep in range(2):
+        launched.clear()
+        y = C.conv_forward(x, w, b, 1, pad, relu=True, out=poison(cp, dy.shape), algo="auto")
+        fwd = list(launched)
+        launched.clear()
+        in_bwdd[0] = True
+        dx = C.conv_backward_data(dy, w, x.shape, 1, pad, out=poison(cp, x.shape), algo="auto")
+        in_bwdd[0] = False
+        bwdd = list(launched)
+        launched.clear()
+        dw, db = C.conv_backward_filter(x, dy, w.shape, 1, pad, dw_out=poison(cp, w.shape),
+                                        db_out=poison(cp, b.shape), algo="auto")
+        bwdf = list(launched)
+        for got, want in zip((y, dx, dw, db), refs):
+            assert rel_error(got, want) < 2e-5
+        assert fwd[-1] == "wino_output_f32" and bwdf[-1] == "conv_bias_grad_f32"
+        assert bwdd[-1].startswith("conv_bwdd")
+        if rep == 1:  # cached: one run of the chosen algorithm, nothing timed again
+            assert tuner.trials == 6 and not any(f.startswith("conv_fwd") for f in fwd)
+            assert not any(f.startswith("wino") for f in bwdd)
+            assert "wino_filter_grad_f32" in bwdf and not any(f.startswith("conv_bwdf") for f in bwdf)
+    assert tuner.trials == 6
+    assert "Fake GPU sm_90|conv_algo_bwdd|fp32|" in (tmp_path / "autotune.json").read_text()
+
+
 def test_cpu_path_ignores_algo_but_checks_it(rng):
     x, w, b, dy, pad = _case(rng, GEOS[0])
     np.testing.assert_array_equal(C.conv_forward(x, w, b, 1, pad, algo="winograd"), C.conv_forward(x, w, b, 1, pad))
@@ -365,6 +421,9 @@ def test_net_and_train_config_set_the_algo(monkeypatch):
     assert len(ws) == 13  # every VGG16 conv is 3x3 stride 1 pad 1
     net.set_conv_algo("gemm")
     assert not [t for t in make_plan(net, 2).tensors if t.kind == "workspace"]
+    net.set_conv_algo("auto")  # either may run: the plan holds the workspace
+    assert len([t for t in make_plan(net, 2).tensors if t.kind == "workspace"]) == 13
+    TrainConfig(conv_algo="auto").validate()
     with pytest.raises(ValueError, match="conv algo"):
         net.set_conv_algo("fft")
     with pytest.raises(ValueError, match="--conv-algo"):

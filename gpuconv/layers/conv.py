@@ -24,9 +24,10 @@ class Conv(Layer):
 
     ``fused_relu`` is set by the Net when a RELU follows: the kernel applies it in
     its epilogue and backward masks the gradient with the kept output.
-    ``algo``: the GPU algorithm for float32 at fp32 precision, 'gemm' or 'winograd'
-    (F(2x2,3x3), for 3x3 stride-1 layers; its workspace is part of the memory plan);
-    None follows $GPUCONV_CONV_ALGO (default 'gemm').
+    ``algo``: the GPU algorithm for float32 (fp32 or TF32 precision): 'gemm', 'winograd'
+    (F(2x2,3x3), for 3x3 stride-1 layers; its workspace is part of the memory plan) or
+    'auto' (where Winograd applies, the faster of the two, timed on first use and cached;
+    the plan holds the workspace either way); None follows $GPUCONV_CONV_ALGO (default 'gemm').
     """
 
     kind = "CONV"

@@ -20,7 +20,8 @@ uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
 stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
 it visits only the filter taps that land on the output grid.  With ``algo="winograd"``
 (or ``GPUCONV_CONV_ALGO=winograd``) float32 3x3 stride-1 layers run Winograd F(2x2,3x3)
-instead (``ops.winograd``: transform kernels + batched GEMM, in a planned workspace).
+instead (``ops.winograd``: transform kernels + batched GEMM, in a planned workspace);
+``algo="auto"`` times both on first use of a shape and keeps the faster (``_pick_algo``).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ __all__ = [
     "conv_backward_filter_gpu",
     "conv_bias_grad_gpu",
     "use_winograd",
+    "winograd_mode",
 ]
 
 PRECISIONS = ("fp32", "tf32")
@@ -112,12 +114,32 @@ def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
     return t
 
 
+def winograd_mode(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
+                  pad: int, dilation: int) -> str | None:
+    """'winograd' or 'auto' where that was asked for (algo / $GPUCONV_CONV_ALGO) and Winograd
+    applies: float32 data (float64 keeps its direct kernels; fp32 or TF32 precision) and
+    F(2x2,3x3) geometry.  None: the GEMM, no Winograd workspace."""
+    a = winograd.chosen_algo(algo)
+    if a == "gemm" or dtype != np.float32 or precision not in PRECISIONS:
+        return None
+    return a if winograd.eligible(w_shape, stride, pad, dilation) else None
+
+
 def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
-                  pad: int, dilation: int) -> bool:
-    """Winograd where it was asked for (algo / $GPUCONV_CONV_ALGO) and applies: float32 data
-    (float64 keeps its direct kernels; fp32 or TF32 precision) and F(2x2,3x3) geometry."""
-    return (winograd.chosen_algo(algo) == "winograd" and dtype == np.float32 and precision in PRECISIONS
-            and winograd.eligible(w_shape, stride, pad, dilation))
+                 pad: int, dilation: int) -> bool:
+    """True where the op may run Winograd (always with 'winograd', if faster with 'auto'): the
+    layers whose memory plan holds a Winograd workspace."""
+    return winograd_mode(algo, dtype, precision, w_shape, stride, pad, dilation) is not None
+
+
+def _pick_algo(kind: str, mode: str | None, precision: str, geo: Sequence[int], run: Any) -> str:
+    """'gemm' or 'winograd' for one GPU call: as asked, or for 'auto' the faster on this GPU
+    and shape (both timed on the first call, the choice cached like the tile choices).  The
+    trials write only the op's own output, which the final run overwrites."""
+    if mode != "auto":
+        return mode or "gemm"
+    key = f"{cuda.device_key()}|conv_algo_{kind}|{precision}|" + ",".join(str(v) for v in geo)
+    return autotune.get_tuner(cuda.time_ms).choose(key, ("gemm", "winograd"), run)  # ties keep the GEMM
 
 
 # ----------------------------------------------------------------------------------
@@ -129,9 +151,9 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
                  workspace: Any = None) -> Any:
     """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
 
-    ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM) or 'winograd' (F(2x2,3x3),
-    used where ``winograd.eligible``; elsewhere the GEMM); None reads $GPUCONV_CONV_ALGO
-    (default 'gemm').  ``workspace``: a float32 array for Winograd's transformed tensors
+    ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM), 'winograd' (F(2x2,3x3),
+    used where ``winograd.eligible``; elsewhere the GEMM) or 'auto' (where eligible, the faster
+    of the two, timed once per shape and cached); None reads $GPUCONV_CONV_ALGO (default 'gemm').  ``workspace``: a float32 array for Winograd's transformed tensors
     (the memory plan's; None allocates one).  The CPU path ignores both.
     """
     op = "conv_forward"
@@ -142,11 +164,14 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     _check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
     y = check_out(op, out, shape, like=x, dtype=dt)
-    use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
+    mode = winograd_mode(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(x):
-        if use_wino:
-            return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace, precision)
-        return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
+        def run(a: str) -> Any:
+            if a == "winograd":
+                return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace, precision)
+            return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
+        geo = [*x.shape, w.shape[0], pad, int(b is not None), int(bool(relu))]
+        return run(_pick_algo("fwd", mode, precision, geo, run))
     return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
 
 
@@ -162,11 +187,13 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
     y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
-    use_wino = use_winograd(algo, dt, precision, w.shape, stride, pad, dilation)
+    mode = winograd_mode(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(dy):
-        if use_wino:
-            return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace, precision)
-        return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
+        def run(a: str) -> Any:
+            if a == "winograd":
+                return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace, precision)
+            return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
+        return run(_pick_algo("bwdd", mode, precision, [*x_shape, w.shape[0], pad], run))
     return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
 
 
@@ -187,14 +214,16 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
-    use_wino = use_winograd(algo, dt, precision, w_shape, stride, pad, dilation)
+    mode = winograd_mode(algo, dt, precision, w_shape, stride, pad, dilation)
     if device.is_gpu_array(x):
-        if use_wino:
-            winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace, precision)
-            if db is not None:
-                conv_bias_grad_gpu(dy, db)
-            return dw, db
-        return conv_backward_filter_gpu(x, dy, stride, pad, dilation, dw, db, precision)
+        def run(a: str) -> tuple[Any, Any]:
+            if a == "winograd":
+                winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace, precision)
+                if db is not None:
+                    conv_bias_grad_gpu(dy, db)
+                return dw, db
+            return conv_backward_filter_gpu(x, dy, stride, pad, dilation, dw, db, precision)
+        return run(_pick_algo("bwdf", mode, precision, [*x.shape, w_shape[0], pad, int(db is not None)], run))
     return conv_backward_filter_cpu(x, dy, stride, pad, dilation, dw, db)
 
 

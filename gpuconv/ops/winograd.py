@@ -23,7 +23,8 @@ transposed (``w'[c, k] = w[k, c, ::-1, ::-1]``) and padding 2 - P; backward-filt
 Applies to float32, 3x3 filters, stride 1, dilation 1, padding <= 2 (``eligible``), at
 fp32 or TF32 precision (TF32: the 16 GEMMs run on the tensor cores, their operands, the
 transformed filters and inputs, rounded to TF32; the transforms themselves stay fp32).  The
-conv ops use it when asked (``algo="winograd"`` or ``GPUCONV_CONV_ALGO=winograd``); the
+conv ops use it when asked (``algo="winograd"`` or ``GPUCONV_CONV_ALGO=winograd``), or time
+it against the implicit GEMM per layer shape and keep the faster (``algo="auto"``); the
 default stays the implicit GEMM until the benchmark (bench/bench_winograd.py) has shown on
 a GPU which layers it speeds up.  In float32 its error is a small multiple of the direct
 convolution's (the transforms add and halve; no large constants as in F(4x4, 3x3)).
@@ -52,7 +53,9 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
-ALGOS = ("gemm", "winograd")
+# gemm: the implicit GEMM; winograd: F(2x2,3x3) where eligible; auto: where eligible, the
+# faster of the two for this GPU and shape, timed on first use and cached (ops.autotune).
+ALGOS = ("gemm", "winograd", "auto")
 ALGO_ENV = "GPUCONV_CONV_ALGO"
 WS_ENV = "GPUCONV_WINOGRAD_WS_MB"
 _WS_DEFAULT_MB = 256      # workspace cap per call: chunks of the batch stay under it
