@@ -11,7 +11,7 @@
 #   bash bench/gpu_session.sh ab        # conv and FC timed with those kernels and with ours, one run each
 #   bash bench/gpu_session.sh winograd  # Winograd F(2x2,3x3): GPU tests, then Winograd vs our GEMM vs cuDNN
 #                                       #   (fp32 and TF32 rows)
-#   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / =winograd
+#   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / winograd / auto
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -116,8 +116,8 @@ winograd)  # never run on a GPU before: correctness first, then the three-way ti
   tail -n 3 "$OUT/gpu_tests.log"; tail -n 28 "$OUT/winograd.log"
   ;;
 winograd-vgg)  # whole training steps: does Winograd pay off in a net (its workspace planned in the arena)?
-  { for prec in fp32 tf32; do for algo in gemm winograd; do echo "GPUCONV_CONV_ALGO=$algo $prec"
-      GPUCONV_CONV_ALGO=$algo timeout 120 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, '$prec')])"
+  { for prec in fp32 tf32; do for algo in gemm winograd auto; do echo "GPUCONV_CONV_ALGO=$algo $prec"
+      GPUCONV_CACHE_DIR=/tmp/gpuconv-cache GPUCONV_CONV_ALGO=$algo timeout 90 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, '$prec')])"
     done; done; } > "$OUT/vgg16.log" 2>&1
   cat "$OUT/vgg16.log"
   ;;
