@@ -173,33 +173,37 @@ struct BwdDataProb {
         const unsigned k = dFF.div(rr);
         e.off = (i64)k * g.C * FF + (rr - k * FF);
     }
-    struct BCol { const float* p; int hp, wp; };             // &dy[n], position (h, w) + p
-    struct BRed { i64 off; int fhd, fwd; };                  // filter k, tap (fh, fw) * d
+    // Addressing is the forward's at stride 1, where dy[n, k, h+p-fh*d, w+p-fw*d] is the
+    // source: a per-column pointer plus a per-slice offset, so each element costs two
+    // subtractions, the bounds test and one add (no multiply).  Strides > 1 (rare here: the
+    // direct kernel takes them unless its tiles do not fit) divide and correct that address.
+    struct BCol { const float* p; int hp, wp; };             // &dy[n, 0, h+p, w+p] (as if Ho x Wo), h+p, w+p
+    struct BRed { i64 off; int fhd, fwd; };                  // k*Ho*Wo - (fh*d)*Wo - fw*d, fh*d, fw*d
     __device__ void b_col(BCol& b, unsigned col) const {
         const Split3 o = split3(col < NC ? col : 0u, dHW, dW);  // (n, h, w)
-        b.p = dy + (i64)o.a * g.K * HoWo;
+        b.p = dy + ((i64)o.a * g.K * HoWo + (i64)((int)o.b + g.p) * g.Wo + ((int)o.c + g.p));
         b.hp = col < NC ? (int)o.b + g.p : OFF;
         b.wp = (int)o.c + g.p;
     }
     __device__ void b_red(BRed& e, unsigned r) const {
         const Split3 t = split3(r < R ? r : 0u, dFF, dFW);  // (k, fh, fw)
-        e.off = (i64)t.a * HoWo;
-        e.fhd = r < R ? (int)t.b * g.d : -OFF;
         e.fwd = (int)t.c * g.d;
+        e.off = (i64)t.a * HoWo - (i64)((int)t.b * g.d) * g.Wo - e.fwd;
+        e.fhd = r < R ? (int)t.b * g.d : -OFF;
     }
     __device__ const float* b_src(const BCol& b, const BRed& e, bool& ok) const {
-        ok = false;
-        const int th = b.hp - e.fhd, tw = b.wp - e.fwd;
-        if ((th | tw) < 0) return dy;
-        unsigned ho = (unsigned)th, wo = (unsigned)tw;
-        if (g.s != 1) {  // only taps that land exactly on the strided output grid contribute
-            ho = dS.div((unsigned)th);
-            wo = dS.div((unsigned)tw);
-            if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return dy;
+        const int th = b.hp - e.fhd, tw = b.wp - e.fwd;  // the output position at stride 1
+        if (g.s == 1) {
+            ok = (unsigned)th < (unsigned)g.Ho && (unsigned)tw < (unsigned)g.Wo;
+            return ok ? b.p + e.off : dy;
         }
+        ok = false;  // only taps that land exactly on the strided output grid contribute
+        if ((th | tw) < 0) return dy;
+        const unsigned ho = dS.div((unsigned)th), wo = dS.div((unsigned)tw);
+        if ((int)(ho * g.s) != th || (int)(wo * g.s) != tw) return dy;
         if (ho >= (unsigned)g.Ho || wo >= (unsigned)g.Wo) return dy;
-        ok = true;
-        return b.p + (e.off + (i64)ho * g.Wo + wo);
+        ok = true;  // b.p + e.off addresses dy[n, k, th, tw]; the source is dy[n, k, ho, wo]
+        return b.p + (e.off + (i64)((int)ho - th) * g.Wo + ((int)wo - tw));
     }
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHW.div(col);

@@ -478,6 +478,21 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+@pytest.mark.parametrize("g", [g for g in GPU_GEOMS if g[7] > 1], ids=_geom_id)
+def test_gpu_gemm_backward_data_at_stride(cp, rng, monkeypatch, g, precision):
+    """The implicit-GEMM backward-data at stride > 1 (the direct kernel takes these shapes
+    unless its tiles do not fit shared memory): only taps on the output grid contribute."""
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
+    yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    dy = _exact(rng.standard_normal(yshape).astype(np.float32), precision)
+    dx = C.conv_backward_data(cp.asarray(dy), gw, x.shape, s, p, d, out=poison(cp, x.shape), precision=precision)
+    dx_ref = C.conv_backward_data(dy.astype(np.float64), w.astype(np.float64), x.shape, s, p, d)
+    assert rel_error(dx, dx_ref) < TOL, (g, precision)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("g", GPU_GEOMS[:7] + GPU_GEOMS[-3:-1], ids=_geom_id)
 def test_gpu_float64_matches_cpu(cp, rng, g):
     """The GPU float64 path vs the gradient-checked CPU float64 path."""
