@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
 
 import numpy as np
 
-from bench.harness import Row, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
+from bench.harness import Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
 
 
 @dataclass(frozen=True)
@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schedules", default="reg",
                     help="GEMM main-loop schedules to time side by side: reg, async or reg,async")
     args = ap.parse_args(argv)
-    schedules = tuple(v.strip() for v in args.schedules.split(",") if v.strip())
-    bad = [v for v in schedules if v not in ("reg", "async")]
-    if bad or not schedules:
-        ap.error(f"--schedules: unknown {bad or 'empty'}; choose from reg, async")
+    schedules = comma_choices(ap, "--schedules", args.schedules, ("reg", "async"))
     rows = run(args.quick, tuple(args.only.split(",")) if args.only else None, schedules)
     print_rows(rows)
     if args.json:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_conv import LAYERS  # noqa: E402
-from bench.harness import Row, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <= 2]
 QUICK = ("CIFAR 64", "VGG conv5_2")
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. 'VGG conv3_2,L5'")
     ap.add_argument("--precision", default="fp32,tf32", help="comma-separated modes: fp32 (TF32 off), tf32")
     args = ap.parse_args(argv)
-    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
-    if not precisions or any(p not in ("fp32", "tf32") for p in precisions):
-        ap.error(f"--precision: comma-separated fp32/tf32, got {args.precision!r}")
+    precisions = comma_choices(ap, "--precision", args.precision, ("fp32", "tf32"))
     rows = run(args.quick, tuple(args.only.split(",")) if args.only else None, precisions)
     print_rows(rows)
     for r in rows:  # the GEMM comparison lives in extra: print it beside the table

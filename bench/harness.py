@@ -95,6 +95,15 @@ def print_rows(rows: list[Row]) -> None:
         print(r.markdown(), flush=True)
 
 
+def comma_choices(ap: Any, flag: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated command-line list, each entry one of ``allowed`` (else ap.error)."""
+    vals = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in vals if v not in allowed]
+    if bad or not vals:
+        ap.error(f"{flag}: unknown {bad or 'empty'}; choose from {', '.join(allowed)}")
+    return vals
+
+
 def guarded_case(suite: str, case: str, mode: str, cp: Any, bench: Callable[[], list[Row]]) -> list[Row]:
     """bench()'s rows, or one row carrying the error (the other cases go on); device memory
     of both frameworks is released afterwards, so one large case does not starve the next."""
