@@ -18,8 +18,8 @@ from . import device as devmod
 from .geometry import GeometryError
 from .layers import FC, BatchNorm, Buffers, Conv, Dropout, Layer, ReLU
 from .ops import cpu_threads
-from .ops.winograd import ALGOS as CONV_ALGOS
 from .ops import loss as loss_ops
+from .ops.winograd import ALGOS as CONV_ALGOS
 
 LOSSES = ("softmax", "svm")
 

@@ -153,8 +153,9 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
 
     ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM), 'winograd' (F(2x2,3x3),
     used where ``winograd.eligible``; elsewhere the GEMM) or 'auto' (where eligible, the faster
-    of the two, timed once per shape and cached); None reads $GPUCONV_CONV_ALGO (default 'gemm').  ``workspace``: a float32 array for Winograd's transformed tensors
-    (the memory plan's; None allocates one).  The CPU path ignores both.
+    of the two, timed once per shape and cached); None reads $GPUCONV_CONV_ALGO (default 'gemm').
+    ``workspace``: a float32 array for Winograd's transformed tensors (the memory plan's; None
+    allocates one).  The CPU path ignores both.
     """
     op = "conv_forward"
     dt = _check_dtype(op, "x", x)

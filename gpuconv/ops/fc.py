@@ -187,8 +187,8 @@ def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits:
     transform).  All three C-contiguous.  No bias or ReLU (gemm_{f32,tf32}_batched_* in
     fc.cu).  ``precision="tf32"``: operands rounded to TF32, tensor cores, fp32 accumulation.
     """
-    if precision not in ("fp32", "tf32"):
-        raise OpArgumentError(f"gemm_batched: precision must be 'fp32' or 'tf32', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise OpArgumentError(f"gemm_batched: precision must be one of {PRECISIONS}, got {precision!r}")
     nb, m, k = a.shape
     n = b.shape[1] if trans_b else b.shape[2]
     want_b = (nb, n, k) if trans_b else (nb, k, n)
