@@ -12,6 +12,8 @@
 #   bash bench/gpu_session.sh winograd  # Winograd F(2x2,3x3): GPU tests, then Winograd vs our GEMM vs cuDNN
 #                                       #   (fp32 and TF32 rows)
 #   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / winograd / auto
+#   bash bench/gpu_session.sh graph     # CUDA-graph capture of the planned step: GPU tests (replay vs eager),
+#                                       #   then the training rows (fmnist, VGG16 step) with and without it
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -86,7 +88,7 @@ memory2)
   echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
   timeout 200 python3 bench/bench_memory.py --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1
   timeout 100 python3 bench/bench_memory.py --max-batch --model alexnet --budget 0.5 >> "$OUT/memory.log" 2>&1
-  timeout 60 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, p) for p in ('fp32', 'tf32')])" > "$OUT/vgg16.log" 2>&1
+  timeout 60 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([r for p in ('fp32', 'tf32') for r in gpu_vgg16_step(64, p)])" > "$OUT/vgg16.log" 2>&1
   timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider -x \
       tests/test_pool.py tests/test_batchnorm.py tests/test_loss.py tests/test_fc.py -k "not float64 and not large and not loop" \
       > "$OUT/racecheck.log" 2>&1
@@ -117,9 +119,18 @@ winograd)  # never run on a GPU before: correctness first, then the three-way ti
   ;;
 winograd-vgg)  # whole training steps: does Winograd pay off in a net (its workspace planned in the arena)?
   { for prec in fp32 tf32; do for algo in gemm winograd auto; do echo "GPUCONV_CONV_ALGO=$algo $prec"
-      GPUCONV_CACHE_DIR=/tmp/gpuconv-cache GPUCONV_CONV_ALGO=$algo timeout 90 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows([gpu_vgg16_step(64, '$prec')])"
+      GPUCONV_CACHE_DIR=/tmp/gpuconv-cache GPUCONV_CONV_ALGO=$algo timeout 90 python3 -c "from bench.bench_train import gpu_vgg16_step; from bench.harness import print_rows; print_rows(gpu_vgg16_step(64, '$prec'))"
     done; done; } > "$OUT/vgg16.log" 2>&1
   cat "$OUT/vgg16.log"
+  ;;
+graph)  # never run on a GPU before: correctness of capture/replay first, then what it saves
+  timeout 200 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_step.py tests/test_train.py \
+      tests/test_optim.py tests/test_dropout.py tests/test_loss.py tests/test_batchnorm.py tests/test_fc.py \
+      > "$OUT/gpu_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/gpu_tests.log"
+  timeout 360 python3 bench/bench_train.py > "$OUT/train.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/train.log"
+  tail -n 3 "$OUT/gpu_tests.log"; grep -E "^\| train|rc=" "$OUT/train.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \

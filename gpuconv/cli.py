@@ -39,6 +39,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default=None, help="device memory budget, e.g. 12GiB or 0.9 (fraction of the "
                    "card); the run is refused before it starts if its memory plan does not fit")
     p.add_argument("--unplanned", action="store_true", help="allocate as you go instead of one planned arena")
+    p.add_argument("--cuda-graph", action="store_true", help="GPU: capture the planned training step once as a "
+                   "CUDA graph and replay it (one launch per step instead of one per kernel)")
     p.set_defaults(func=_train)
 
 
@@ -52,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
                       schedule=args.schedule, device=args.device, seed=args.seed, data_dir=args.data_dir,
                       out_dir=args.out, resume=args.resume, augment=args.augment, log_every=args.log_every,
                       limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
-                      conv_algo=args.conv_algo, budget=args.budget, planned=not args.unplanned)
+                      conv_algo=args.conv_algo, budget=args.budget, planned=not args.unplanned,
+                      cuda_graph=args.cuda_graph)
     try:
         result = train(cfg)
     except (DataError, CheckpointError, ValueError, KeyError, PlanExceedsBudget) as exc:

@@ -11,10 +11,11 @@ that every kernel compiles for sm_80 and sm_90.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -176,3 +177,67 @@ def use_debug_allocation() -> None:
     cp = device._cupy()
     if cp is not None:
         cp.cuda.set_allocator(None)
+
+
+# ---------------------------------------------------------------- CUDA graphs
+# A training step in the planned arena allocates nothing and launches only our kernels
+# (and memsets), always with the same pointers: it can be captured once as a CUDA graph
+# and replayed, one launch per step instead of dozens.  The emulator replaces these three
+# functions with a model of the same semantics (gpuconv.emu), which is how CI tests them.
+
+def zero(a: Any) -> None:
+    """Clear a C-contiguous device array on the current stream (a memset node when captured)."""
+    cp = device._cupy()
+    if not a.flags.c_contiguous:
+        raise ValueError("cuda.zero: the array must be C-contiguous")
+    if a.nbytes:
+        cp.cuda.runtime.memsetAsync(a.data.ptr, 0, a.nbytes, cp.cuda.get_current_stream().ptr)
+
+
+class CapturedGraph:
+    """An instantiated CUDA graph; ``launch()`` replays it on the current stream."""
+
+    def __init__(self, graph: Any) -> None:
+        self._graph = graph
+
+    def launch(self) -> None:
+        self._graph.launch()
+
+
+def capture(fn: Any) -> CapturedGraph:
+    """Capture what ``fn()`` enqueues on the current stream as a CUDA graph, without running it.
+
+    The stream must not be the legacy default stream (see :func:`capture_stream`).  ``fn``
+    must not synchronize, copy to the host or allocate: CuPy raises on a synchronizing call
+    during capture, and a pool allocation would leave the graph writing into memory the
+    pool later hands to another array.
+    """
+    cp = device._cupy()
+    stream = cp.cuda.get_current_stream()
+    if stream.ptr == 0:
+        raise RuntimeError("cuda.capture: the current stream is the default stream, which cannot be "
+                           "captured; run inside `with cuda.capture_stream():`")
+    stream.begin_capture()
+    try:
+        fn()
+    except BaseException:
+        try:
+            stream.end_capture()
+        except Exception:  # noqa: BLE001  (the capture is already invalid: keep fn's error)
+            pass
+        raise
+    graph = stream.end_capture()
+    graph.upload(stream)  # instantiate and upload now, so the first replay is not slower
+    return CapturedGraph(graph)
+
+
+@contextlib.contextmanager
+def capture_stream() -> Iterator[Any]:
+    """Within: a fresh non-blocking stream is current (capturable).  The device is synchronized
+    on entry (work queued on the default stream is done) and the stream on exit."""
+    cp = device._cupy()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        yield stream
+    stream.synchronize()

@@ -140,13 +140,22 @@ def copy_into(dst: Any, src: Any) -> None:
     ``cupy_array[...] = numpy_array`` would first upload ``src`` into a temporary
     device array of the same size, which the memory pool then keeps: invisible to
     the memory plan (for VGG16's weights, 528 MiB).  ``ndarray.set`` copies directly.
+
+    The copy is queued on the current stream (an async copy from pageable memory is
+    staged before the call returns, so ``src`` may change right after): it lands after
+    the work already queued there, e.g. a replayed CUDA graph still reading the old
+    values.  (CuPy versions differ on which stream ``set()`` uses without one.)
     """
     if is_gpu_array(dst) and not is_gpu_array(src):
         host = np.ascontiguousarray(np.asarray(src), dtype=dst.dtype)
         if host.shape != dst.shape:
             host = np.broadcast_to(host, dst.shape).copy()
         if dst.flags.c_contiguous:
-            dst.set(host)
+            cp = _cupy()
+            if cp is not None and isinstance(dst, cp.ndarray):
+                dst.set(host, stream=cp.cuda.get_current_stream())
+            else:
+                dst.set(host)  # an emulated device array
             return
     dst[...] = src
 

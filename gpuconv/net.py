@@ -185,10 +185,12 @@ class Net:
         """On the CPU: run the layers' NumPy ops on gpuconv's thread pool (see ops.cpu_threads)."""
         return contextlib.nullcontext() if dev.is_gpu else cpu_threads.engine()
 
-    def loss_and_grad(self, scores: Any, labels: Any, grad_out: Any = None) -> tuple[Any, Any]:
+    def loss_and_grad(self, scores: Any, labels: Any, grad_out: Any = None,
+                      buffers: loss_ops.LossBuffers | None = None) -> tuple[Any, Any]:
+        """(mean loss, dscores); ``grad_out``/``buffers``: planned memory for them (see ops.loss)."""
         if self.loss == "svm":
-            return loss_ops.svm_loss(scores, labels, grad_out=grad_out)
-        return loss_ops.softmax_cross_entropy(scores, labels, grad_out=grad_out)
+            return loss_ops.svm_loss(scores, labels, grad_out=grad_out, buffers=buffers)
+        return loss_ops.softmax_cross_entropy(scores, labels, grad_out=grad_out, buffers=buffers)
 
     def backward(self, dscores: Any, buffers: Sequence[Buffers] | None = None, *,
                  input_grad: bool = False) -> Any:

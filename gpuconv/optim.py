@@ -3,7 +3,10 @@
 Parameters live in one flat buffer with weights first, so a step is two fused
 kernel launches at most: one over the weights (with weight decay) and one over
 biases/BN parameters (without).  Hyperparameters and the step count stay on the
-host: a step never synchronizes with the device.
+host: a step never synchronizes with the device.  Bound with a ``hyper`` array
+(the memory plan's ``step.hyper``), the kernels read the learning rate and Adam's
+bias corrections from it, and ``step()`` writes them there first (stream-ordered):
+the update launches are then the same every step, so a CUDA graph can replay them.
 """
 from __future__ import annotations
 
@@ -61,14 +64,18 @@ class Optimizer:
         self.t = 0                      # completed steps (Adam's bias correction uses t+1)
         self.steps_per_epoch = 1
         self.state: list[Any] = []
+        self.hyper: Any = None          # device [lr, bc1, bc2] the kernels read (None: scalar arguments)
         self._net: Any = None
 
     @property
     def slots(self) -> int:
         return STATE_SLOTS[self.kind]
 
-    def bind(self, net: Any, state_buffers: list[Any] | None = None) -> "Optimizer":
-        """Attach to a bound net; state is zeroed flat arrays (or views the planner hands over)."""
+    def bind(self, net: Any, state_buffers: list[Any] | None = None, hyper: Any = None) -> "Optimizer":
+        """Attach to a bound net; state is zeroed flat arrays (or views the planner hands over).
+
+        ``hyper``: a 3-element array on the net's device (the plan's ``step.hyper``) for the
+        per-step scalars; see the module docstring."""
         xp = devmod.array_module(net.param_buffer)
         if state_buffers is None:
             state_buffers = [xp.zeros(net.num_params, dtype=net.dtype) for _ in range(self.slots)]
@@ -76,14 +83,32 @@ class Optimizer:
             raise ValueError(f"{self.kind} keeps {self.slots} state tensors, got {len(state_buffers)}")
         for s in state_buffers:
             s[...] = 0
-        self.state, self._net = list(state_buffers), net
+        if hyper is not None and (tuple(hyper.shape) != (optim_ops.HYPER,) or hyper.dtype != net.dtype):
+            raise ValueError(f"hyper must be {net.dtype} of shape ({optim_ops.HYPER},), got {hyper.dtype} "
+                             f"{tuple(hyper.shape)}")
+        self.state, self._net, self.hyper = list(state_buffers), net, hyper
         return self
 
     def lr(self) -> float:
         return self.schedule(self.base_lr, self.t, self.steps_per_epoch)
 
+    def hyper_values(self) -> tuple[float, float, float]:
+        """[lr, bc1, bc2] of the step about to run (step t + 1), as ``hyper`` holds them."""
+        return optim_ops.hyper_values(self.lr(), self.t + 1 if self.kind == "adam" else None,
+                                      self.beta1, self.beta2)
+
     def step(self) -> None:
         """Apply one update from the net's gradient buffer (two launches: decayed, not decayed)."""
+        if self._net is None:
+            raise RuntimeError("optimizer.bind(net) first")
+        if self.hyper is not None:
+            devmod.copy_into(self.hyper, np.asarray(self.hyper_values(), dtype=self.hyper.dtype))
+        self.launch_update()
+        self.t += 1
+
+    def launch_update(self) -> None:
+        """The update launches alone: no host->device write, no step count (a captured step
+        calls this; with ``hyper`` bound they read this step's scalars when they run)."""
         net = self._net
         if net is None:
             raise RuntimeError("optimizer.bind(net) first")
@@ -95,22 +120,22 @@ class Optimizer:
                 if hi > lo:
                     self._update(net.param_buffer[lo:hi], net.grad_buffer[lo:hi],
                                  [s[lo:hi] for s in self.state], lr, wd)
-        self.t += 1
 
     def _update(self, p: Any, g: Any, st: list[Any], lr: float, wd: float) -> None:
-        k = self.kind
+        k, hyper = self.kind, self.hyper
         if k == "sgd":
-            optim_ops.sgd_update(p, g, lr=lr, weight_decay=wd)
+            optim_ops.sgd_update(p, g, lr=lr, weight_decay=wd, hyper=hyper)
         elif k in ("momentum", "nesterov"):
             optim_ops.momentum_update(p, g, st[0], lr=lr, mu=self.momentum, weight_decay=wd,
-                                      nesterov=(k == "nesterov"))
+                                      nesterov=(k == "nesterov"), hyper=hyper)
         elif k == "adagrad":
-            optim_ops.adagrad_update(p, g, st[0], lr=lr, eps=self.eps, weight_decay=wd)
+            optim_ops.adagrad_update(p, g, st[0], lr=lr, eps=self.eps, weight_decay=wd, hyper=hyper)
         elif k == "rmsprop":
-            optim_ops.rmsprop_update(p, g, st[0], lr=lr, decay=self.decay, eps=self.eps, weight_decay=wd)
+            optim_ops.rmsprop_update(p, g, st[0], lr=lr, decay=self.decay, eps=self.eps, weight_decay=wd,
+                                     hyper=hyper)
         else:
             optim_ops.adam_update(p, g, st[0], st[1], lr=lr, beta1=self.beta1, beta2=self.beta2,
-                                  eps=self.eps, t=self.t + 1, weight_decay=wd)
+                                  eps=self.eps, t=self.t + 1, weight_decay=wd, hyper=hyper)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         out = {f"opt.state{i}": devmod.to_host(s) for i, s in enumerate(self.state)}

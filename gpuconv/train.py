@@ -3,12 +3,14 @@
 Data is uploaded to the device once; batches are gathered there.  Loss and
 accuracy accumulate on the device and reach the host only every ``log_every``
 steps (for the progress line) and at the end of an epoch, so a GPU run has a
-handful of sync points per epoch.  Checkpoints are atomic ``.npz`` files (no
-pickle); ``resume`` continues exactly where the run stopped: same seed, same
-batches, same dropout masks, same numbers.
+handful of sync points per epoch.  In the planned arena each step is a
+:class:`~gpuconv.step.TrainStep`; ``cuda_graph`` captures it once and replays it.
+Checkpoints are atomic ``.npz`` files (no pickle); ``resume`` continues exactly
+where the run stopped: same seed, same batches, same dropout masks, same numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -19,6 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import cuda
 from . import device as devmod
 from .augment import augment as augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -27,6 +30,7 @@ from .net import CONV_ALGOS, Net
 from .ops import loss as loss_ops
 from .optim import Optimizer, Schedule
 from .progress import MetricsWriter, Progress
+from .step import TrainStep
 from .zoo import get_model
 
 CHECKPOINT = "checkpoint.npz"
@@ -62,6 +66,7 @@ class TrainConfig:
     save: bool = True
     budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory
     planned: bool = True            # run inside the memory plan's arena (False: allocate as you go)
+    cuda_graph: bool = False        # GPU: capture the planned step once as a CUDA graph, replay it
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "eval_batch"):
@@ -73,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"--conv-algo must be one of {', '.join(CONV_ALGOS)}, got {self.conv_algo!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.cuda_graph and not self.planned:
+            raise ValueError("--cuda-graph replays the planned step: it cannot run with --unplanned")
 
 
 @dataclass
@@ -122,7 +129,7 @@ def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device,
                 f"The largest batch that fits is {best}; run with --batch-size {best} "
                 f"(see `gpuconv plan {cfg.model} --batch {cfg.batch_size}` for where the memory goes)")
     executor = PlannedExecutor(net, plan, dev, seed=cfg.seed)
-    opt.bind(net, state_buffers=executor.state_views())
+    opt.bind(net, state_buffers=executor.state_views(), hyper=executor.hyper_view())
     return net, opt, dev, executor
 
 
@@ -193,15 +200,35 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     if cfg.save:
         out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
+    graph = cfg.cuda_graph and dev.is_gpu
+    note = ", CUDA graph" if graph else (" (no CUDA graph on the CPU)" if cfg.cuda_graph else "")
     print(f"gpuconv: training {net.name} ({net.num_params:,} params) on {ds.name} "
-          f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}, {cfg.optimizer} "
+          f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}{note}, {cfg.optimizer} "
           f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs", file=stream)
+    step = TrainStep(net, opt, executor, cuda_graph=graph) if executor is not None else None
+    acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
+    epoch = start_epoch
+    with contextlib.ExitStack() as scope:
+        if graph:  # a graph is captured on, and replayed in, a stream of its own (not the default one)
+            scope.enter_context(cuda.capture_stream())
+        acc, test_loss, train_loss, epoch = _run_epochs(cfg, net, opt, batches, step, executor, x_test, y_test,
+                                                        start_epoch, start_batch, history, metrics, out, norm,
+                                                        stream, xp, t0)
+    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
+
+
+def _run_epochs(cfg: TrainConfig, net: Net, opt: Optimizer, batches: BatchIterator, step: TrainStep | None,
+                executor: Any, x_test: Any, y_test: Any, start_epoch: int, start_batch: int,
+                history: list[dict[str, Any]], metrics: MetricsWriter | None, out: Path,
+                norm: tuple[np.ndarray, np.ndarray], stream: IO[str], xp: Any,
+                t0: float) -> tuple[float, float, float, int]:
+    """The epochs of a run: train, evaluate, record, checkpoint; (accuracy, test loss, train loss, epoch)."""
     acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, cfg.epochs):
             it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor)
+            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
             acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
                       "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
@@ -220,7 +247,7 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     finally:
         if metrics:
             metrics.close()
-    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
+    return acc, test_loss, train_loss, epoch
 
 
 def _batches(it: BatchIterator, executor: Any) -> Any:
@@ -240,16 +267,19 @@ def _batches(it: BatchIterator, executor: Any) -> Any:
 
 
 def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, epoch: int,
-                 stream: IO[str], xp: Any, executor: Any = None) -> float:
-    loss_acc = xp.zeros((), dtype=np.float64)   # device-side running sums since the last sync
-    correct_acc = xp.zeros((), dtype=np.int64)
+                 stream: IO[str], xp: Any, executor: Any = None, step: TrainStep | None = None) -> float:
+    """One epoch.  Planned runs go through ``step`` (whose loss/accuracy totals are planned
+    device scalars); unplanned ones run the layers directly with device temporaries."""
+    if step is not None:
+        step.reset_metrics()
+        loss_acc, correct_acc = step.loss_sum, step.correct   # device-side running sums since the last sync
+    else:
+        loss_acc, correct_acc = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
     images_acc = 0
     epoch_loss, epoch_images = 0.0, 0
     pending = 0
     progress = Progress(len(it), stream=stream, desc=f"epoch {epoch + 1}/{cfg.epochs}", start=it.start_batch)
     net._batches_done = it.start_batch  # type: ignore[attr-defined]
-    bufs = executor.train_step_buffers() if executor is not None else None
-    grad_out = executor.dscores_view() if executor is not None else None
     for b, (xb, yb) in enumerate(_batches(it, executor), start=it.start_batch):
         if cfg.augment:
             aug = augment_batch(xb, np.random.default_rng([cfg.seed, epoch, b]), pad=2)
@@ -257,16 +287,17 @@ def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, 
                 xb[...] = aug
             else:
                 xb = aug
-        scores = net.forward(xb, train=True, buffers=bufs)
-        loss, dscores = net.loss_and_grad(scores, yb, grad_out=grad_out)
-        # Count now: in the planned arena the scores' memory is reused during backward.
-        correct_acc += loss_ops.accuracy_count(scores, yb)
-        net.backward(dscores, buffers=bufs)
-        opt.step()
-        net.step += 1
-        n = int(yb.shape[0])
-        loss_acc += loss * n
-        images_acc += n
+        if step is not None:
+            step.run()
+        else:
+            scores = net.forward(xb, train=True)
+            loss, dscores = net.loss_and_grad(scores, yb)
+            correct_acc += loss_ops.accuracy_count(scores, yb)
+            net.backward(dscores)
+            opt.step()
+            net.step += 1
+            loss_acc += loss * int(yb.shape[0])
+        images_acc += int(yb.shape[0])
         pending += 1
         net._batches_done = b + 1  # type: ignore[attr-defined]
         if pending == cfg.log_every or b + 1 == len(it):

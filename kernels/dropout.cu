@@ -8,6 +8,8 @@
 // computes it, so CPU and GPU masks are bit-identical.
 //   forward : mask[i] = keep ? 1 : 0;  y[i] = keep ? x[i] * scale : 0   (scale = 1/(1-p))
 //   backward: dx[i]  = mask[i] ? dy[i] * scale : 0
+// dropout_fwd_dev_*: the same, with (k0, k1) = keys[0], keys[1] read from device memory (a
+// captured CUDA graph replays the launch with the keys the host wrote there for the step).
 // In place is allowed (y == x, dx == dy): each element is read then written by one thread.
 // Launch geometry: 1-D grid of 256-thread blocks, grid-stride loop with 64-bit indices, UNROLL
 // elements blockDim.x apart per thread per step (coalesced).  No shared memory.
@@ -88,6 +90,14 @@ extern "C" __global__ void dropout_fwd_f32(const float* x, float* y, u8* mask, l
 extern "C" __global__ void dropout_fwd_f64(const double* x, double* y, u8* mask, long long n,
                                            u32 k0, u32 k1, u32 thr, double scale) {
     dropout_fwd_body<double>(x, y, mask, n, k0, k1, thr, scale);
+}
+extern "C" __global__ void dropout_fwd_dev_f32(const float* x, float* y, u8* mask, long long n,
+                                               const u32* keys, u32 thr, float scale) {
+    dropout_fwd_body<float>(x, y, mask, n, keys[0], keys[1], thr, scale);
+}
+extern "C" __global__ void dropout_fwd_dev_f64(const double* x, double* y, u8* mask, long long n,
+                                               const u32* keys, u32 thr, double scale) {
+    dropout_fwd_body<double>(x, y, mask, n, keys[0], keys[1], thr, scale);
 }
 extern "C" __global__ void dropout_bwd_f32(const float* dy, const u8* mask, float* dx, long long n,
                                            float scale) {

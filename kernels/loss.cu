@@ -14,6 +14,8 @@
 // A label outside [0, C) is never used as an index: that row's loss and its dscores row
 // become NaN (so the mean loss is NaN), and it never counts as correct.
 // mean_reduce: one block of 256 threads, out[0] = sum(v[0:N]) / N (fixed order: deterministic).
+// mean_accumulate: mean_reduce, then sum[0] += (double)(out[0] * N): a training loop's running
+//                  loss total, kept on the device (one block, so no atomics).
 
 #define ROWS_PER_BLOCK 8
 
@@ -188,6 +190,11 @@ __device__ __forceinline__ void mean_reduce_body(const T* __restrict__ v, T* __r
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(256) mean_reduce_##SUF(const T* v, T* out, int N) {        \
         mean_reduce_body<T>(v, out, N);                                                                      \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256) mean_accumulate_##SUF(const T* v, T* out, double* sum, \
+                                                                           int N) {                          \
+        mean_reduce_body<T>(v, out, N);                                                                      \
+        if (threadIdx.x == 0) sum[0] += (double)(out[0] * T(N));                                             \
     }
 
 LOSS_ENTRIES(f32, float)

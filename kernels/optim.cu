@@ -12,6 +12,9 @@
 //   adam      m = b1 m + (1-b1) dx; v = b2 v + (1-b2) dx^2;
 //             p -= lr * (m / bc1) / (sqrt(v / bc2) + eps), bc1 = 1 - b1^t, bc2 = 1 - b2^t
 //             (bc1, bc2 computed on the host in double precision).
+// *_dev entries: the same updates with the scalars that change every step read from device
+// memory, hyper = {lr, bc1, bc2} (bc only for Adam), so a CUDA graph that captured the launch
+// replays it with the values the host wrote there for this step.
 
 __device__ __forceinline__ float root(float x) { return sqrtf(x); }
 __device__ __forceinline__ double root(double x) { return sqrt(x); }
@@ -101,3 +104,27 @@ __device__ __forceinline__ void adam_body(T* __restrict__ p, const T* __restrict
 
 OPTIM_ENTRIES(f32, float)
 OPTIM_ENTRIES(f64, double)
+
+#define OPTIM_DEV_ENTRIES(SUF, T)                                                                           \
+    extern "C" __global__ void sgd_dev_##SUF(T* p, const T* g, long long n, const T* hyper, T wd) {         \
+        sgd_body<T>(p, g, n, hyper[0], wd);                                                                 \
+    }                                                                                                       \
+    extern "C" __global__ void momentum_dev_##SUF(T* p, const T* g, T* v, long long n, const T* hyper, T mu, \
+                                                  T wd, int nesterov) {                                     \
+        momentum_body<T>(p, g, v, n, hyper[0], mu, wd, nesterov);                                           \
+    }                                                                                                       \
+    extern "C" __global__ void adagrad_dev_##SUF(T* p, const T* g, T* cache, long long n, const T* hyper,   \
+                                                 T eps, T wd) {                                             \
+        adagrad_body<T>(p, g, cache, n, hyper[0], eps, wd);                                                 \
+    }                                                                                                       \
+    extern "C" __global__ void rmsprop_dev_##SUF(T* p, const T* g, T* cache, long long n, const T* hyper,   \
+                                                 T decay, T eps, T wd) {                                    \
+        rmsprop_body<T>(p, g, cache, n, hyper[0], decay, eps, wd);                                          \
+    }                                                                                                       \
+    extern "C" __global__ void adam_dev_##SUF(T* p, const T* g, T* m, T* v, long long n, const T* hyper,    \
+                                              T b1, T b2, T eps, T wd) {                                    \
+        adam_body<T>(p, g, m, v, n, hyper[0], b1, b2, eps, hyper[1], hyper[2], wd);                         \
+    }
+
+OPTIM_DEV_ENTRIES(f32, float)
+OPTIM_DEV_ENTRIES(f64, double)

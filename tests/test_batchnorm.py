@@ -234,3 +234,29 @@ def test_gpu_errors(cp, rng):
         batchnorm_backward(x, gx, gg, sm, si)
 
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(16, 3, 37, 41), (64, 5)])
+def test_gpu_partials_in_a_planned_workspace(cp, rng, shape):
+    """The train-mode partial sums in the given (poisoned) workspace: the same bits as with
+    the op's own scratch; a workspace smaller than workspace_elems is refused."""
+    from gpuconv.ops.batchnorm import workspace_elems
+
+    n, c = shape[:2]
+    hw = int(np.prod(shape[2:]))
+    need = workspace_elems(n, c, hw)
+    x64, g64, b64, rm64, rv64 = make(rng, shape, np.float64, offset=1.0)
+    x, g, b = (cp.asarray(a.astype(np.float32)) for a in (x64, g64, b64))
+    dy = cp.asarray(rng.standard_normal(shape).astype(np.float32))
+    results = []
+    for ws in (None, poison(cp, (need + 5,))):
+        rm, rv = cp.asarray(rm64.astype(np.float32)), cp.asarray(rv64.astype(np.float32))
+        y, sm, si = batchnorm_forward(x, g, b, rm, rv, train=True, workspace=ws)
+        dx, dg, db = batchnorm_backward(dy, x, g, sm, si, workspace=ws)
+        results.append([cp.asnumpy(a) for a in (y, sm, si, rm, rv, dx, dg, db)])
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+    rm, rv = cp.asarray(rm64.astype(np.float32)), cp.asarray(rv64.astype(np.float32))
+    with pytest.raises(OpArgumentError, match="workspace"):
+        batchnorm_forward(x, g, b, rm, rv, train=True, workspace=cp.zeros(need - 1, np.float32))

@@ -225,3 +225,22 @@ def test_gpu_bad_inputs(cp) -> None:
         do.dropout_forward(xg, 0.5, 0, 0, out=np.zeros((2, 3), np.float32))
     with pytest.raises(OpArgumentError, match="mask is on cpu"):
         do.dropout_backward(xg, np.ones((2, 3), np.uint8), 0.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keys_from_device_memory_equal_scalar_keys(cp, rng: np.random.Generator, dtype) -> None:
+    """dropout_fwd_dev reads (k0, k1) from memory: the same mask and output as the scalar
+    kernel for those keys, on the device and on the CPU; seed and counter are then ignored."""
+    x = rng.standard_normal((3, 5, 7)).astype(dtype)
+    seed, counter = 2**40 + 3, 17
+    keys = np.array(do.dropout_keys(seed, counter), dtype=np.uint32)
+    y_ref, m_ref = do.dropout_forward(cp.asarray(x), 0.3, seed, counter)
+    y, m = do.dropout_forward(cp.asarray(x), 0.3, 0, 0, out=poison(cp, x.shape, dtype), keys=cp.asarray(keys))
+    np.testing.assert_array_equal(cp.asnumpy(m), cp.asnumpy(m_ref))
+    np.testing.assert_array_equal(cp.asnumpy(y), cp.asnumpy(y_ref))
+    y_cpu, m_cpu = do.dropout_forward(x, 0.3, 0, 0, keys=keys)
+    np.testing.assert_array_equal(m_cpu, cp.asnumpy(m_ref))
+    assert rel_error(y_cpu, y_ref) < 1e-6
+    with pytest.raises(OpArgumentError, match="keys"):
+        do.dropout_forward(cp.asarray(x), 0.3, 0, 0, keys=cp.asarray(keys[:1]))

@@ -364,3 +364,42 @@ def test_errors_gpu(cp, rng):
         fc.fc_forward(x, w, cp.zeros(3, cp.float32))
     with pytest.raises(OpArgumentError, match="fc_backward_weight: dy is on cpu"):
         fc.fc_backward_weight(x, np.zeros((3, 5), np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_fc_split_k_in_a_planned_workspace(cp, rng, precision):
+    """Split-K partial sums in the workspace the plan gives (poisoned: every element the
+    GEMM reads it writes first); a workspace too small for the splits it wants makes it
+    use fewer splits (or none), never write past it."""
+    n, d, m = 4, 3000, 40                                    # skinny: the forward splits K
+    assert fc._wanted_splits(n, m, d, 132) > 1
+    need = fc.fc_workspace_elems(n, d, m)
+    assert need == fc._wanted_splits(n, m, d, 132) * n * m    # the forward's is the largest here
+    x = to_tf32(rng.standard_normal((n, d)).astype(np.float32))
+    w = to_tf32((rng.standard_normal((m, d)) / np.sqrt(d)).astype(np.float32))
+    ref = fc.fc_forward(x.astype(np.float64), w.astype(np.float64))
+    for elems in (need, 2 * n * m + 7, n * m - 1):           # enough; two splits; too small to split
+        ws = poison(cp, (elems,))
+        y = poison(cp, (n, m))
+        fc.fc_forward(cp.asarray(x), cp.asarray(w), out=y, precision=precision, workspace=ws)
+        assert rel_error(y, ref) < 1e-5, elems
+    with pytest.raises(OpArgumentError, match="workspace"):
+        fc.fc_forward(cp.asarray(x), cp.asarray(w), workspace=cp.zeros((8, 2), np.float32))
+
+
+def test_fc_layer_plans_its_split_k_workspace():
+    from gpuconv.layers import FC
+    from gpuconv.memory import make_plan
+    from gpuconv.net import Net
+
+    net = Net([FC(4096), FC(10)], (25088,))
+    plan = make_plan(net, 64, optimizer="sgd")
+    ws = {t.name: t for t in plan.tensors if t.kind == "workspace"}
+    # VGG16's FC-4096 at batch 64: 32 output tiles on 132 SMs, K = 25088 -> 9 splits of 64x4096
+    assert ws["fc1.splitk"].shape == (9 * 64 * 4096,)
+    # FC-10 on 4096 inputs: one tile, K = 4096: min(264, 4096 // 512, 16) = 8 splits
+    assert ws["fc2.splitk"].shape == (8 * 64 * 10,)
+    assert fc.fc_workspace_elems(64, 4096, 10) == 8 * 64 * 10
+    assert not [t for t in make_plan(Net([FC(10)], (500,)), 64).tensors if t.kind == "workspace"]  # K < 1024
+    assert make_plan(net, 64, inference=True).tensor("fc1.splitk").shape == (9 * 64 * 4096,)

@@ -226,3 +226,36 @@ def test_errors_gpu(cp, rng):
         L.accuracy_count(gs, gy.astype(cp.int64))
     with pytest.raises(OpArgumentError, match="C-contiguous"):
         L.softmax(cp.asfortranarray(cp.ones((4, 3), cp.float32)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_planned_loss_buffers_and_running_totals(cp, rng, dtype):
+    """The loss in planned buffers, its running sum (mean * N added, float64) and the correct
+    count added into a running total: device and CPU agree, and totals accumulate."""
+    n, c = 37, 11
+    bufs = {}
+    for name, xp in (("dev", cp), ("cpu", np)):
+        rows, mean = xp.zeros((n,), dtype=dtype), xp.zeros((), dtype=dtype)
+        total = xp.asarray(np.array(1.5, dtype=np.float64))
+        correct = xp.asarray(np.array(3, dtype=np.int64))
+        bufs[name] = (L.LossBuffers(rows, mean, total), correct)
+    means = []
+    for step in range(3):
+        s, y = data(rng, n, c, dtype)
+        for name, xp in (("dev", cp), ("cpu", np)):
+            b, correct = bufs[name]
+            loss, _ = L.softmax_cross_entropy(xp.asarray(s), xp.asarray(y), buffers=b)
+            assert loss is b.mean
+            assert L.accuracy_count(xp.asarray(s), xp.asarray(y), into=correct) is correct
+        means.append(float(L.softmax_cross_entropy(s, y)[0]))
+        b, _ = bufs["dev"]
+        assert abs(float(b.mean) - means[-1]) <= 1e-5 * abs(means[-1])
+    for name in ("dev", "cpu"):
+        b, correct = bufs[name]
+        assert float(b.running_sum) == pytest.approx(1.5 + n * sum(means), rel=1e-5)
+    assert int(bufs["dev"][1]) == int(bufs["cpu"][1]) >= 3
+    assert float(bufs["dev"][0].running_sum) == pytest.approx(float(bufs["cpu"][0].running_sum), rel=1e-6)
+    with pytest.raises(OpArgumentError, match="running_sum"):
+        L.svm_loss(cp.asarray(s), cp.asarray(y),
+                   buffers=L.LossBuffers(cp.zeros((n,), dtype), cp.zeros((), dtype), cp.zeros((), np.float32)))

@@ -159,3 +159,52 @@ def test_errors_gpu(cp):
         O.momentum_update(p, p.copy(), cp.zeros(16, cp.float32)[::2], lr=0.1)
     with pytest.raises(OpArgumentError, match=r"rmsprop_update: cache must have shape \(8,\)"):
         O.rmsprop_update(p, p.copy(), cp.zeros(9, cp.float32), lr=0.1)
+
+
+def apply_hyper(kind, p, g, s1, s2, hyper, hp):
+    """The same update with lr (and Adam's t) taken from ``hyper``: the scalars passed are ignored."""
+    rest = {k: v for k, v in hp.items() if k != "lr"}
+    if kind == "sgd":
+        O.sgd_update(p, g, lr=123.0, hyper=hyper, **rest)
+    elif kind in ("momentum", "nesterov"):
+        O.momentum_update(p, g, s1, lr=123.0, nesterov=kind == "nesterov", hyper=hyper, **rest)
+    elif kind == "adagrad":
+        O.adagrad_update(p, g, s1, lr=123.0, hyper=hyper, **rest)
+    elif kind == "rmsprop":
+        O.rmsprop_update(p, g, s1, lr=123.0, hyper=hyper, **rest)
+    else:
+        O.adam_update(p, g, s1, s2, lr=123.0, t=99, hyper=hyper, **rest)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind,hp", CASES, ids=[c[0] for c in CASES])
+def test_hyper_from_device_memory_equals_scalar_arguments(cp, rng, kind, hp, dtype):
+    """The *_dev kernels (lr, bias corrections read from memory) give the scalar kernels' bits,
+    on the device and on the CPU, with the learning rate changing every step."""
+    n = 1031
+    p, s1, s2 = init_state(rng, kind, n, dtype)
+    ref = [cp.asarray(a) for a in (p, s1, s2)]
+    dev = [cp.asarray(a) for a in (p, s1, s2)]
+    cpu = [a.copy() for a in (p, s1, s2)]
+    hyper = cp.zeros(O.HYPER, dtype=dtype)
+    for t in range(1, STEPS + 1):
+        g = rng.standard_normal(n).astype(dtype)
+        step_hp = {**hp, "lr": hp["lr"] / t}
+        apply(kind, *ref[:1], cp.asarray(g), *ref[1:], t, step_hp)
+        values = O.hyper_values(step_hp["lr"], t if kind == "adam" else None,
+                                hp.get("beta1", 0.9), hp.get("beta2", 0.999))
+        hyper[...] = cp.asarray(np.asarray(values, dtype=dtype))
+        apply_hyper(kind, dev[0], cp.asarray(g), dev[1], dev[2], hyper, hp)
+        apply_hyper(kind, cpu[0], g, cpu[1], cpu[2], np.asarray(values, dtype=dtype), hp)
+    for r, d, c in zip(ref, dev, cpu):
+        np.testing.assert_array_equal(cp.asnumpy(d), cp.asnumpy(r))
+        assert rel_error(c, r) < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_hyper_must_match_p(rng):
+    p, g = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(OpArgumentError, match="hyper"):
+        O.sgd_update(p, g, lr=0.1, hyper=np.zeros(2, np.float32))
+    with pytest.raises(OpArgumentError, match="hyper"):
+        O.sgd_update(p, g, lr=0.1, hyper=np.zeros(3, np.float64))

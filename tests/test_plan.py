@@ -24,6 +24,8 @@ def tiny() -> Net:
 #   params: conv 4*1*3*3 + 4 = 40, fc 5*36 + 5 = 185 -> 225 values = 900 B -> 1024 B per param-store segment
 #   gradients: dscores 40 B, fc.dx 288 B, pool.dx 1152 B; no conv.dx: the first layer skips the
 #   data's gradient (nobody needs it), so the plan places none
+#   the step's own state (training, misc): loss rows 2*4 = 8 B, loss mean 4 B, running loss sum
+#   (float64) 8 B, correct count (int64) 8 B, optimizer scalars 3*4 = 12 B: 5 aligned blocks of 256
 PARAMS = 225
 SEGMENT = align_up(PARAMS * 4)  # 1024
 
@@ -32,7 +34,8 @@ def test_tiny_net_tensors_and_bytes() -> None:
     p = make_plan(tiny(), 2, optimizer="sgd")
     sizes = {t.name: t.nbytes for t in p.tensors}
     assert sizes == {"conv1.out": 1152, "pool1.out": 288, "fc1.out": 40, "pool1.switches": 72, "dscores": 40,
-                     "fc1.dx": 288, "pool1.dx": 1152, "input": 288, "labels": 8}
+                     "fc1.dx": 288, "pool1.dx": 1152, "input": 288, "labels": 8, "loss.rows": 8, "loss.mean": 4,
+                     "step.loss_sum": 8, "step.correct": 8, "step.hyper": 12}
     assert p.tensor("pool1.switches").dtype == "uint8"
     assert p.tensor("labels").dtype == "int32"
     assert "relu1.out" in p.tensor("conv1.out").aliases   # fused ReLU: no memory of its own
@@ -65,13 +68,13 @@ def test_tiny_net_totals_per_optimizer(optimizer: str) -> None:
     slots = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}[optimizer]
     assert p.state_slots == slots
     assert p.param_store_bytes == SEGMENT * (2 + slots)         # params + grads + state
-    assert p.misc_bytes == 512 + 256                            # input 288 B and labels 8 B, each aligned
+    assert p.misc_bytes == 512 + 256 + 5 * 256                  # input 288 B, labels 8 B, the step's state
     # Live bytes peak at step 5: conv1.out 1280 + switches 256 + fc1.dx 512 + pool1.dx 1280 (aligned) = 3328,
     # and the placement reaches that lower bound.
     assert p.peak_live_bytes == 3328
     assert p.arena_bytes == 3328
     assert p.no_reuse_bytes == 1280 + 512 + 256 + 256 + 256 + 512 + 1280
-    assert p.total_bytes == SEGMENT * (2 + slots) + 3328 + 768
+    assert p.total_bytes == SEGMENT * (2 + slots) + 3328 + 768 + 5 * 256
     assert sum(r.optimizer_state_bytes for r in p.rows) == PARAMS * 4 * slots
 
 

@@ -17,6 +17,14 @@ ordering between blocks, or races (compute-sanitizer on a GPU does that).
 
 ``emulated()`` makes the ops' GPU launchers run here: arrays made by
 :func:`asarray` count as device arrays, ``cuda.launch`` goes to :func:`launch`.
+
+CUDA-graph capture (``cuda.capture``) is modelled exactly: while capturing, a
+kernel launch or a memset is recorded instead of run, and the replay runs the
+recorded list with the arguments as they were (a graph freezes scalars and
+pointers).  Anything else that touches device data while capturing (a NumPy
+operation on an EmuArray, an allocation) is an :class:`EmulatorError`: on a GPU
+it would either not be replayed or leave the graph writing into memory the pool
+may hand to someone else.
 """
 from __future__ import annotations
 
@@ -186,8 +194,46 @@ class _EmuDevice:
 EMU_DEVICE = _EmuDevice()
 
 
+# While a capture is in progress: the recorded operations (see capture()); None otherwise.
+_recording: list[Any] | None = None
+
+# NumPy functions that read no array data (metadata only): allowed while capturing.
+_METADATA_FUNCTIONS = frozenset({"shape", "ndim", "size", "shares_memory", "may_share_memory", "result_type"})
+
+
+def _refuse_in_capture(what: str) -> None:
+    if _recording is not None:
+        raise EmulatorError(
+            f"{what} while capturing a CUDA graph: a captured step may only launch kernels and clear memory "
+            f"(cuda.launch, cuda.zero). A graph would not replay it, or would keep writing into memory the "
+            f"pool hands to someone else")
+
+
 class EmuArray(np.ndarray):
     """A NumPy array standing in for a cupy array: ``.data.ptr``, ``.device.id``, ``.get()``."""
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        _refuse_in_capture(f"NumPy {ufunc.__name__}.{method} on a device array")
+        plain = [a.view(np.ndarray) if isinstance(a, EmuArray) else a for a in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, EmuArray) else o for o in kwargs["out"])
+        out = getattr(ufunc, method)(*plain, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.view(EmuArray) if type(o) is np.ndarray else o for o in out)
+        return out.view(EmuArray) if type(out) is np.ndarray else out
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        if func.__name__ not in _METADATA_FUNCTIONS:
+            _refuse_in_capture(f"numpy.{func.__name__} on a device array")
+        return super().__array_function__(func, types, args, kwargs)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _refuse_in_capture("writing into a device array from the host (a[...] = v)")
+        super().__setitem__(key, value)
+
+    def fill(self, value: Any) -> None:
+        _refuse_in_capture("a.fill() on a device array")
+        super().fill(value)
 
     @property
     def data(self) -> _Pointer:  # type: ignore[override]
@@ -198,7 +244,13 @@ class EmuArray(np.ndarray):
         return EMU_DEVICE
 
     def get(self) -> np.ndarray:
+        _refuse_in_capture("copying a device array to the host (a.get())")
         return np.array(self, copy=True).view(np.ndarray)
+
+    def set(self, a: Any) -> None:
+        """Host -> device copy (cupy's ``ndarray.set``)."""
+        _refuse_in_capture("copying host data into a device array (a.set())")
+        np.copyto(self.view(np.ndarray), a)
 
 
 def asarray(a: Any, dtype: Any = None) -> EmuArray:
@@ -217,23 +269,29 @@ class _EmuXP:
             return value  # dtypes (xp.float32) and constants as they are
 
         def on_device(*args: Any, **kwargs: Any) -> Any:
+            _refuse_in_capture(f"xp.{name}")
             out = value(*args, **kwargs)
             return out.view(EmuArray) if type(out) is np.ndarray else out
         return on_device
 
     def asarray(self, a: Any, dtype: Any = None) -> EmuArray:
+        if not (isinstance(a, EmuArray) and dtype in (None, a.dtype)):
+            _refuse_in_capture("allocating a device array (xp.asarray)")
         return a if isinstance(a, EmuArray) and dtype in (None, a.dtype) else asarray(a, dtype)
 
     def empty(self, shape: Any, dtype: Any = float) -> EmuArray:
         # never zeros: all bits set (NaN for floats), so reading unwritten memory shows
+        _refuse_in_capture("allocating a device array (xp.empty)")
         out = np.empty(shape, dtype=dtype)
         out.reshape(-1).view(np.uint8).fill(_POISON)
         return out.view(EmuArray)
 
     def zeros(self, shape: Any, dtype: Any = float) -> EmuArray:
+        _refuse_in_capture("allocating a device array (xp.zeros)")
         return np.zeros(shape, dtype=dtype).view(EmuArray)
 
     def ones(self, shape: Any, dtype: Any = float) -> EmuArray:
+        _refuse_in_capture("allocating a device array (xp.ones)")
         return np.ones(shape, dtype=dtype).view(EmuArray)
 
     def empty_like(self, a: Any, dtype: Any = None) -> EmuArray:
@@ -275,7 +333,21 @@ def _overlapping(arrays: list[tuple[int, np.ndarray]]) -> set[int]:
 
 def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
            args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
-    """``cuda.launch`` on the CPU: same arguments, NumPy arrays for device pointers."""
+    """``cuda.launch`` on the CPU: same arguments, NumPy arrays for device pointers.
+
+    While capturing, the launch is checked against the kernel's signature and recorded."""
+    if _recording is not None:
+        args = tuple(args)
+        sig = build(module, defines).signature(function)
+        if len(args) != len(sig):
+            raise EmulatorError(f"{function}: {len(sig)} parameters, {len(args)} arguments")
+        _recording.append(lambda: _execute(module, function, grid, block, args, shared_mem, defines))
+        return
+    _execute(module, function, grid, block, args, shared_mem, defines)
+
+
+def _execute(module: str, function: str, grid: Sequence[int], block: Sequence[int],
+             args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
     block = tuple(int(b) for b in block) + (1,) * (3 - len(block))
     if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
@@ -327,18 +399,61 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
             raise EmulatorError(f"{module}.cu {function}: wrote to argument {i}, a read-only array")
 
 
+def zero(a: Any) -> None:
+    """``cuda.zero`` on the CPU: clear a contiguous device array (recorded while capturing)."""
+    if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+        raise EmulatorError("cuda.zero: the array must be a C-contiguous device array")
+    raw = a.view(np.ndarray)
+    if _recording is not None:
+        _recording.append(lambda: raw.fill(0))
+        return
+    raw.fill(0)
+
+
+class Graph:
+    """A captured step: the recorded launches and memsets, replayed in order."""
+
+    def __init__(self, ops: list[Any]) -> None:
+        self.ops = ops
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.ops)
+
+    def launch(self) -> None:
+        for op in self.ops:
+            op()
+
+
+def capture(fn: Any) -> Graph:
+    """``cuda.capture`` on the CPU: run ``fn`` recording (not running) its launches and memsets."""
+    global _recording
+    if _recording is not None:
+        raise EmulatorError("cuda.capture: a capture is already in progress")
+    _recording = []
+    try:
+        fn()
+        return Graph(_recording)
+    finally:
+        _recording = None
+
+
 @contextlib.contextmanager
 def emulated() -> Iterator[_EmuXP]:
     """Within: EmuArrays are device arrays and the ops' GPU launchers run on the emulator."""
     from .. import device  # noqa: PLC0415
     from ..ops import conv, fc  # noqa: PLC0415
 
-    saved = [(cuda, "launch", cuda.launch), (device, "is_gpu_array", device.is_gpu_array),
+    saved = [(cuda, "launch", cuda.launch), (cuda, "zero", cuda.zero), (cuda, "capture", cuda.capture),
+             (cuda, "capture_stream", cuda.capture_stream), (device, "is_gpu_array", device.is_gpu_array),
              (device, "array_module", device.array_module), (device, "device_of", device.device_of),
              (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count)]
     is_gpu, module_of, dev_of = device.is_gpu_array, device.array_module, device.device_of
     emu_device = device.Device("cuda", xp)  # type: ignore[arg-type]
     cuda.launch = launch  # type: ignore[assignment]
+    cuda.zero = zero  # type: ignore[assignment]
+    cuda.capture = capture  # type: ignore[assignment]
+    cuda.capture_stream = contextlib.nullcontext  # type: ignore[assignment]  (one in-order "stream" here)
     device.is_gpu_array = lambda a: isinstance(a, EmuArray) or is_gpu(a)  # type: ignore[assignment]
     device.array_module = lambda a: xp if isinstance(a, EmuArray) else module_of(a)  # type: ignore
     device.device_of = lambda a: emu_device if isinstance(a, EmuArray) else dev_of(a)  # type: ignore

@@ -51,6 +51,10 @@ class Buffers:
     dx: Any = None                                    # backward output (input gradient)
     saved: dict[str, Any] = field(default_factory=dict)
     workspace: dict[str, Any] = field(default_factory=dict)
+    # Scalars that change every step, in device memory the kernels read when they run
+    # (dropout keys), written by the executor before each step: a captured CUDA graph
+    # replays the same launches with the new values.
+    step: dict[str, Any] = field(default_factory=dict)
 
 
 NO_BUFFERS = Buffers()

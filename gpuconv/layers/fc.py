@@ -8,7 +8,7 @@ import numpy as np
 
 from ..ops import activation as act_ops
 from ..ops import fc as fc_ops
-from .base import NO_BUFFERS, Buffers, Layer, Shape, check_positive_int, init_weight
+from .base import NO_BUFFERS, Buffers, Layer, Shape, TensorSpec, check_positive_int, init_weight
 
 
 class Flatten(Layer):
@@ -70,10 +70,17 @@ class FC(Layer):
     def describe(self) -> str:
         return f"FC-{self.M}" + ("+RELU" if self.fused_relu else "")
 
+    def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
+        """Split-K scratch of the float32 GPU GEMMs (small batches, long rows: e.g. VGG16's FC-4096)."""
+        if np.dtype(self.dtype) != np.float32:
+            return []
+        elems = fc_ops.fc_workspace_elems(batch, self.in_features, self.M, train)
+        return [TensorSpec(f"{self.name}.splitk", (elems,), np.dtype(np.float32), "workspace")] if elems else []
+
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         x2 = x.reshape(x.shape[0], -1)
         y = fc_ops.fc_forward(x2, self.params["w"], self.params.get("b"), relu=self.fused_relu,
-                              out=buf.out, precision=self.precision)
+                              out=buf.out, precision=self.precision, workspace=buf.workspace.get("splitk"))
         if train:
             self._cache["x"] = x2
             if self.fused_relu:
@@ -85,9 +92,11 @@ class FC(Layer):
         if self.fused_relu:
             dy = act_ops.relu_backward(dy, self._cache["y"], out=dy)
         fc_ops.fc_backward_weight(x2, dy, with_bias=self.bias, dw_out=self.grads["w"],
-                                  db_out=self.grads.get("b"), precision=self.precision)
+                                  db_out=self.grads.get("b"), precision=self.precision,
+                                  workspace=buf.workspace.get("splitk"))
         if not self.input_grad:
             return None
         out = None if buf.dx is None else buf.dx.reshape(dy.shape[0], -1)
-        dx = fc_ops.fc_backward_data(dy, self.params["w"], out=out, precision=self.precision)
+        dx = fc_ops.fc_backward_data(dy, self.params["w"], out=out, precision=self.precision,
+                                     workspace=buf.workspace.get("splitk"))
         return dx.reshape((dy.shape[0], *self.in_shape))  # type: ignore[misc]

@@ -1,6 +1,7 @@
 """DROPOUT, BATCHNORM and LRN (local response normalization, as AlexNet uses it)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ class Dropout(Layer):
         if not train or self.p == 0.0:
             return x
         y, mask = dropout_ops.dropout_forward(x, self.p, self.seed, self.step, out=buf.out,
-                                              mask_out=buf.saved.get("mask"))
+                                              mask_out=buf.saved.get("mask"), keys=buf.step.get("keys"))
         self._cache["mask"] = mask
         return y
 
@@ -84,11 +85,20 @@ class BatchNorm(Layer):
         return [TensorSpec(f"{self.name}.mean", (self.channels,), self.dtype, "saved"),
                 TensorSpec(f"{self.name}.invstd", (self.channels,), self.dtype, "saved")]
 
+    def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
+        """The GPU kernels' per-block partial sums (train mode; inference uses running stats)."""
+        if not train:
+            return []
+        hw = int(math.prod(self.in_shape[1:]))  # type: ignore[index]
+        return [TensorSpec(f"{self.name}.partial", (bn_ops.workspace_elems(batch, self.channels, hw),),
+                           self.dtype, "workspace")]
+
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         y, mean, invstd = bn_ops.batchnorm_forward(
             x, self.params["gamma"], self.params["beta"], self.running_mean, self.running_var,
             train=train, momentum=self.momentum, eps=self.eps, out=buf.out,
-            save_mean=buf.saved.get("mean"), save_invstd=buf.saved.get("invstd"))
+            save_mean=buf.saved.get("mean"), save_invstd=buf.saved.get("invstd"),
+            workspace=buf.workspace.get("partial"))
         if train:
             self._cache.update(x=x, mean=mean, invstd=invstd)
         return y
@@ -97,7 +107,7 @@ class BatchNorm(Layer):
         c = self._cache
         dx, _, _ = bn_ops.batchnorm_backward(dy, c["x"], self.params["gamma"], c["mean"], c["invstd"],
                                              out=buf.dx, dgamma_out=self.grads["gamma"],
-                                             dbeta_out=self.grads["beta"])
+                                             dbeta_out=self.grads["beta"], workspace=buf.workspace.get("partial"))
         return dx
 
 

@@ -10,9 +10,12 @@
 - ONE misc region of ``plan.misc_bytes`` (input batch, labels, augmented copy),
 
 and builds one :class:`~gpuconv.layers.base.Buffers` per layer from views into
-them, so a training step allocates nothing of its own (the ops may still use
-small temporaries; the profiler measures those).  NumPy and CuPy work alike:
-every view is ``region[offset:offset + nbytes].view(dtype).reshape(shape)``.
+them, so a training step allocates nothing of its own: split-K and Winograd
+scratch, the loss, the running loss/accuracy totals and the per-step scalars
+(optimizer hyperparameters, dropout keys) are all planned tensors.  That is what
+lets :class:`gpuconv.step.TrainStep` capture the step as a CUDA graph.  NumPy
+and CuPy work alike: every view is
+``region[offset:offset + nbytes].view(dtype).reshape(shape)``.
 
 ``GPUCONV_DEBUG_ALLOC=1`` (or ``debug=True``) allocates every tensor
 separately instead, with the same views API, so compute-sanitizer can catch an
@@ -26,6 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import device as devmod
+from ..ops.dropout import dropout_keys
+from ..ops.loss import LossBuffers
 from .plan import Plan, PlannedTensor, fmt_bytes
 
 DEBUG_ENV = "GPUCONV_DEBUG_ALLOC"
@@ -192,18 +197,53 @@ class PlannedExecutor:
         """The optimizer's state slots (flat, num_params each), for ``Optimizer.bind(net, state_buffers=...)``."""
         return [self._segments[f"state{j}"] for j in range(self.plan.state_slots)]
 
+    def loss_buffers(self, running_sum: bool = False) -> LossBuffers:
+        """The planned loss scratch; with ``running_sum`` the loss also adds into step.loss_sum."""
+        return LossBuffers(self.view("loss.rows"), self.view("loss.mean"),
+                           self.view("step.loss_sum") if running_sum else None)
+
+    def correct_view(self) -> Any:
+        """0-d int64: the running count of correct predictions (see ops.loss.accuracy_count)."""
+        return self.view("step.correct")
+
+    def loss_sum_view(self) -> Any:
+        """0-d float64: the running sum of batch losses times batch size."""
+        return self.view("step.loss_sum")
+
+    def hyper_view(self) -> Any:
+        """[lr, bc1, bc2]: the optimizer's per-step scalars (see ops.optim.hyper_values)."""
+        return self.view("step.hyper")
+
+    def _dropout_layers(self) -> list[int]:
+        return [i for i, layer in enumerate(self.net.layers) if getattr(layer, "kind", "") == "DROPOUT"]
+
+    def write_step_scalars(self, step: int, hyper: Any = None) -> None:
+        """Write what changes every step into planned memory, stream-ordered (no sync): the
+        dropout keys of step ``step`` and, when given, the optimizer's [lr, bc1, bc2]."""
+        drop = self._dropout_layers()
+        if drop:
+            keys = [k for i in drop for k in dropout_keys(self.net.layers[i].seed, step)]
+            devmod.copy_into(self.view("step.dropout_keys"), np.array(keys, dtype=np.uint32))
+        if hyper is not None:
+            devmod.copy_into(self.hyper_view(), np.asarray(hyper, dtype=self.plan.dtype))
+
     @property
     def allocated_bytes(self) -> int:
         return sum(n for _, n in self.allocations)
 
     def _build_buffers(self, train: bool) -> list[Any]:
+        keys = {}
+        if train and self._dropout_layers():
+            all_keys = self.view("step.dropout_keys")
+            keys = {i: all_keys[2 * j:2 * j + 2] for j, i in enumerate(self._dropout_layers())}
         out = []
         for i, names in enumerate(self.plan.layer_tensors):
             out.append(_make_buffers(
                 out=self._views[names["out"]] if names["out"] else None,
                 dx=self._views[names["dx"]] if (train and names["dx"]) else None,
                 saved={k: self._views[v] for k, v in names["saved"].items()},
-                workspace={k: self._views[v] for k, v in names["workspace"].items()}))
+                workspace={k: self._views[v] for k, v in names["workspace"].items()},
+                step={"keys": keys[i]} if i in keys else {}))
         return out
 
     def train_step_buffers(self) -> list[Any]:
@@ -234,8 +274,10 @@ class PlannedExecutor:
         bufs = self.train_step_buffers()
         self.load_batch(x, labels)
         net = self.net
+        self.write_step_scalars(net.step)
         scores = net.forward(self.input_view(), train=True, buffers=bufs)
-        loss, dscores = net.loss_and_grad(scores, self.labels_view(), grad_out=self.dscores_view())
+        loss, dscores = net.loss_and_grad(scores, self.labels_view(), grad_out=self.dscores_view(),
+                                          buffers=self.loss_buffers())
         net.backward(dscores, buffers=bufs)
         return loss
 

@@ -17,7 +17,10 @@ The notes' three categories (CS231n, "Computational Considerations"):
   kept ("discarding the previous activations on layers below").
 - parameters, their gradients and the optimizer's step cache: one separate
   allocation, the *param store* (params | grads | state 0 | state 1).
-- miscellaneous: the input batch, the labels, an augmented copy if asked.
+- miscellaneous: the input batch, the labels, an augmented copy if asked; in
+  training also the step's small state (loss scratch, running loss and accuracy
+  totals, the per-step optimizer scalars and dropout keys), so that a training
+  step allocates nothing at all.
 
 Timeline (L layers): forward of layer i at step i; the loss at step L (it reads
 the scores and writes dscores); backward of layer i at step 2L-1-i.  So step L
@@ -39,6 +42,7 @@ ALIGN = 256  # cudaMalloc returns 256-byte aligned pointers; keep every view as 
 STATE_SLOTS: dict[str, int] = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}
 
 LABEL_DTYPE = np.dtype(np.int32)
+STEP_HYPER = 3  # the optimizer's per-step scalars on the device: lr, Adam's two bias corrections
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -186,7 +190,7 @@ class Plan:
         acts = sum(r.activation_bytes + r.gradient_bytes + r.saved_bytes + r.workspace_bytes for r in self.rows)
         return {"activations (no reuse)": acts, "activations (arena, with reuse)": self.arena_bytes,
                 "parameters (params + grads + optimizer state)": self.param_store_bytes,
-                "misc (input batch, labels, augmented copy)": self.misc_bytes}
+                "misc (input batch, labels, augmented copy, step state)": self.misc_bytes}
 
     # ---- output ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -374,6 +378,19 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
     if augment:
         misc.append(PlannedTensor("augmented", "misc", -1, in_shape, fdt.name, input_t.nbytes,
                                   start=0, end=num_steps - 1, intervals=((0, num_steps - 1),), region="misc"))
+    if not inference:
+        # The step's own small state, so a step allocates nothing (and can be a CUDA graph):
+        # the loss (per-row scratch and mean), the running loss total and correct count the
+        # training loop reads at its log points, and the scalars that change every step
+        # (optimizer [lr, bias corrections], dropout keys), read by the kernels from memory.
+        n_dropout = sum(1 for layer in layers if getattr(layer, "kind", "") == "DROPOUT")
+        small = [("loss.rows", (batch,), fdt), ("loss.mean", (), fdt), ("step.loss_sum", (), np.dtype(np.float64)),
+                 ("step.correct", (), np.dtype(np.int64)), ("step.hyper", (STEP_HYPER,), fdt)]
+        if n_dropout:
+            small.append(("step.dropout_keys", (2 * n_dropout,), np.dtype(np.uint32)))
+        for name, shape, d in small:
+            misc.append(PlannedTensor(name, "misc", -1, shape, d.name, tensor_bytes(shape, d),
+                                      start=0, end=num_steps - 1, intervals=((0, num_steps - 1),), region="misc"))
     off = 0
     for t in misc:
         t.offset = off

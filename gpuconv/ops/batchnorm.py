@@ -60,6 +60,20 @@ def _split(c: int, m: int) -> tuple[int, int]:
     return cuda.cdiv(m, chunk), chunk  # no empty trailing block
 
 
+def workspace_elems(n: int, c: int, hw: int) -> int:
+    """Scratch elements (x's dtype) of the GPU train-mode forward and backward: the per-block
+    partial sums, [2, C, S].  0 where there is nothing to split."""
+    s, _ = _split(c, n * hw)
+    return 2 * c * s
+
+
+def _partials(x: Any, c: int, s: int, workspace: Any) -> Any:
+    """The [2, C, S] partial sums: a view of the planned workspace, or a new array."""
+    if workspace is None:
+        return device.array_module(x).empty((2, c, s), dtype=x.dtype)
+    return workspace[:2 * c * s].reshape(2, c, s)
+
+
 def _elementwise_geometry(rows: int, hw: int) -> tuple[int, int, int]:
     """(grid, block, rows_mode) for bn_apply / bn_bwd_dx."""
     if hw >= 32:
@@ -120,15 +134,15 @@ def batchnorm_backward_cpu(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray, sav
 # ----------------------------------------------------------------------------- CUDA path
 
 def batchnorm_forward_gpu(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
-                          momentum: float, eps: float, out: Any, save_mean: Any, save_invstd: Any) -> None:
+                          momentum: float, eps: float, out: Any, save_mean: Any, save_invstd: Any,
+                          workspace: Any = None) -> None:
     """CUDA forward into the given buffers (validated by the caller)."""
-    xp = device.array_module(x)
     n, c, hw = _geometry("batchnorm_forward", x)
     suf = _suffix(x.dtype)
     m = n * hw
     if train:
         s, chunk = _split(c, m)
-        part = xp.empty((2, c, s), dtype=x.dtype)
+        part = _partials(x, c, s, workspace)
         cuda.launch("batchnorm", f"bn_stats_partial_{suf}", (c, s), (_THREADS,),
                     (x, part[0], part[1], n, c, np.int64(hw), np.int64(chunk), s))
         cuda.launch("batchnorm", f"bn_stats_finalize_{suf}", (cuda.cdiv(c, 256),), (256,),
@@ -143,13 +157,12 @@ def batchnorm_forward_gpu(x: Any, gamma: Any, beta: Any, running_mean: Any, runn
 
 
 def batchnorm_backward_gpu(dy: Any, x: Any, gamma: Any, save_mean: Any, save_invstd: Any, out: Any,
-                           dgamma_out: Any, dbeta_out: Any) -> None:
+                           dgamma_out: Any, dbeta_out: Any, workspace: Any = None) -> None:
     """CUDA training-mode backward into the given buffers."""
-    xp = device.array_module(x)
     n, c, hw = _geometry("batchnorm_backward", x)
     suf = _suffix(x.dtype)
     s, chunk = _split(c, n * hw)
-    part = xp.empty((2, c, s), dtype=x.dtype)
+    part = _partials(x, c, s, workspace)
     cuda.launch("batchnorm", f"bn_bwd_partial_{suf}", (c, s), (_THREADS,),
                 (dy, x, save_mean, part[0], part[1], n, c, np.int64(hw), np.int64(chunk), s))
     cuda.launch("batchnorm", f"bn_bwd_finalize_{suf}", (cuda.cdiv(c, 256),), (256,),
@@ -163,11 +176,12 @@ def batchnorm_backward_gpu(dy: Any, x: Any, gamma: Any, save_mean: Any, save_inv
 
 def batchnorm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, *, train: bool,
                       momentum: float = 0.1, eps: float = 1e-5, out: Any = None, save_mean: Any = None,
-                      save_invstd: Any = None) -> tuple[Any, Any, Any]:
+                      save_invstd: Any = None, workspace: Any = None) -> tuple[Any, Any, Any]:
     """Batch-normalize ``x``; returns ``(y, save_mean, save_invstd)``.
 
     Train mode updates ``running_mean`` / ``running_var`` in place.  All parameter and
-    statistic arrays are [C] with x's dtype and device.
+    statistic arrays are [C] with x's dtype and device.  ``workspace``: planned GPU scratch
+    of at least :func:`workspace_elems` elements (else the GPU path allocates it).
     """
     op = "batchnorm_forward"
     dt = _float_dtype(op, "x", x)
@@ -184,15 +198,19 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_
     out = check_out(op, out, x.shape, x, dt)
     save_mean = _check_vec(op, "save_mean", save_mean, c, x, dt)
     save_invstd = _check_vec(op, "save_invstd", save_invstd, c, x, dt)
-    impl = batchnorm_forward_gpu if device.is_gpu_array(x) else batchnorm_forward_cpu
-    impl(x, gamma, beta, running_mean, running_var, bool(train), float(momentum), float(eps), out,
-         save_mean, save_invstd)
+    if device.is_gpu_array(x):
+        _check_workspace(op, workspace, n, c, hw, x, dt)
+        batchnorm_forward_gpu(x, gamma, beta, running_mean, running_var, bool(train), float(momentum),
+                              float(eps), out, save_mean, save_invstd, workspace)
+    else:
+        batchnorm_forward_cpu(x, gamma, beta, running_mean, running_var, bool(train), float(momentum),
+                              float(eps), out, save_mean, save_invstd)
     return out, save_mean, save_invstd
 
 
 def batchnorm_backward(dy: Any, x: Any, gamma: Any, save_mean: Any, save_invstd: Any, out: Any = None,
-                       dgamma_out: Any = None, dbeta_out: Any = None) -> tuple[Any, Any, Any]:
-    """Training-mode backward; returns ``(dx, dgamma, dbeta)``."""
+                       dgamma_out: Any = None, dbeta_out: Any = None, workspace: Any = None) -> tuple[Any, Any, Any]:
+    """Training-mode backward; returns ``(dx, dgamma, dbeta)`` (``workspace``: as in the forward)."""
     op = "batchnorm_backward"
     dt = _float_dtype(op, "x", x)
     check_array(op, "x", x, dtype=dt)
@@ -203,9 +221,21 @@ def batchnorm_backward(dy: Any, x: Any, gamma: Any, save_mean: Any, save_invstd:
     out = check_out(op, out, x.shape, x, dt)
     dgamma_out = _check_vec(op, "dgamma_out", dgamma_out, c, x, dt)
     dbeta_out = _check_vec(op, "dbeta_out", dbeta_out, c, x, dt)
-    impl = batchnorm_backward_gpu if device.is_gpu_array(x) else batchnorm_backward_cpu
-    impl(dy, x, gamma, save_mean, save_invstd, out, dgamma_out, dbeta_out)
+    if device.is_gpu_array(x):
+        _check_workspace(op, workspace, n, c, hw, x, dt)
+        batchnorm_backward_gpu(dy, x, gamma, save_mean, save_invstd, out, dgamma_out, dbeta_out, workspace)
+    else:
+        batchnorm_backward_cpu(dy, x, gamma, save_mean, save_invstd, out, dgamma_out, dbeta_out)
     return out, dgamma_out, dbeta_out
+
+
+def _check_workspace(op: str, workspace: Any, n: int, c: int, hw: int, like: Any, dt: np.dtype) -> None:
+    if workspace is None:
+        return
+    check_array(op, "workspace", workspace, ndim=1, dtype=dt, like=like)
+    need = workspace_elems(n, c, hw)
+    if workspace.size < need:
+        raise OpArgumentError(f"{op}: workspace holds {workspace.size} elements, the kernels need {need}")
 
 
 def _check_vec(op: str, name: str, a: Any, c: int, like: Any, dt: np.dtype) -> Any:

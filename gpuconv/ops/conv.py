@@ -577,7 +577,7 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
 
         def run(v: Variant) -> None:
             if splits > 1:
-                dw.fill(0)  # the splits accumulate with atomicAdd
+                cuda.zero(dw)  # the splits accumulate with atomicAdd
             cuda.launch("conv", _kernel("bwdf", v, precision),
                         (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
                         [x, dy, dw, *geo, int(splits > 1)], defines=autotune.SCHEDULE_DEFINES[v[2]])
@@ -591,7 +591,7 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
 def conv_bias_grad_gpu(dy: Any, db: Any) -> Any:
     """db[k] = sum of dy[:, k] (overwritten)."""
     n, k, ho, wo = dy.shape
-    db.fill(0)
+    cuda.zero(db)
     per_k = n * ho * wo
     gy = max(1, min(cuda.cdiv(per_k, 256 * 16), max(1, 1024 // max(k, 1)), 65535))
     suffix = "f64" if dy.dtype == np.float64 else "f32"

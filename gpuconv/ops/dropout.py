@@ -142,8 +142,14 @@ def dropout_backward_cpu(dy: np.ndarray, mask: np.ndarray, scale: float, dx: np.
 
 # ---------------------------------------------------------------------------- CUDA launchers
 
-def dropout_forward_gpu(x: Any, k0: int, k1: int, thr: int, scale: float, y: Any, mask: Any) -> None:
+def dropout_forward_gpu(x: Any, k0: int, k1: int, thr: int, scale: float, y: Any, mask: Any,
+                        keys: Any = None) -> None:
+    """With ``keys`` (device uint32[2]) the kernel reads (k0, k1) from it when it runs."""
     n = x.size
+    if keys is not None:
+        cuda.launch("dropout", f"dropout_fwd_dev_{_suffix(x.dtype)}", _grid(n), (_BLOCK, 1, 1),
+                    (x, y, mask, np.int64(n), keys, np.uint32(thr), x.dtype.type(scale)))
+        return
     cuda.launch("dropout", f"dropout_fwd_{_suffix(x.dtype)}", _grid(n), (_BLOCK, 1, 1),
                 (x, y, mask, np.int64(n), np.uint32(k0), np.uint32(k1), np.uint32(thr), x.dtype.type(scale)))
 
@@ -157,10 +163,13 @@ def dropout_backward_gpu(dy: Any, mask: Any, scale: float, dx: Any) -> None:
 # ---------------------------------------------------------------------------- public ops
 
 def dropout_forward(x: Any, p: float, seed: int, counter: int, out: Any = None,
-                    mask_out: Any = None) -> tuple[Any, Any]:
+                    mask_out: Any = None, keys: Any = None) -> tuple[Any, Any]:
     """(y, mask): y = x * mask / (1-p); mask uint8 shaped like x, a hash of (seed, counter, i).
 
     ``out`` may be x (in place).  p == 0 keeps everything (y is a copy of x, mask all ones).
+    ``keys``: a uint32[2] array on x's device holding ``dropout_keys(seed, counter)``, which
+    the kernel reads when it runs (seed and counter are then ignored): a planned training
+    step writes it before each step, so a captured CUDA graph draws new masks.
     """
     op = "dropout_forward"
     _check_float(op, "x", x)
@@ -173,8 +182,15 @@ def dropout_forward(x: Any, p: float, seed: int, counter: int, out: Any = None,
     else:
         check_array(op, "mask_out", mask_out, shape=x.shape, dtype=np.uint8, like=x)
         mask = mask_out
-    k0, k1 = dropout_keys(seed, counter)
     thr = dropout_threshold(p)
+    if keys is not None:
+        check_array(op, "keys", keys, shape=(2,), dtype=np.uint32, like=x)
+        if device.is_gpu_array(x):
+            dropout_forward_gpu(x, 0, 0, thr, _scale(p), y, mask, keys=keys)
+        else:
+            dropout_forward_cpu(x, int(keys[0]), int(keys[1]), thr, _scale(p), y, mask)
+        return y, mask
+    k0, k1 = dropout_keys(seed, counter)
     if device.is_gpu_array(x):
         dropout_forward_gpu(x, k0, k1, thr, _scale(p), y, mask)
     else:

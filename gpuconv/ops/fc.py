@@ -121,21 +121,42 @@ def _aligned(a: Any, nbytes: int) -> bool:
     return a.data.ptr % nbytes == 0
 
 
-def _split_k(m: int, n: int, k: int, kslice: int, sms: int) -> tuple[int, int]:
-    """(splits, K per split): split K when the output tiles alone cannot fill the GPU."""
+# An H100's SM count: what the memory plan sizes split-K workspaces for when it cannot ask
+# the device (a plan made on a CPU).  On a GPU with more SMs the GEMM uses fewer splits than
+# it would like rather than more memory than planned.
+PLAN_SMS = 132
+MAX_SPLITS = 16
+
+
+def _wanted_splits(m: int, n: int, k: int, sms: int) -> int:
+    """Split K when the output tiles alone cannot fill the GPU (two resident blocks per SM)."""
     tiles = cuda.cdiv(m, _TILE) * cuda.cdiv(n, _TILE)
-    target = 2 * sms  # two resident 256-thread blocks per SM
-    splits = 1
     if tiles < sms and k >= 1024:  # fewer tiles than SMs: most of the GPU would idle
-        splits = max(1, min(cuda.cdiv(target, tiles), k // 512, 16))
+        return max(1, min(cuda.cdiv(2 * sms, tiles), k // 512, MAX_SPLITS))
+    return 1
+
+
+def splitk_workspace_elems(m: int, n: int, k: int, sms: int = PLAN_SMS) -> int:
+    """float32 elements of split-K scratch a float32 GEMM [m, k] x [k, n] may use (0: none)."""
+    splits = _wanted_splits(m, n, k, sms)
+    return splits * m * n if splits > 1 else 0
+
+
+def _split_k(m: int, n: int, k: int, kslice: int, sms: int, max_splits: int = MAX_SPLITS) -> tuple[int, int]:
+    """(splits, K per split), at most ``max_splits`` (what a given workspace holds)."""
+    splits = min(_wanted_splits(m, n, k, sms), max(max_splits, 1))
     kps = cuda.cdiv(cuda.cdiv(max(k, 1), splits), kslice) * kslice
     splits = max(1, cuda.cdiv(k, kps))
     return splits, kps
 
 
 def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
-             beta: float = 0.0, bias: Any = None, relu: bool = False, precision: str = "fp32") -> Any:
-    """Launch the GEMM kernels (arguments already validated); returns out."""
+             beta: float = 0.0, bias: Any = None, relu: bool = False, precision: str = "fp32",
+             workspace: Any = None) -> Any:
+    """Launch the GEMM kernels (arguments already validated); returns out.
+
+    ``workspace`` (float32, 1-D, from the memory plan) holds split-K partial products; it
+    bounds the number of splits.  Without it a split-K GEMM allocates its scratch."""
     m, n, k = _gemm_dims("gemm", a, b, trans_a, trans_b)
     if m == 0 or n == 0:
         return out
@@ -158,7 +179,8 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         kernel, kslice = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}", _SLICE[precision]
     lda, ldb = (m if trans_a else k), (k if trans_b else n)
     flags = (1 if lda % 4 == 0 and _aligned(a, 16) else 0) | (2 if ldb % 4 == 0 and _aligned(b, 16) else 0)
-    splits, kps = _split_k(m, n, k, kslice, _sm_count(a.device.id))
+    max_splits = MAX_SPLITS if workspace is None else workspace.size // max(m * n, 1)
+    splits, kps = _split_k(m, n, k, kslice, _sm_count(a.device.id), max_splits)
     grid = (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), splits)
     if splits == 1:
         flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
@@ -167,8 +189,12 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
                     defines=defines)
         return out
     # Split-K: partial products into a workspace, then one pass sums them and runs the epilogue.
-    ws = xp.empty((splits, m, n), dtype=np.float32)
-    flags |= (4 if n % 4 == 0 else 0) | (8 if n % 2 == 0 else 0)  # pool allocations are 256-B aligned
+    if workspace is None:
+        ws = xp.empty((splits, m, n), dtype=np.float32)
+    else:
+        ws = workspace[:splits * m * n].reshape(splits, m, n)
+    ws_ok = _aligned(ws, 16)  # pool allocations and planned tensors are 256-B aligned
+    flags |= (4 if n % 4 == 0 and ws_ok else 0) | (8 if n % 2 == 0 and ws_ok else 0)
     cuda.launch("fc", kernel, grid, (256, 1, 1),
                 (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags), defines=defines)
     mn = m * n
@@ -219,6 +245,21 @@ def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits:
     return out
 
 
+def fc_workspace_elems(n: int, d: int, m: int, train: bool = True, sms: int = PLAN_SMS) -> int:
+    """float32 split-K scratch an FC layer (batch n, D inputs, M outputs) needs: the largest of
+    its GEMMs' (forward; with ``train`` also backward-data and backward-weight), which run
+    one after another and share it."""
+    sizes = [splitk_workspace_elems(n, m, d, sms)]
+    if train:
+        sizes += [splitk_workspace_elems(n, d, m, sms), splitk_workspace_elems(m, d, n, sms)]
+    return max(sizes)
+
+
+def _check_workspace(op: str, workspace: Any, like: Any) -> None:
+    if workspace is not None:
+        check_array(op, "workspace", workspace, ndim=1, dtype=np.float32, like=like)
+
+
 def colsum_gpu(dy: Any, db: Any) -> Any:
     """db[m] = sum_n dy[n, m]."""
     n, m = dy.shape
@@ -258,8 +299,10 @@ def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha:
 
 
 def fc_forward(x: Any, w: Any, b: Any = None, relu: bool = False, out: Any = None,
-               precision: str = "fp32") -> Any:
-    """y[N, M] = x[N, D] @ w[M, D].T (+ b[M]) (then ReLU), bias and ReLU fused on the GPU."""
+               precision: str = "fp32", workspace: Any = None) -> Any:
+    """y[N, M] = x[N, D] @ w[M, D].T (+ b[M]) (then ReLU), bias and ReLU fused on the GPU.
+
+    ``workspace``: planned float32 split-K scratch (see :func:`fc_workspace_elems`)."""
     op = "fc_forward"
     _check_precision(op, precision)
     dt = _float_dtype(op, "x", x)
@@ -274,11 +317,12 @@ def fc_forward(x: Any, w: Any, b: Any = None, relu: bool = False, out: Any = Non
         check_array(op, "b", b, shape=(mo,), dtype=dt, like=x)
     out = check_out(op, out, (n, mo), like=x, dtype=dt)
     if device.is_gpu_array(x):
-        return gemm_gpu(x, w, out, trans_b=True, bias=b, relu=relu, precision=precision)
+        _check_workspace(op, workspace, x)
+        return gemm_gpu(x, w, out, trans_b=True, bias=b, relu=relu, precision=precision, workspace=workspace)
     return fc_forward_cpu(x, w, b, relu, out)
 
 
-def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32") -> Any:
+def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32", workspace: Any = None) -> Any:
     """dx[N, D] = dy[N, M] @ w[M, D]."""
     op = "fc_backward_data"
     _check_precision(op, precision)
@@ -291,12 +335,13 @@ def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32") 
                               f"got {tuple(w.shape)}")
     out = check_out(op, out, (n, w.shape[1]), like=dy, dtype=dt)
     if device.is_gpu_array(dy):
-        return gemm_gpu(dy, w, out, precision=precision)
+        _check_workspace(op, workspace, dy)
+        return gemm_gpu(dy, w, out, precision=precision, workspace=workspace)
     return fc_backward_data_cpu(dy, w, out)
 
 
 def fc_backward_weight(x: Any, dy: Any, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
-                       precision: str = "fp32") -> tuple[Any, Any]:
+                       precision: str = "fp32", workspace: Any = None) -> tuple[Any, Any]:
     """(dw[M, D] = dy.T @ x, db[M] = dy summed over the batch, or None when not with_bias)."""
     op = "fc_backward_weight"
     _check_precision(op, precision)
@@ -311,7 +356,8 @@ def fc_backward_weight(x: Any, dy: Any, with_bias: bool = True, dw_out: Any = No
     dw = check_out(op, dw_out, (mo, d), like=x, dtype=dt)
     db = check_out(op, db_out, (mo,), like=x, dtype=dt) if with_bias else None
     if device.is_gpu_array(x):
-        gemm_gpu(dy, x, dw, trans_a=True, precision=precision)
+        _check_workspace(op, workspace, x)
+        gemm_gpu(dy, x, dw, trans_a=True, precision=precision, workspace=workspace)
         if db is not None:
             colsum_gpu(dy, db)
         return dw, db

@@ -10,6 +10,7 @@ dscores row become NaN (hence the mean loss is NaN), and it never counts as corr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,18 @@ from .. import cuda, device
 from ._checks import OpArgumentError, check_array, check_out
 
 _ROWS_PER_BLOCK = 8  # one warp per row, 8 warps per block (kernels/loss.cu)
+
+
+@dataclass
+class LossBuffers:
+    """Preallocated memory for one loss evaluation (the memory plan's, in a training step):
+    ``rows`` [N] per-example losses (GPU scratch), ``mean`` 0-d, the loss returned, and
+    optionally ``running_sum``, a 0-d float64 the loss adds ``mean * N`` into (a training
+    loop's total, kept on the device)."""
+
+    rows: Any
+    mean: Any
+    running_sum: Any = None
 
 
 def _check_scores(op: str, scores: Any) -> None:
@@ -97,24 +110,30 @@ def accuracy_count_cpu(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- CUDA launchers
-def _loss_rows_gpu(kernel: str, scores: Any, labels: Any, grad: Any, extra: tuple[Any, ...] = ()) -> tuple[Any, Any]:
+def _loss_rows_gpu(kernel: str, scores: Any, labels: Any, grad: Any, extra: tuple[Any, ...] = (),
+                   buffers: LossBuffers | None = None) -> tuple[Any, Any]:
     xp = device.array_module(scores)
     n, c = scores.shape
     sfx = _suffix(scores)
-    row_loss = xp.empty((n,), dtype=scores.dtype)
-    loss = xp.empty((), dtype=scores.dtype)
+    if buffers is None:
+        buffers = LossBuffers(xp.empty((n,), dtype=scores.dtype), xp.empty((), dtype=scores.dtype))
+    row_loss, loss = buffers.rows, buffers.mean
     cuda.launch("loss", f"{kernel}_{sfx}", _row_grid(n), (256, 1, 1), (scores, labels, grad, row_loss, n, c, *extra))
-    cuda.launch("loss", f"mean_reduce_{sfx}", (1, 1, 1), (256, 1, 1), (row_loss, loss, n))
+    if buffers.running_sum is None:
+        cuda.launch("loss", f"mean_reduce_{sfx}", (1, 1, 1), (256, 1, 1), (row_loss, loss, n))
+    else:
+        cuda.launch("loss", f"mean_accumulate_{sfx}", (1, 1, 1), (256, 1, 1), (row_loss, loss, buffers.running_sum, n))
     return loss, grad
 
 
-def softmax_cross_entropy_gpu(scores: Any, labels: Any, grad: Any) -> tuple[Any, Any]:
-    return _loss_rows_gpu("softmax_xent_rows", scores, labels, grad)
+def softmax_cross_entropy_gpu(scores: Any, labels: Any, grad: Any, buffers: LossBuffers | None = None) -> tuple[Any, Any]:
+    return _loss_rows_gpu("softmax_xent_rows", scores, labels, grad, buffers=buffers)
 
 
-def svm_loss_gpu(scores: Any, labels: Any, delta: float, grad: Any) -> tuple[Any, Any]:
+def svm_loss_gpu(scores: Any, labels: Any, delta: float, grad: Any,
+                 buffers: LossBuffers | None = None) -> tuple[Any, Any]:
     d = np.float64(delta) if scores.dtype == np.float64 else np.float32(delta)
-    return _loss_rows_gpu("svm_rows", scores, labels, grad, (d,))
+    return _loss_rows_gpu("svm_rows", scores, labels, grad, (d,), buffers=buffers)
 
 
 def softmax_gpu(scores: Any, out: Any) -> Any:
@@ -123,47 +142,81 @@ def softmax_gpu(scores: Any, out: Any) -> Any:
     return out
 
 
-def accuracy_count_gpu(scores: Any, labels: Any) -> Any:
-    xp = device.array_module(scores)
+def accuracy_count_gpu(scores: Any, labels: Any, into: Any = None) -> Any:
     n, c = scores.shape
-    count = xp.zeros((), dtype=np.int64)  # the kernel adds into it (unsigned 64-bit atomics)
+    # the kernel adds into it (unsigned 64-bit atomics)
+    count = device.array_module(scores).zeros((), dtype=np.int64) if into is None else into
     cuda.launch("loss", f"accuracy_rows_{_suffix(scores)}", _row_grid(n), (256, 1, 1), (scores, labels, count, n, c))
     return count
 
 
 # ---------------------------------------------------------------- public API
-def softmax_cross_entropy(scores: Any, labels: Any, grad_out: Any = None) -> tuple[Any, Any]:
-    """(mean softmax cross-entropy loss as a 0-d array, dscores[N, C]); grad_out receives dscores."""
+def _check_buffers(op: str, scores: Any, buffers: LossBuffers | None) -> None:
+    if buffers is None:
+        return
+    check_array(op, "buffers.rows", buffers.rows, shape=(scores.shape[0],), dtype=scores.dtype, like=scores)
+    check_array(op, "buffers.mean", buffers.mean, shape=(), dtype=scores.dtype, like=scores)
+    if buffers.running_sum is not None:
+        check_array(op, "buffers.running_sum", buffers.running_sum, shape=(), dtype=np.float64, like=scores)
+
+
+def _into_buffers_cpu(result: tuple[Any, Any], n: int, buffers: LossBuffers | None) -> tuple[Any, Any]:
+    """The CPU path's loss, written where a planned step expects it."""
+    loss, grad = result
+    if buffers is None:
+        return loss, grad
+    buffers.mean[...] = loss
+    if buffers.running_sum is not None:
+        buffers.running_sum[...] += np.float64(buffers.mean * buffers.mean.dtype.type(n))
+    return buffers.mean, grad
+
+
+def softmax_cross_entropy(scores: Any, labels: Any, grad_out: Any = None,
+                          buffers: LossBuffers | None = None) -> tuple[Any, Any]:
+    """(mean softmax cross-entropy loss as a 0-d array, dscores[N, C]); grad_out receives dscores,
+    ``buffers`` the loss (and its running sum)."""
     op = "softmax_cross_entropy"
     _check_scores(op, scores)
     _check_labels(op, scores, labels)
+    _check_buffers(op, scores, buffers)
     grad = check_out(op, grad_out, scores.shape, like=scores, dtype=scores.dtype)
     if device.is_gpu_array(scores):
-        return softmax_cross_entropy_gpu(scores, labels, grad)
+        return softmax_cross_entropy_gpu(scores, labels, grad, buffers)
     _check_label_range_cpu(op, labels, scores.shape[1])
-    return softmax_cross_entropy_cpu(scores, labels, grad)
+    return _into_buffers_cpu(softmax_cross_entropy_cpu(scores, labels, grad), scores.shape[0], buffers)
 
 
-def svm_loss(scores: Any, labels: Any, delta: float = 1.0, grad_out: Any = None) -> tuple[Any, Any]:
-    """(mean multiclass hinge loss as a 0-d array, dscores[N, C]); grad_out receives dscores."""
+def svm_loss(scores: Any, labels: Any, delta: float = 1.0, grad_out: Any = None,
+             buffers: LossBuffers | None = None) -> tuple[Any, Any]:
+    """(mean multiclass hinge loss as a 0-d array, dscores[N, C]); grad_out receives dscores,
+    ``buffers`` the loss (and its running sum)."""
     op = "svm_loss"
     _check_scores(op, scores)
     _check_labels(op, scores, labels)
+    _check_buffers(op, scores, buffers)
     grad = check_out(op, grad_out, scores.shape, like=scores, dtype=scores.dtype)
     if device.is_gpu_array(scores):
-        return svm_loss_gpu(scores, labels, delta, grad)
+        return svm_loss_gpu(scores, labels, delta, grad, buffers)
     _check_label_range_cpu(op, labels, scores.shape[1])
-    return svm_loss_cpu(scores, labels, delta, grad)
+    return _into_buffers_cpu(svm_loss_cpu(scores, labels, delta, grad), scores.shape[0], buffers)
 
 
-def accuracy_count(scores: Any, labels: Any) -> Any:
-    """0-d int64 array: rows whose first argmax equals the label (out-of-range labels never match)."""
+def accuracy_count(scores: Any, labels: Any, into: Any = None) -> Any:
+    """0-d int64 array: rows whose first argmax equals the label (out-of-range labels never match).
+
+    ``into`` (0-d int64): add the count to it instead (a running total on the device)."""
     op = "accuracy_count"
     _check_scores(op, scores)
     _check_labels(op, scores, labels)
+    if into is not None:
+        check_array(op, "into", into, shape=(), dtype=np.int64, like=scores)
     if device.is_gpu_array(scores):
-        return accuracy_count_gpu(scores, labels)
-    return accuracy_count_cpu(scores, labels)
+        return accuracy_count_gpu(scores, labels, into)
+    count = accuracy_count_cpu(scores, labels)
+    if into is None:
+        return count
+    into[...] += count
+    return into
 
 
 def softmax(scores: Any, out: Any = None) -> Any:
