@@ -33,9 +33,11 @@ BATCH = 4
 STEPS = 4
 
 
-def _setup(spec: str, xp, optimizer: str, seed: int = 3) -> tuple:
+def _setup(spec: str, xp, optimizer: str, seed: int = 3, precision: str = "fp32", algo: str | None = None) -> tuple:
     """Net, optimizer and executor on the device whose array module is ``xp`` (numpy: the CPU)."""
     net = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
+    net.set_precision(precision)
+    net.set_conv_algo(algo)
     plan = make_plan(net, BATCH, optimizer=optimizer)
     ex = PlannedExecutor(net, plan, device.CPU if xp is np else device.Device("cuda", xp), seed=seed)
     opt = Optimizer(optimizer, 0.01, weight_decay=1e-3,
@@ -113,18 +115,23 @@ def test_a_frozen_step_scalar_would_be_caught(rng: np.random.Generator) -> None:
 
 @pytest.mark.emu
 @pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
-@pytest.mark.parametrize("model", ["small", "fmnist", "lenet5", "cifar-vgg"])
-def test_zoo_training_steps_allocate_nothing(model: str, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("model,precision,algo", [("small", "fp32", None), ("fmnist", "fp32", None),
+                                                  ("lenet5", "fp32", None), ("cifar-vgg", "fp32", None),
+                                                  ("cifar-vgg", "tf32", "winograd")])
+def test_zoo_training_steps_allocate_nothing(model: str, precision: str, algo: str | None,
+                                             rng: np.random.Generator) -> None:
     """The capture fails on any allocation or host-side device operation, so a captured step
-    of each model is one that runs entirely in its memory plan."""
+    of each model is one that runs entirely in its memory plan (Winograd: its planned workspace)."""
     with emu.emulated() as xp:
-        net, opt, ex = _setup(model, xp, "momentum")
+        net, opt, ex = _setup(model, xp, "momentum", precision=precision, algo=algo)
         x = rng.standard_normal((BATCH, *net.input_shape)).astype(np.float32)
         ex.load_batch(x, rng.integers(0, net.output_shape[0], BATCH).astype(np.int32))
         step = TrainStep(net, opt, ex, cuda_graph=True)
         step.run()
         step.run()
         assert step.graph is not None
+        if algo == "winograd":
+            assert any("winograd" in name for name in ex.plan.layer_tensors[0]["workspace"].values())
 
 
 class _Scratchy(Layer):
