@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,6 +36,8 @@ def run(quick: bool = False) -> list[Row]:
         step = iter(range(1 << 62))  # a fresh mask every call, like training steps
         t_f = time_gpu(lambda: do.dropout_forward(x, p, 1234, next(step), out=y, mask_out=mask))
         t_b = time_gpu(lambda: do.dropout_backward(dy, mask, p, out=dx))
+        keys = cp.asarray(np.array(do.dropout_keys(1234, 5), dtype=np.uint32))   # as a planned step reads them
+        t_k = time_gpu(lambda: do.dropout_forward(x, p, 0, 0, out=y, mask_out=mask, keys=keys))
         th_f = th_b = None
         if have_torch:
             xt = torch.randn(shape, device="cuda")
@@ -45,6 +49,7 @@ def run(quick: bool = False) -> list[Row]:
         b, mb = x.nbytes, mask.nbytes
         name = f"p={p} " + "x".join(map(str, shape))
         rows.append(Row("dropout", f"{name} fwd", "fp32", t_f, th_f, 2 * b + mb, "GB/s"))
+        rows.append(Row("dropout", f"{name} fwd, keys from memory", "fp32", t_k, th_f, 2 * b + mb, "GB/s"))
         rows.append(Row("dropout", f"{name} bwd", "fp32", t_b, th_b, 2 * b + mb, "GB/s"))
         del x, dy, y, dx, mask
         cp.get_default_memory_pool().free_all_blocks()

@@ -42,8 +42,14 @@ def run(quick: bool = False) -> list[Row]:
             ls = torch.nn.functional.multi_margin_loss(ts, ty) * (c)  # sum over j != y, mean over N
             return torch.autograd.grad(ls, ts)
 
+        planned = L.LossBuffers(cp.empty((n,), cp.float32), cp.empty((), cp.float32), cp.zeros((), cp.float64))
+        correct = cp.zeros((), cp.int64)
         for label, ours, theirs, work in [
             ("softmax xent fwd+bwd", lambda: L.softmax_cross_entropy(s, y, grad_out=g), torch_xent, nbytes),
+            ("softmax xent fwd+bwd, planned buffers + running sum",
+             lambda: L.softmax_cross_entropy(s, y, grad_out=g, buffers=planned), torch_xent, nbytes),
+            ("accuracy into a running total", lambda: L.accuracy_count(s, y, into=correct),
+             lambda: (ts.argmax(1) == ty).sum(), s.nbytes),
             ("svm fwd+bwd", lambda: L.svm_loss(s, y, grad_out=g), torch_svm, nbytes),
             ("accuracy", lambda: L.accuracy_count(s, y),
              lambda: (ts.argmax(1) == ty).sum(), s.nbytes),

@@ -62,12 +62,19 @@ def run(quick: bool = False) -> list[Row]:
             ("rmsprop", lambda: O.rmsprop_update(p, g, s1, lr=1e-3), 5 * 4 * n),
             ("adam", adam, 7 * 4 * n),
         ]
+        # The same updates reading lr (and Adam's bias corrections) from memory, as a planned step does
+        hyper = cp.asarray(O.hyper_values(1e-3, 1), dtype=cp.float32)
+        cases += [
+            ("sgd, hyper from memory", lambda: O.sgd_update(p, g, lr=0.0, weight_decay=1e-4, hyper=hyper), 3 * 4 * n),
+            ("adam, hyper from memory",
+             lambda: O.adam_update(p, g, s1, s2, lr=0.0, t=1, weight_decay=1e-4, hyper=hyper), 7 * 4 * n),
+        ]
         for name, ours, nbytes in cases:
             theirs_ms = None
             if torch is not None and torch.cuda.is_available():
                 tp = torch.randn(n, device="cuda", requires_grad=True)
                 tp.grad = torch.randn(n, device="cuda")
-                opt = _torch_opt(name, tp)
+                opt = _torch_opt(name.split(",")[0], tp)
                 theirs_ms = time_torch(opt.step, iters=iters)
             rows.append(Row("optim", f"{name} {n / 1e6:g}M params", "fp32", time_gpu(ours, iters=iters),
                             theirs_ms, work=nbytes, unit="GB/s"))
