@@ -208,37 +208,23 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     step = TrainStep(net, opt, executor, cuda_graph=graph) if executor is not None else None
     acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
     epoch = start_epoch
-    with contextlib.ExitStack() as scope:
-        if graph:  # a graph is captured on, and replayed in, a stream of its own (not the default one)
-            scope.enter_context(cuda.capture_stream())
-        acc, test_loss, train_loss, epoch = _run_epochs(cfg, net, opt, batches, step, executor, x_test, y_test,
-                                                        start_epoch, start_batch, history, metrics, out, norm,
-                                                        stream, xp, t0)
-    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
-
-
-def _run_epochs(cfg: TrainConfig, net: Net, opt: Optimizer, batches: BatchIterator, step: TrainStep | None,
-                executor: Any, x_test: Any, y_test: Any, start_epoch: int, start_batch: int,
-                history: list[dict[str, Any]], metrics: MetricsWriter | None, out: Path,
-                norm: tuple[np.ndarray, np.ndarray], stream: IO[str], xp: Any,
-                t0: float) -> tuple[float, float, float, int]:
-    """The epochs of a run: train, evaluate, record, checkpoint; (accuracy, test loss, train loss, epoch)."""
-    acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
-    epoch = start_epoch
+    # A graph is captured on, and replayed in, a stream of its own (the default stream cannot be).
+    run_stream = cuda.capture_stream() if graph else contextlib.nullcontext()
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-            train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
-            acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
-            record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
-                      "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(record)
-            if metrics:
-                metrics.write(record)
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
-                  f"test accuracy {acc * 100:.2f}%", file=stream)
-            if cfg.save:
-                _save(out, net, opt, cfg, epoch + 1, 0, history, norm)
+        with run_stream:
+            for epoch in range(start_epoch, cfg.epochs):
+                it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
+                train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
+                acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
+                record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
+                          "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
+                history.append(record)
+                if metrics:
+                    metrics.write(record)
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
+                      f"test accuracy {acc * 100:.2f}%", file=stream)
+                if cfg.save:
+                    _save(out, net, opt, cfg, epoch + 1, 0, history, norm)
     except KeyboardInterrupt:
         if cfg.save and getattr(net, "_batches_done", None) is not None:
             _save(out, net, opt, cfg, epoch, net._batches_done, history, norm)  # type: ignore[attr-defined]
@@ -247,7 +233,7 @@ def _run_epochs(cfg: TrainConfig, net: Net, opt: Optimizer, batches: BatchIterat
     finally:
         if metrics:
             metrics.close()
-    return acc, test_loss, train_loss, epoch
+    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
 
 
 def _batches(it: BatchIterator, executor: Any) -> Any:
