@@ -62,7 +62,7 @@ def _split(c: int, m: int) -> tuple[int, int]:
 
 def workspace_elems(n: int, c: int, hw: int) -> int:
     """Scratch elements (x's dtype) of the GPU train-mode forward and backward: the per-block
-    partial sums, [2, C, S].  0 where there is nothing to split."""
+    partial sums, [2, C, S] (S >= 1 blocks per channel)."""
     s, _ = _split(c, n * hw)
     return 2 * c * s
 
