@@ -34,11 +34,11 @@ from gpuconv import cuda  # noqa: E402
 KINDS = {
     "LDG": "ldg", "LDGSTS": "cp.async", "LDGDEPBAR": "cp.async", "DEPBAR": "cp.async",
     "STS": "sts", "LDS": "lds", "LDSM": "lds",
-    "HMMA": "mma", "FFMA": "fma",
+    "HMMA": "mma", "HGMMA": "mma", "FFMA": "fma",
     "BAR": "bar", "STG": "stg", "RED": "stg", "ATOM": "stg",
     "LDL": "local", "STL": "local",  # register spills (or local arrays)
 }
-ARITH = ("HMMA", "FFMA")
+ARITH = ("HMMA", "HGMMA", "FFMA")
 
 
 @dataclass

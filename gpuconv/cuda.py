@@ -8,6 +8,12 @@ the source (``name_expressions`` would bypass that cache).
 
 ``compile_ptx`` runs NVRTC alone, with no GPU and no driver: CI uses it to prove
 that every kernel compiles for sm_80 and sm_90.
+
+Arch-specific variants (``ARCH_VARIANTS``: fc.cu's Hopper wgmma GEMM, which needs the
+``sm_90a`` target) cannot go through RawModule, which appends its own ``-arch=sm_90``.
+``compile_cubin`` runs NVRTC for that target and the module is loaded from the cubin
+bytes (cached on disk under ``$GPUCONV_CACHE_DIR/kernels``, keyed by source, options and
+NVRTC version).
 """
 from __future__ import annotations
 
@@ -30,6 +36,14 @@ TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
 # holds entry points that only some users need (GEMM_ASYNC: the cp.async GEMM schedule),
 # so the default module's compile time is not paid for them.
 MODULE_VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {"conv": (("GEMM_ASYNC",),), "fc": (("GEMM_ASYNC",),)}
+
+# Variants that exist for one architecture only: the define -> the NVRTC target they need.
+# GEMM_WGMMA: fc.cu's wgmma GEMM (sm_90a: wgmma is not part of sm_90, so it runs on compute
+# capability 9.0 exactly).
+ARCH_VARIANTS: dict[str, dict[str, str]] = {"fc": {"GEMM_WGMMA": "sm_90a"}}
+
+# Dynamic shared memory a launch may use without opting in (cudaFuncSetAttribute).
+DEFAULT_DYNAMIC_SHARED = 48 * 1024
 
 _modules: dict[tuple[int, str, tuple[str, ...]], Any] = {}
 
@@ -96,26 +110,132 @@ def compile_ptx(name: str, arch: str = "compute_90", defines: Sequence[str] = ()
         nvrtc.destroyProgram(prog)
 
 
+def variant_arch(name: str, defines: Sequence[str]) -> str | None:
+    """The NVRTC target a module variant is tied to (e.g. "sm_90a"), or None for a portable one."""
+    archs = {ARCH_VARIANTS.get(name, {}).get(d) for d in defines} - {None}
+    if len(archs) > 1:
+        raise ValueError(f"{name}.cu: defines {tuple(defines)} ask for different targets {sorted(archs)}")
+    return archs.pop() if archs else None
+
+
+def compile_cubin(name: str, arch: str, defines: Sequence[str] = ()) -> bytes:
+    """Compile kernels/<name>.cu to a cubin for ``arch`` (e.g. "sm_90a") with NVRTC only (no GPU)."""
+    from cupy.cuda import nvrtc  # noqa: PLC0415
+
+    src = kernel_source(name)
+    prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true"])
+        except nvrtc.NVRTCError as exc:
+            raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
+        cubin = nvrtc.getCUBIN(prog)
+        return _whole_elf(cubin if isinstance(cubin, bytes) else bytes(cubin))
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def _whole_elf(image: bytes) -> bytes:
+    """The cubin with the zero bytes its ELF headers say it has restored at the end.
+
+    CuPy's ``nvrtc.getCUBIN`` drops the last byte, as if the image were a NUL-terminated
+    string like PTX (CuPy's own loads survive because a Python bytes buffer ends in a NUL).
+    The file then fails in cuobjdump; the headers give the true size, and the lost bytes
+    are the zero padding at the end."""
+    import struct  # noqa: PLC0415
+
+    if len(image) < 64 or image[:4] != b"\x7fELF" or image[4] != 2:  # 64-bit ELF only
+        return image
+    phoff, shoff = struct.unpack_from("<QQ", image, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", image, 0x36)
+    end = max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+    return image + b"\0" * (end - len(image)) if 0 < end - len(image) <= 8 else image
+
+
+def _cached_cubin(name: str, arch: str, defines: Sequence[str]) -> bytes:
+    """compile_cubin, cached on disk like CuPy's own kernel cache (a cubin is tens of KB)."""
+    import hashlib  # noqa: PLC0415
+
+    from cupy.cuda import nvrtc  # noqa: PLC0415
+
+    opts = [*NVRTC_OPTIONS, *_define_options(defines), arch]
+    key = hashlib.sha256("\0".join([kernel_source(name), *opts, str(nvrtc.getVersion())]).encode()).hexdigest()[:24]
+    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
+    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "kernels" / f"{name}-{key}.cubin"
+    if path.is_file():
+        return path.read_bytes()
+    cubin = compile_cubin(name, arch, defines)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(cubin)
+        os.replace(tmp, path)  # atomic: a concurrent process never reads half a file
+    except OSError:
+        pass  # a read-only home only costs the next process a compile
+    return cubin
+
+
+class _CubinModule:
+    """A module loaded from cubin bytes; ``get_function`` returns cupy's launchable Function."""
+
+    def __init__(self, cp: Any, cubin: bytes) -> None:
+        self._module = cp.cuda.function.Module()
+        self._module.load(cubin)
+        self._functions: dict[str, Any] = {}
+
+    def get_function(self, function: str) -> Any:
+        fn = self._functions.get(function)
+        if fn is None:
+            fn = self._functions[function] = self._module.get_function(function)
+        return fn
+
+
 def get_module(name: str, defines: Sequence[str] = ()) -> Any:
-    """The compiled cupy.RawModule for kernels/<name>.cu (a variant: with -D defines) on the current device."""
+    """The compiled module for kernels/<name>.cu (a variant: with -D defines) on the current device:
+    a cupy.RawModule, or for an arch-specific variant a module loaded from its cubin."""
     cp = device._cupy()
     if cp is None:
         raise device.DeviceError("cupy is not installed: CUDA kernels are unavailable")
     key = (cp.cuda.runtime.getDevice(), name, tuple(defines))
     mod = _modules.get(key)
     if mod is None:
-        mod = cp.RawModule(code=kernel_source(name), options=NVRTC_OPTIONS + _define_options(defines))
-        try:
-            mod.compile()
-        except cp.cuda.compiler.CompileException as exc:
-            raise KernelCompileError(f"{name}.cu: {exc}") from exc
+        arch = variant_arch(name, defines)
+        if arch is not None:
+            have = cp.cuda.Device().compute_capability
+            if f"sm_{have}" != arch.rstrip("a"):
+                raise device.DeviceError(f"{name}.cu with {', '.join(defines)} is built for {arch}; "
+                                         f"this GPU is sm_{have}")
+            mod = _CubinModule(cp, _cached_cubin(name, arch, defines))
+        else:
+            mod = cp.RawModule(code=kernel_source(name), options=NVRTC_OPTIONS + _define_options(defines))
+            try:
+                mod.compile()
+            except cp.cuda.compiler.CompileException as exc:
+                raise KernelCompileError(f"{name}.cu: {exc}") from exc
         _modules[key] = mod
     return mod
 
 
 def get_function(module: str, function: str, defines: Sequence[str] = ()) -> Any:
-    """A cupy RawKernel: ``get_function('conv', 'conv_fwd')``."""
+    """A launchable kernel: ``get_function('conv', 'conv_fwd')`` (a cupy RawKernel, or a cupy
+    Function for an arch-specific variant; both are called as ``fn(grid, block, args, shared_mem=)``)."""
     return get_module(module, defines).get_function(function)
+
+
+_shared_opt_in: dict[int, int] = {}  # id(kernel) -> dynamic shared bytes it is allowed
+
+
+def _allow_dynamic_shared(fn: Any, nbytes: int) -> None:
+    """Opt a kernel in to more than 48 KB of dynamic shared memory (once per size)."""
+    if _shared_opt_in.get(id(fn), DEFAULT_DYNAMIC_SHARED) >= nbytes:
+        return
+    cp = device._cupy()
+    if hasattr(fn, "max_dynamic_shared_size_bytes"):  # RawKernel
+        fn.max_dynamic_shared_size_bytes = nbytes
+    else:  # cupy.cuda.function.Function (a cubin module's)
+        drv = cp.cuda.driver
+        drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+    _shared_opt_in[id(fn)] = nbytes
 
 
 def _as_kernel_arg(a: Any) -> Any:
@@ -138,6 +258,8 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
     if any(g <= 0 for g in grid) or any(b <= 0 for b in block):
         return  # empty problem: nothing to launch (a zero grid is a CUDA error)
     fn = get_function(module, function, defines)
+    if shared_mem > DEFAULT_DYNAMIC_SHARED:
+        _allow_dynamic_shared(fn, shared_mem)
     fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
 
 

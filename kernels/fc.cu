@@ -24,6 +24,18 @@
 //                            memory ([r][12] when k is contiguous, else [k][136]; at most 48 KB
 //                            static), rounded to TF32 at the fragment read.  Same grid.
 //                            Compiled only with -DGEMM_ASYNC (a module variant).
+//   gemm_tf32_wgmma_{nn,nt,tn,tt}  Hopper warpgroup MMA (wgmma.mma_async m64n128k8, TF32): the
+//                            only entries of the module variant compiled with -DGEMM_WGMMA for
+//                            sm_90a (nothing else is in it).  Block tile 128x128, K slice 32,
+//                            256 threads = 2 warpgroups, each 64 rows x 128 columns (64 fp32
+//                            accumulators per thread).  Operands go global -> shared by cp.async
+//                            (16 B along k when k is contiguous and aligned, else 4 B, which
+//                            also transposes an M/N-contiguous operand: TF32 wgmma reads only
+//                            K-major tiles) into a 128-byte-swizzled K-major layout, 3 stages
+//                            of 32 KB in dynamic shared memory (WG_SMEM = 99,328 B with the
+//                            1 KB alignment slack; two blocks per SM).  The tensor cores read
+//                            the top 19 bits of each operand (truncation, not rounding).
+//                            grid = (cdiv(M,128), cdiv(N,128), splits).
 //   Split-K (all): blockIdx.z handles K range [z*kps, min(K,(z+1)*kps)) (kps a multiple
 //   of the K slice) and writes C + z*M*N; with splits > 1 the host points C at a
 //   workspace [splits,M,N] (alpha=1, beta=0, no epilogue) and splitk_reduce_f32 sums
@@ -448,6 +460,154 @@ __device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, con
 }
 
 
+// ---------------------------------------------------------------- TF32 wgmma kernel (sm_90a)
+#ifdef GEMM_WGMMA
+#include "wgmma.cuh"  // wgmma_*, fence_proxy_async (inline PTX, sm_90a only)
+
+#define WG_BK 32                                      // K slice: one 128-byte row per operand row
+#define WG_STAGES 3
+#define WG_TILE_BYTES (GEMM_BM * WG_BK * 4)           // one operand's 128 x 32 fp32 tile: 16 KB
+#define WG_STAGE_BYTES (2 * WG_TILE_BYTES)            // A tile, then B tile
+#define WG_SMEM (WG_STAGES * WG_STAGE_BYTES + 1024)   // + slack to align the stages to 1024 B
+
+// A 128 x 32 tile X(r, k) is stored K-major with the 128-byte swizzle: row r at byte r*128,
+// its 16-byte chunk c (k = 4c..4c+3) at chunk position c ^ (r % 8).  Eight rows make a
+// 1024-byte atom; the swizzle is a function of the address bits, so every tile starts
+// 1024-byte aligned.  Rows of a chunk column land in 8 different bank groups, which is what
+// lets the tensor cores (and the copies below) touch shared memory without conflicts.
+__device__ __forceinline__ int sw128_offset(int r, int k) {
+    return r * 128 + ((((k >> 2) ^ r) & 7) << 4) + (k & 3) * 4;
+}
+
+// wgmma shared-memory matrix descriptor of a K-major operand in that layout, starting at
+// shared address `addr`: bits 0-13 addr/16, 16-29 leading byte offset/16 (unused with a
+// swizzle; 1 by convention), 32-45 stride byte offset/16 (1024 B between 8-row groups),
+// 62-63 layout 1 = 128-byte swizzle.  Stepping k by 8 (32 B) inside the atom adds 32 to addr.
+__device__ __forceinline__ unsigned long long wg_desc_sw128(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+// Issues the cp.async copies of one 128 x 32 tile of X(r, k), r in [r0, r0+128) (rows >= R
+// and k >= kend zero-filled).  KMAJOR: X(r,k) = X[r*ld + k]; else X[k*ld + r].
+template <bool KMAJOR>
+__device__ __forceinline__ void wg_load_tile(char* tile, const float* __restrict__ X, long long ld, int R,
+                                             int kend, int r0, int k0, bool vec, int tid) {
+    if (KMAJOR) {
+        // Thread tid copies chunk kc = tid % 8 (k = 4kc..4kc+3) of rows tid/8 + 32i, i < 4: eight
+        // consecutive threads move one row's 128 contiguous bytes, and a row's chunks fill
+        // one 128-byte line of the tile (no bank conflict).  r % 8 is the same for all four rows.
+        const int kc = tid & 7, rr = tid >> 3, gk = k0 + kc * 4;
+        char* dst = tile + rr * 128 + ((kc ^ (rr & 7)) << 4);
+        const float* src = X + (long long)(r0 + rr) * ld + gk;
+        const long long step = 32 * ld;
+        if (vec) {  // vec: ld % 4 == 0 and kend % 4 == 0, so gk < kend covers gk+3
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const bool ok = r0 + rr + 32 * i < R && gk < kend;
+                cp_async16(reinterpret_cast<float*>(dst + 4096 * i), ok ? src + i * step : X, ok);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const bool ok = r0 + rr + 32 * i < R && gk + e < kend;
+                    cp_async4(reinterpret_cast<float*>(dst + 4096 * i) + e, ok ? src + i * step + e : X, ok);
+                }
+        }
+    } else {
+        // One element per copy, which transposes.  Lane (rl = lane % 8, kq = lane / 8) of warp w
+        // copies X(r, 4m + kq) for r = 8w + rl (+ 64) and m < 8: a warp reads 32 contiguous bytes
+        // of each of 4 k rows in global memory and writes 32 different banks of the tile.
+        const int lane = tid & 31, rl = lane & 7, kq = lane >> 3, r = (tid >> 5) * 8 + rl;
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+            const int gk = k0 + 4 * m + kq;
+            const float* src = X + (long long)gk * ld + r0 + r;
+            char* dst = tile + r * 128 + ((m ^ rl) << 4) + kq * 4;  // sw128_offset(r, 4m + kq)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const bool ok = gk < kend && r0 + r + 64 * h < R;
+                cp_async4(reinterpret_cast<float*>(dst + 8192 * h), ok ? src + 64 * h : X, ok);
+            }
+        }
+    }
+}
+
+template <bool TA, bool TB>
+__device__ __forceinline__ void tf32_wgmma_body(const float* __restrict__ A, const float* __restrict__ B,
+                                                float* __restrict__ C, const float* __restrict__ bias,
+                                                int M, int N, int K, int kps, float alpha, float beta,
+                                                int has_bias, int relu, int flags, int zs) {
+    extern __shared__ __align__(1024) float wg_smem[];
+    const unsigned raw = smem_addr(wg_smem);
+    char* smem = reinterpret_cast<char*>(wg_smem) + (((raw + 1023u) & ~1023u) - raw);
+    const unsigned sbase = smem_addr(smem);
+
+    const int tid = threadIdx.x, wg = tid >> 7;  // warpgroup wg computes tile rows [64 wg, 64 wg + 64)
+    const BlockTile<TA, TB> bt(M, N, K, kps, zs);
+    C += (long long)zs * M * N;
+    const bool va = flags & 1, vb = flags & 2;
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+
+    const int nk = bt.slices(WG_BK);
+    auto issue = [&](int kt) {
+        char* st = smem + (kt % WG_STAGES) * WG_STAGE_BYTES;
+        const int k0 = bt.kbeg + kt * WG_BK;
+        wg_load_tile<!TA>(st, A, bt.lda, M, bt.kend, bt.m0, k0, va, tid);  // A(m,k): k contiguous unless TA
+        wg_load_tile<TB>(st + WG_TILE_BYTES, B, bt.ldb, N, bt.kend, bt.n0, k0, vb, tid);
+    };
+#pragma unroll
+    for (int kt = 0; kt < WG_STAGES - 1; ++kt) {  // one commit group per slice, empty past the end
+        if (kt < nk) issue(kt);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < nk; ++kt) {
+        cp_async_wait<WG_STAGES - 2>();  // this thread's copies of slice kt have landed,
+        fence_proxy_async();             // are visible to wgmma's async proxy,
+        __syncthreads();                 // and so are everyone's; slice kt-1's wgmmas are done
+        if (kt + WG_STAGES - 1 < nk) issue(kt + WG_STAGES - 1);  // into slice kt-1's stage
+        cp_async_commit();
+        const unsigned a = sbase + (kt % WG_STAGES) * WG_STAGE_BYTES + wg * 64 * 128;
+        const unsigned b = sbase + (kt % WG_STAGES) * WG_STAGE_BYTES + WG_TILE_BYTES;
+        wg_fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BK / 8; ++j) wgmma_m64n128k8_tf32(acc, wg_desc_sw128(a + 32 * j), wg_desc_sw128(b + 32 * j), 1);
+        wgmma_commit();
+        wgmma_wait<0>();  // the other warpgroup and the block beside keep the tensor cores busy
+        wg_fence_acc(acc);
+    }
+    cp_async_wait<0>();
+
+    // Accumulator fragment: warp w of the warpgroup, lane 4g + t holds rows 16w+g (+8),
+    // columns 8j + 2t, +1 for j = 0..15.
+    const int w = (tid >> 5) & 3, g = (tid & 31) >> 2, t = tid & 3;
+    const int r = bt.m0 + wg * 64 + w * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int c = bt.n0 + 8 * j + 2 * t;
+        store_out<2>(C, M, N, r, c, &acc[4 * j], alpha, beta, bias, has_bias, relu, flags & 8);
+        store_out<2>(C, M, N, r + 8, c, &acc[4 * j + 2], alpha, beta, bias, has_bias, relu, flags & 8);
+    }
+}
+
+#define GEMM_WGMMA_ENTRY(TAG, TA, TB)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 2) gemm_tf32_wgmma_##TAG(                  \
+        const float* A, const float* B, float* C, const float* bias, int M, int N, int K, int kps,       \
+        float alpha, float beta, int has_bias, int relu, int flags) {                                     \
+        tf32_wgmma_body<TA, TB>(A, B, C, bias, M, N, K, kps, alpha, beta, has_bias, relu, flags,         \
+                                blockIdx.z);                                                              \
+    }
+GEMM_WGMMA_ENTRY(nn, false, false)
+GEMM_WGMMA_ENTRY(nt, false, true)
+GEMM_WGMMA_ENTRY(tn, true, false)
+GEMM_WGMMA_ENTRY(tt, true, true)
+#endif  // GEMM_WGMMA
+
+
 // ---------------------------------------------------------------- simple kernel (float64)
 template <typename T, bool TA, bool TB>
 __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C,
@@ -527,6 +687,8 @@ __device__ __forceinline__ void gemm_simple(const T* __restrict__ A, const T* __
         gemm_simple<double, TA, TB>(A, B, C, bias, M, N, K, alpha, beta, has_bias, relu);                \
     }
 
+// The sm_90a variant holds only the wgmma entries above.
+#ifndef GEMM_WGMMA
 GEMM_ENTRIES(nn, false, false)
 GEMM_ENTRIES(nt, false, true)
 GEMM_ENTRIES(tn, true, false)
@@ -572,3 +734,4 @@ __device__ __forceinline__ void colsum_body(const T* __restrict__ dy, T* __restr
 
 extern "C" __global__ void colsum_f32(const float* dy, float* db, int N, int M) { colsum_body<float>(dy, db, N, M); }
 extern "C" __global__ void colsum_f64(const double* dy, double* db, int N, int M) { colsum_body<double>(dy, db, N, M); }
+#endif  // !GEMM_WGMMA

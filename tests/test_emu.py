@@ -347,6 +347,97 @@ def test_double_scalar_argument(probes):
         emu.launch(probes, "takes_double", (1,), (1,), [y, 0.1])  # a Python float is passed as float32
 
 
+WGMMA_PROBE = r'''
+#include "ptx.cuh"
+#include "wgmma.cuh"
+
+// Byte offset of operand element (r, k < 8) in the layout a descriptor names.  layout 1: the
+// 128-byte swizzle (rows 128 B apart, chunk c of row r at c ^ r%8); layout 0: no swizzle,
+// 8-row x 16-byte core matrices, k halves 128 B apart (LBO), 8-row groups 256 B apart (SBO).
+__device__ int probe_offset(int layout, int r, int k) {
+    if (layout == 1) return r * 128 + ((((k >> 2) ^ r) & 7) << 4) + (k & 3) * 4;
+    return (r & 7) * 16 + (r >> 3) * 256 + (k >> 2) * 128 + (k & 3) * 4;
+}
+
+__device__ unsigned long long probe_desc(int layout, unsigned addr) {
+    const unsigned long long a = (addr & 0x3FFFFu) >> 4;
+    return layout == 1 ? a | (1ull << 16) | (64ull << 32) | (1ull << 62) : a | (8ull << 16) | (16ull << 32);
+}
+
+// One warpgroup: A[64][8] and B[128][8] (row-major in global memory) go to shared memory by
+// cp.async in `layout`, then d = A B^T (+ 1 where scale_d), d[64][128].  The flags drop a
+// fence or read the accumulators before the wait, for the checks.
+extern "C" __global__ void wgmma_probe(const float* a, const float* b, float* d, int layout, int scale_d,
+                                       int fence_proxy, int fence_wg, int read_early) {
+    extern __shared__ __align__(16) float smem[];
+    const unsigned raw = smem_addr(smem);
+    char* base = reinterpret_cast<char*>(smem) + (((raw + 1023u) & ~1023u) - raw);
+    char* as = base;
+    char* bs = base + 8192;
+    const int t = threadIdx.x;
+    for (int i = t; i < 64 * 8; i += 128) cp_async4((float*)(as + probe_offset(layout, i / 8, i % 8)), a + i, true);
+    for (int i = t; i < 128 * 8; i += 128) cp_async4((float*)(bs + probe_offset(layout, i / 8, i % 8)), b + i, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    if (fence_proxy) fence_proxy_async();
+    __syncthreads();
+    float acc[64];
+    for (int i = 0; i < 64; ++i) acc[i] = 1.f;
+    if (fence_wg) wgmma_fence();
+    wgmma_m64n128k8_tf32(acc, probe_desc(layout, smem_addr(as)), probe_desc(layout, smem_addr(bs)), scale_d);
+    wgmma_commit();
+    if (!read_early) wgmma_wait<0>();
+    const int w = t >> 5, g = (t & 31) >> 2, q = t & 3;
+    for (int j = 0; j < 16; ++j)
+        for (int e = 0; e < 4; ++e) d[(16 * w + g + 8 * (e >> 1)) * 128 + 8 * j + 2 * q + (e & 1)] = acc[4 * j + e];
+    if (read_early) wgmma_wait<0>();
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def wgmma_probe() -> str:
+    emu.build_source("wgmma_probe", WGMMA_PROBE)
+    return "wgmma_probe"
+
+
+def _wgmma(module, a, b, layout=1, scale_d=1, fence_proxy=1, fence_wg=1, read_early=0):
+    d = np.full((64, 128), np.nan, dtype=np.float32)
+    emu.launch(module, "wgmma_probe", (1,), (128,), [a, b, d, layout, scale_d, fence_proxy, fence_wg, read_early],
+               shared_mem=8192 + 16384 + 1024)
+    return d
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("scale_d", [0, 1])
+def test_wgmma_descriptor_layouts_and_fragments(wgmma_probe, rng, layout, scale_d):
+    """m64n128k8 TF32 against NumPy for both modelled layouts: the descriptor decoding (PTX ISA
+    matrix descriptor; CUTLASS's canonical GMMA layouts) and the accumulator fragment."""
+    a = rng.standard_normal((64, 8)).astype(np.float32)
+    b = rng.standard_normal((128, 8)).astype(np.float32)
+    d = _wgmma(wgmma_probe, a, b, layout, scale_d)
+    expect = tf32_truncate(a).astype(np.float64) @ tf32_truncate(b).astype(np.float64).T + scale_d
+    np.testing.assert_allclose(d, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_wgmma_lands_only_at_its_wait(wgmma_probe, rng):
+    a = rng.standard_normal((64, 8)).astype(np.float32)
+    b = rng.standard_normal((128, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_wgmma(wgmma_probe, a, b, read_early=1), 1.0)  # the accumulators as before
+
+
+def test_wgmma_needs_the_proxy_fence_after_cp_async(wgmma_probe, rng):
+    a, b = np.ones((64, 8), np.float32), np.ones((128, 8), np.float32)
+    with pytest.raises(emu.EmulatorError, match="fence.proxy.async"):
+        _wgmma(wgmma_probe, a, b, fence_proxy=0)
+
+
+def test_wgmma_needs_wgmma_fence(wgmma_probe):
+    a, b = np.ones((64, 8), np.float32), np.ones((128, 8), np.float32)
+    with pytest.raises(emu.EmulatorError, match="wgmma.fence"):
+        _wgmma(wgmma_probe, a, b, fence_wg=0)
+
+
 def test_every_kernel_file_builds_and_exports_its_kernels():
     for name in cuda.kernel_names():
         mod = emu.build(name)
@@ -362,6 +453,8 @@ def test_every_kernel_file_builds_and_exports_its_kernels():
         for defines in variants:
             extra = set(emu.build(name, defines).kernels) - set(emu.build(name).kernels)
             assert extra and all("async" in k for k in extra), (name, defines, extra)
+    # the sm_90a variant holds the wgmma GEMM entries and nothing else
+    assert set(emu.build("fc", ("GEMM_WGMMA",)).kernels) == {f"gemm_tf32_wgmma_{t}" for t in ("nn", "nt", "tn", "tt")}
 
 
 def test_emulated_arrays_look_like_device_arrays(rng):

@@ -315,6 +315,104 @@ def test_fc_gpu_matches_cpu(cp, rng, monkeypatch, precision, relu, schedule):
         assert rel_error(dw, rdw) < 1e-4 and rel_error(db, rdb) < 1e-5, (n, d, m)
 
 
+# ---------------------------------------------------------------- the wgmma kernel (sm_90a)
+# GPUCONV_GEMM_WGMMA=1: TF32 GEMMs run gemm_tf32_wgmma_* (on the emulator, which models
+# wgmma from the PTX ISA; on a GPU only an sm_90 one).  Its tensor cores truncate operands.
+def _use_wgmma(cp, monkeypatch):
+    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
+    if not isinstance(cp.zeros(1), np.ndarray) and not fc._wgmma_capable(cp.cuda.Device().id):
+        pytest.skip("the wgmma kernel needs a compute-capability-9.0 GPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("misalign", [False, True])
+@pytest.mark.parametrize("ta,tb", TRANS)
+def test_gemm_gpu_wgmma_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign):
+    # TF32-exact inputs: only fp32 accumulation error, so a wrong descriptor, swizzle or
+    # fragment position (any element off by one row or k) fails at 1e-4.
+    _use_wgmma(cp, monkeypatch)
+    for m, n, k in [*GPU_SHAPES, (200, 136, 96), (64, 130, 40)]:
+        a, b = operands(rng, m, n, k, ta, tb, np.float32)
+        a, b = to_tf32(a), to_tf32(b)
+        da, db = _upload(cp, a, misalign), _upload(cp, b, misalign)
+        out = poison(cp, (m, n))
+        fc.gemm(da, db, trans_a=ta, trans_b=tb, out=out, precision="tf32")
+        want = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
+        assert rel_error(out, want) < 1e-4 if k else rel_error(out, want) == 0.0, (m, n, k, ta, tb)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ta,tb", [(False, True), (False, False)])
+def test_gemm_gpu_wgmma_truncates_to_tf32(cp, rng, monkeypatch, ta, tb):
+    # Arbitrary fp32 inputs go to shared memory unrounded and the tensor cores read their
+    # top 19 bits: the result is the product of the truncated operands to fp32-accumulation
+    # accuracy, and measurably not that of the rounded ones (which the mma.sync kernels use).
+    _use_wgmma(cp, monkeypatch)
+    a, b = operands(rng, 150, 70, 1500, ta, tb, np.float32)
+    got = fc.gemm(cp.asarray(a), cp.asarray(b), trans_a=ta, trans_b=tb, precision="tf32")
+    truncated = fc.gemm(to_tf32(a).astype(np.float64), to_tf32(b).astype(np.float64), trans_a=ta, trans_b=tb)
+    exact = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
+    assert rel_error(got, truncated) < 2e-6
+    assert 1e-5 < rel_error(got, exact) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("relu", [False, True])
+def test_fc_gpu_wgmma_matches_cpu(cp, rng, monkeypatch, relu):
+    # The FC layer's three GEMMs (nt forward with bias/ReLU, nn backward data, tn backward
+    # weight), direct and split-K epilogues, alpha/beta through gemm.
+    _use_wgmma(cp, monkeypatch)
+    for n, d, m in [(1, 37, 10), (7, 129, 65), (130, 300, 129), (20, 2050, 6)]:
+        x = to_tf32(rng.standard_normal((n, d)).astype(np.float32))
+        w = to_tf32((rng.standard_normal((m, d)) / np.sqrt(d)).astype(np.float32))
+        b = rng.standard_normal(m).astype(np.float32)
+        dy = to_tf32(rng.standard_normal((n, m)).astype(np.float32))
+        x64, w64, b64, dy64 = (v.astype(np.float64) for v in (x, w, b, dy))
+        gx, gw, gb, gdy = (cp.asarray(v) for v in (x, w, b, dy))
+        y = poison(cp, (n, m))
+        fc.fc_forward(gx, gw, gb, relu=relu, out=y, precision="tf32")
+        assert rel_error(y, fc.fc_forward(x64, w64, b64, relu=relu)) < 1e-4, (n, d, m)
+        dx = poison(cp, (n, d))
+        fc.fc_backward_data(gdy, gw, out=dx, precision="tf32")
+        assert rel_error(dx, fc.fc_backward_data(dy64, w64)) < 1e-4, (n, d, m)
+        dw = poison(cp, (m, d))
+        fc.fc_backward_weight(gx, gdy, with_bias=False, dw_out=dw, precision="tf32")
+        assert rel_error(dw, fc.fc_backward_weight(x64, dy64)[0]) < 1e-4, (n, d, m)
+    a, c0 = to_tf32(rng.standard_normal((37, 19)).astype(np.float32)), rng.standard_normal((37, 45)).astype(np.float32)
+    bb = to_tf32(rng.standard_normal((19, 45)).astype(np.float32))
+    out = cp.asarray(c0)
+    fc.gemm(cp.asarray(a), cp.asarray(bb), alpha=0.5, beta=-2.0, out=out, precision="tf32")
+    assert rel_error(out, 0.5 * (a.astype(np.float64) @ bb.astype(np.float64)) - 2.0 * c0) < 1e-4
+
+
+def test_wgmma_shared_memory_size_matches_the_kernel():
+    # The launcher's dynamic shared memory must cover what fc.cu's wgmma body lays out
+    # (the emulator does not bounds-check cp.async into shared memory).
+    import re
+
+    from gpuconv import cuda
+
+    src = cuda.kernel_source("fc")
+    d = {k: v for k, v in re.findall(r"#define (WG_\w+|GEMM_BM) (\S+)", src)}
+    bm, bk, stages = int(d["GEMM_BM"]), int(d["WG_BK"]), int(d["WG_STAGES"])
+    assert d["WG_SMEM"] == "(WG_STAGES"  # the formula below is the one in the kernel
+    assert fc.WGMMA_SMEM == stages * 2 * bm * bk * 4 + 1024 == 99_328
+    assert fc._SLICE["tf32_wgmma"] == bk
+
+
+def test_wgmma_switch(monkeypatch):
+    monkeypatch.delenv(autotune.WGMMA_ENV, raising=False)
+    assert not autotune.wgmma_enabled()
+    for on, off in (("1", "0"), ("yes", "no"), ("ON", "off")):
+        monkeypatch.setenv(autotune.WGMMA_ENV, on)
+        assert autotune.wgmma_enabled()
+        monkeypatch.setenv(autotune.WGMMA_ENV, off)
+        assert not autotune.wgmma_enabled()
+    monkeypatch.setenv(autotune.WGMMA_ENV, "fast")
+    with pytest.raises(ValueError, match="GPUCONV_GEMM_WGMMA"):
+        autotune.wgmma_enabled()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("ta,tb", TRANS)
 def test_gpu_float64_matches_cpu(cp, rng, ta, tb):

@@ -1,5 +1,6 @@
 """Every kernel compiles with NVRTC for sm_80 and sm_90 (no GPU needed, only cupy + NVRTC)."""
 import functools
+import re
 
 import pytest
 
@@ -73,6 +74,33 @@ def test_module_variant_compiles(name, defines, arch):
     ptx = _ptx(name, arch, defines)
     assert ".entry" in ptx and "cp.async" in ptx and "_async" in ptx
     assert "cp.async" not in _ptx(name, arch)  # the default module stays without them
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+@pytest.mark.parametrize("name,define,arch", [(n, d, a) for n, vs in cuda.ARCH_VARIANTS.items() for d, a in vs.items()])
+def test_arch_variant_compiles_to_a_whole_cubin(name, define, arch):
+    """fc.cu's wgmma GEMM: PTX and a cubin (ptxas ran) for sm_90a, the ELF whole (CuPy's
+    getCUBIN drops its last byte), and the variant holds only the wgmma entries."""
+    import struct
+
+    ptx = _ptx(name, arch, (define,))
+    entries = set(re.findall(r"\.entry (\w+)\(", ptx))
+    assert entries == {f"gemm_tf32_wgmma_{t}" for t in ("nn", "nt", "tn", "tt")}
+    assert "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32" in ptx and "fence.proxy.async" in ptx
+    assert "wgmma" not in _ptx(name, "compute_90")  # the portable module stays without it
+    cubin = cuda.compile_cubin(name, arch, (define,))
+    phoff, shoff = struct.unpack_from("<QQ", cubin, 0x20)
+    phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", cubin, 0x36)
+    assert cubin[:4] == b"\x7fELF" and len(cubin) == max(phoff + phentsize * phnum, shoff + shentsize * shnum)
+    with pytest.raises(cuda.KernelCompileError, match="sm_90"):
+        cuda.compile_ptx(name, "compute_90", (define,))  # refused where wgmma does not exist
+
+
+def test_variant_arch():
+    assert cuda.variant_arch("fc", ("GEMM_WGMMA",)) == "sm_90a"
+    assert cuda.variant_arch("fc", ("GEMM_ASYNC",)) is None
+    assert cuda.variant_arch("conv", ("GEMM_WGMMA",)) is None
+    assert cuda.variant_arch("fc", ()) is None
 
 
 @pytest.mark.parametrize("name", cuda.kernel_names())

@@ -78,7 +78,7 @@ def cache_dir() -> Path:
         return fallback
 
 
-_EMULATED_HEADERS = {"ptx.cuh": HERE / "ptx.cuh"}  # stand-ins for kernels/*.cuh that hold inline PTX
+_EMULATED_HEADERS = {"ptx.cuh": HERE / "ptx.cuh", "wgmma.cuh": HERE / "wgmma.cuh"}  # stand-ins for the inline-PTX headers
 
 
 def emulator_source(name: str) -> str:
@@ -447,7 +447,8 @@ def emulated() -> Iterator[_EmuXP]:
     saved = [(cuda, "launch", cuda.launch), (cuda, "zero", cuda.zero), (cuda, "capture", cuda.capture),
              (cuda, "capture_stream", cuda.capture_stream), (device, "is_gpu_array", device.is_gpu_array),
              (device, "array_module", device.array_module), (device, "device_of", device.device_of),
-             (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count)]
+             (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count),
+             (fc, "_wgmma_capable", fc._wgmma_capable)]
     is_gpu, module_of, dev_of = device.is_gpu_array, device.array_module, device.device_of
     emu_device = device.Device("cuda", xp)  # type: ignore[arg-type]
     cuda.launch = launch  # type: ignore[assignment]
@@ -459,6 +460,7 @@ def emulated() -> Iterator[_EmuXP]:
     device.device_of = lambda a: emu_device if isinstance(a, EmuArray) else dev_of(a)  # type: ignore
     conv._num_sms = lambda: 132  # type: ignore[assignment]  (an H100's SM count)
     fc._sm_count = lambda dev_id: 132  # type: ignore[assignment]
+    fc._wgmma_capable = lambda dev_id: True  # type: ignore[assignment]  (it models sm_90a's wgmma)
     try:
         yield xp
     finally:

@@ -28,3 +28,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     emu::cp_async_wait(N);
 }
+
+// The shared-window address of a pointer into the dynamic shared memory (runtime.h).
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return emu::smem_offset(p); }

@@ -12,6 +12,9 @@
 //   cp.async             queued per thread and performed only at cp.async.wait_group,
 //                        the latest moment the hardware may perform it, so a read before
 //                        the wait sees stale shared memory (and the test fails).
+//   wgmma (sm_90a)       queued per thread and performed at wgmma.wait_group, each thread
+//                        computing its own accumulator fragment from shared memory as it is
+//                        then; see the wgmma section for what is checked.
 // __shared__ variables become function statics (one block at a time shares them);
 // dynamic shared memory is a per-block buffer.  Signed overflow wraps (-fwrapv) and
 // denormals flush to zero during a launch, as with NVRTC's -ftz=true.
@@ -95,6 +98,13 @@ struct AsyncCopy {
     int src_bytes;  // bytes read from src; the rest is zero-filled
 };
 
+struct WgmmaOp {
+    float* d;       // the thread's accumulators
+    int n;          // N of m64nNk8
+    uint64_t da, db;  // shared-memory matrix descriptors of A (64 x 8) and B (N x 8), K-major
+    int scale_d;    // 0: D = A B, else D += A B
+};
+
 struct Fiber {
     Context ctx;
     unsigned phase;  // warp collectives done, mod 2: which exchange buffer is next
@@ -104,6 +114,10 @@ struct Fiber {
     const void* site;                              // the barrier call it waits at
     std::vector<std::vector<AsyncCopy>> cp_groups;  // committed cp.async groups, oldest first
     std::vector<AsyncCopy> cp_open;                 // issued, not committed yet
+    std::vector<std::vector<WgmmaOp>> wg_groups;  // committed wgmma groups, oldest first
+    std::vector<WgmmaOp> wg_open;                 // issued, not committed yet
+    bool wg_fenced;    // a wgmma.fence since the last wgmma.wait_group
+    bool proxy_dirty;  // performed cp.async writes not yet followed by fence.proxy.async
 };
 
 constexpr int kWords = 8;              // 32-bit words per lane in the warp exchange buffer
@@ -206,6 +220,7 @@ inline void cp_async_wait(int pending) {  // cp.async.wait_group pending
     size_t done = 0;
     while (f->cp_groups.size() - done > keep) {
         for (const AsyncCopy& c : f->cp_groups[done]) perform(c);
+        f->proxy_dirty = f->proxy_dirty || !f->cp_groups[done].empty();
         ++done;
     }
     f->cp_groups.erase(f->cp_groups.begin(), f->cp_groups.begin() + (long)done);
@@ -232,6 +247,97 @@ inline bool fail(const char* what) {
     L->error = L->message;
     return false;
 }
+
+// ---------------------------------------------------------------- wgmma (sm_90a)
+// Shared-window addresses (what cvta.to.shared gives on the GPU) are offsets from the
+// dynamic shared memory rounded down to 1024 bytes, so an address has the alignment of the
+// host pointer: the 128-byte swizzle depends on address bits 4-9, as on the GPU.
+inline uintptr_t smem_window() { return (uintptr_t)L->dyn_smem.data() & ~(uintptr_t)1023; }
+inline uint32_t smem_offset(const void* p) {
+    const uintptr_t a = (uintptr_t)p, lo = (uintptr_t)L->dyn_smem.data();
+    if (a < lo || a > lo + L->dyn_smem.size()) {
+        fail("shared-window address of memory outside the dynamic shared memory (the emulator models only that)");
+        return 0;
+    }
+    return (uint32_t)(a - smem_window());
+}
+
+// Element (r, k), k < 8, of a K-major TF32 operand named by a wgmma matrix descriptor (PTX
+// ISA "matrix descriptor"): start address, leading / stride byte offsets (each /16), layout.
+//   layout 0 (no swizzle): 8x16-byte core matrices; rows 16 B apart, 8-row groups SBO
+//                          apart, the two 16-byte k halves LBO apart.
+//   layout 1 (128-byte swizzle): rows 128 B apart, 8-row groups SBO apart, k contiguous;
+//                          then address bits 4-6 ^= bits 7-9.
+// Returned as the tensor cores read it: the low 13 mantissa bits dropped.
+inline float wg_operand(uint64_t desc, int r, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4;
+    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    const int layout = (int)(desc >> 62), base_offset = (int)((desc >> 49) & 7);
+    if (base_offset != 0) { fail("wgmma descriptor: a matrix base offset is not modelled"); return 0.f; }
+    uint32_t a;
+    if (layout == 0) {
+        a = start + (uint32_t)(r & 7) * 16 + (uint32_t)(r >> 3) * sbo + (uint32_t)(k >> 2) * lbo + (uint32_t)(k & 3) * 4;
+    } else if (layout == 1) {
+        a = start + (uint32_t)(r & 7) * 128 + (uint32_t)(r >> 3) * sbo + (uint32_t)k * 4;
+        a ^= ((a >> 7) & 7u) << 4;
+    } else {
+        fail("wgmma descriptor: the 64- and 32-byte swizzles are not modelled");
+        return 0.f;
+    }
+    const uintptr_t p = smem_window() + a, lo = (uintptr_t)L->dyn_smem.data();
+    if (p < lo || p + 4 > lo + L->dyn_smem.size()) { fail("wgmma operand outside the dynamic shared memory"); return 0.f; }
+    uint32_t u;
+    std::memcpy(&u, (const void*)p, 4);
+    u &= 0xffffe000u;
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
+// wgmma.mma_async m64nNk8 .f32.tf32.tf32: recorded, performed at wgmma.wait_group.  Checked
+// at issue: a wgmma.fence since this thread's last wait (the PTX rule for accumulators
+// touched by other instructions), and that no thread of the block holds cp.async data it
+// has not published to the async proxy with fence.proxy.async (wgmma would read stale bytes).
+inline void wgmma_tf32(float* d, int n, uint64_t da, uint64_t db, int scale_d) {
+    Fiber* f = L->cur;
+    if (!f->wg_fenced) { fail("wgmma.mma_async with no wgmma.fence since the last wgmma.wait_group"); return; }
+    for (const Fiber& o : L->fibers)
+        if (o.proxy_dirty) {
+            fail("wgmma.mma_async while a thread's cp.async writes lack fence.proxy.async (async proxy would miss them)");
+            return;
+        }
+    f->wg_open.push_back({d, n, da, db, scale_d});
+}
+inline void wgmma_commit() {
+    Fiber* f = L->cur;
+    f->wg_groups.push_back(std::move(f->wg_open));
+    f->wg_open.clear();
+}
+// This thread's fragment (warp w of the warpgroup, lane 4g + t): d[4j + q] is
+// D[16w + g + 8(q/2)][8j + 2t + q%2].
+inline void wgmma_perform(const WgmmaOp& op) {
+    const int ln = lane(), w = warp() & 3, g = ln >> 2, t = ln & 3;
+    for (int j = 0; j < op.n / 8; ++j)
+        for (int q = 0; q < 4; ++q) {
+            const int row = 16 * w + g + 8 * (q >> 1), col = 8 * j + 2 * t + (q & 1);
+            float s = op.scale_d ? op.d[4 * j + q] : 0.f;
+            for (int k = 0; k < 8; ++k) s += wg_operand(op.da, row, k) * wg_operand(op.db, col, k);
+            op.d[4 * j + q] = s;
+        }
+}
+inline void wgmma_wait(int pending) {
+    Fiber* f = L->cur;
+    const size_t keep = (size_t)(pending < 0 ? 0 : pending);
+    size_t done = 0;
+    while (f->wg_groups.size() - done > keep) {
+        for (const WgmmaOp& op : f->wg_groups[done]) wgmma_perform(op);
+        ++done;
+    }
+    f->wg_groups.erase(f->wg_groups.begin(), f->wg_groups.begin() + (long)done);
+    f->wg_fenced = false;
+}
+inline void wgmma_fence() { L->cur->wg_fenced = true; }
+inline void fence_proxy_async() { L->cur->proxy_dirty = false; }
 
 inline bool release_barriers() {
     const int n = (int)L->fibers.size();
@@ -280,6 +386,10 @@ inline bool run_block() {
         f.phase = 0;
         f.cp_groups.clear();
         f.cp_open.clear();
+        f.wg_groups.clear();
+        f.wg_open.clear();
+        f.wg_fenced = false;
+        f.proxy_dirty = false;
         ctx_make(&f.ctx, stacks[i] + 4096, kStack, fiber_main);  // above the guard page
     }
     // Threads run in forward order in one barrier phase and in reverse in the next (and

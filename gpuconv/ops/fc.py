@@ -7,7 +7,11 @@ The GPU path is our own tiled GEMM in ``kernels/fc.cu`` (no cuBLAS): an FP32 FMA
 kernel and a TF32 tensor-core kernel (``precision="tf32"``), both with split-K for
 skinny problems, bias + ReLU fused in the epilogue; float64 uses a simple kernel.
 With ``GPUCONV_GEMM_SCHEDULE=async`` TF32 runs ``gemm_tf32_async_*`` instead (a
-cp.async 4-stage pipeline; emulator-checked, not yet timed on a GPU).
+cp.async 4-stage pipeline; emulator-checked, not yet timed on a GPU).  With
+``GPUCONV_GEMM_WGMMA=1`` on a compute-capability-9.0 GPU (H100/H200) TF32 runs
+``gemm_tf32_wgmma_*``: Hopper's warpgroup MMA, from the sm_90a module variant (emulator-
+checked, not yet run on a GPU).  Its tensor cores truncate operands to TF32 where the
+mma.sync kernels round them to nearest.
 ``precision`` only affects float32 GPU arrays (the CPU path is plain NumPy).
 """
 from __future__ import annotations
@@ -23,7 +27,9 @@ from ._checks import OpArgumentError, check_array, check_out
 
 PRECISIONS = ("fp32", "tf32")
 _TILE = 128            # block tile of the f32/tf32 kernels (M and N)
-_SLICE = {"fp32": 8, "tf32": 16, "tf32_async": 8}  # K slice per shared-memory stage
+_SLICE = {"fp32": 8, "tf32": 16, "tf32_async": 8, "tf32_wgmma": 32}  # K slice per shared-memory stage
+WGMMA_DEFINES = ("GEMM_WGMMA",)  # the sm_90a module variant (cuda.ARCH_VARIANTS)
+WGMMA_SMEM = 3 * 2 * _TILE * 32 * 4 + 1024  # fc.cu WG_SMEM: 3 stages of A and B tiles + alignment slack
 _INT32_MAX = 2**31 - 1
 
 
@@ -117,6 +123,16 @@ def _sm_count(dev_id: int) -> int:
         return 132
 
 
+@functools.lru_cache(maxsize=8)
+def _wgmma_capable(dev_id: int) -> bool:
+    """sm_90a code runs on compute capability 9.0 exactly (H100, H200)."""
+    try:
+        xp = device.get_device("cuda").xp
+        return str(xp.cuda.Device(dev_id).compute_capability) == "90"
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def _aligned(a: Any, nbytes: int) -> bool:
     return a.data.ptr % nbytes == 0
 
@@ -173,7 +189,10 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     if cuda.cdiv(n, _TILE) > 65535:
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
     defines: tuple[str, ...] = ()
-    if precision == "tf32" and autotune.schedule() == "async":
+    smem = 0
+    if precision == "tf32" and autotune.wgmma_enabled() and _wgmma_capable(a.device.id):
+        kernel, kslice, defines, smem = f"gemm_tf32_wgmma_{tag}", _SLICE["tf32_wgmma"], WGMMA_DEFINES, WGMMA_SMEM
+    elif precision == "tf32" and autotune.schedule() == "async":
         kernel, kslice, defines = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"], autotune.SCHEDULE_DEFINES["async"]
     else:
         kernel, kslice = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}", _SLICE[precision]
@@ -186,7 +205,7 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
         cuda.launch("fc", kernel, grid, (256, 1, 1),
                     (a, b, out, bias_arg, m, n, k, kps, np.float32(alpha), np.float32(beta), has_bias, relu, flags),
-                    defines=defines)
+                    shared_mem=smem, defines=defines)
         return out
     # Split-K: partial products into a workspace, then one pass sums them and runs the epilogue.
     if workspace is None:
@@ -196,7 +215,8 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     ws_ok = _aligned(ws, 16)  # pool allocations and planned tensors are 256-B aligned
     flags |= (4 if n % 4 == 0 and ws_ok else 0) | (8 if n % 2 == 0 and ws_ok else 0)
     cuda.launch("fc", kernel, grid, (256, 1, 1),
-                (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags), defines=defines)
+                (a, b, ws, ws, m, n, k, kps, np.float32(1.0), np.float32(0.0), 0, 0, flags), shared_mem=smem,
+                defines=defines)
     mn = m * n
     cuda.launch("fc", "splitk_reduce_f32", (min(cuda.cdiv(mn, 256), 65536), 1, 1), (256, 1, 1),
                 (ws, out, bias_arg, np.int64(mn), n, splits, np.float32(alpha), np.float32(beta), has_bias, relu))
