@@ -2,7 +2,8 @@
 
 Usage: python bench/bench_fc.py [--quick]   (needs a CUDA GPU; imports cleanly without one)
 Rows: fp32 (TF32 off on both sides) and tf32 (TF32 on both sides), TFLOP/s = 2*N*D*M / time;
-"[async]" rows: our cp.async TF32 kernel (GPUCONV_GEMM_SCHEDULE=async) against the same cuBLAS time.
+"[async]" rows: our cp.async TF32 kernel (GPUCONV_GEMM_SCHEDULE=async) against the same cuBLAS time;
+"[wgmma]" rows (compute capability 9.0 only): our Hopper wgmma TF32 kernel (GPUCONV_GEMM_WGMMA=1).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.harness import (Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch,  # noqa: E402
-                           with_schedule)
+                           with_schedule, with_wgmma)
 
 # (batch N, in D, out M)
 SHAPES = [(128, 4096, 4096), (128, 25088, 4096), (1024, 4096, 4096)]
@@ -28,6 +29,7 @@ def run(quick: bool = False) -> list[Row]:
     shapes = SHAPES[:1] if quick else SHAPES
     rows: list[Row] = []
     rs = cp.random.default_rng()
+    hopper = fc._wgmma_capable(cp.cuda.Device().id)
     for n, d, m in shapes:
         x = rs.standard_normal((n, d), dtype=cp.float32)
         w = rs.standard_normal((m, d), dtype=cp.float32) * (1.0 / d**0.5)
@@ -56,6 +58,9 @@ def run(quick: bool = False) -> list[Row]:
                 if mode == "tf32":  # the cp.async TF32 kernel beside the default one, same cuBLAS time
                     async_ms = time_gpu(with_schedule("async", ours), iters=iters)
                     new.append(Row("fc", f"{name} {label} [async]", mode, async_ms, theirs_ms, work=flops))
+                    if hopper:
+                        wgmma_ms = time_gpu(with_wgmma(ours), iters=iters)
+                        new.append(Row("fc", f"{name} {label} [wgmma]", mode, wgmma_ms, theirs_ms, work=flops))
                 if not rows:
                     print_rows([])  # header once; rows stream as they finish
                 for row in new:

@@ -14,6 +14,8 @@
 #   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / winograd / auto
 #   bash bench/gpu_session.sh graph     # CUDA-graph capture of the planned step: GPU tests (replay vs eager),
 #                                       #   then the training rows (fmnist, VGG16 step) with and without it
+#   bash bench/gpu_session.sh wgmma     # fc.cu's Hopper wgmma GEMM (sm_90a): GPU tests first (exact-input,
+#                                       #   truncation, FC layer), memcheck of them, then bench_fc's [wgmma] rows
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -131,6 +133,17 @@ graph)  # never run on a GPU before: correctness of capture/replay first, then w
   timeout 360 python3 bench/bench_train.py > "$OUT/train.log" 2>&1
   echo "bench rc=$?" >> "$OUT/train.log"
   tail -n 3 "$OUT/gpu_tests.log"; grep -E "^\| train|rc=" "$OUT/train.log"
+  ;;
+wgmma)  # never run on a GPU: descriptors, swizzle and fragments first (tests), then bounds, then speed
+  GPUCONV_GEMM_WGMMA=1 timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_fc.py \
+      > "$OUT/wgmma_tests.log" 2>&1
+  echo "pytest rc=$?" >> "$OUT/wgmma_tests.log"
+  GPUCONV_DEBUG_ALLOC=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
+      -m "gpu and not emu" -p no:cacheprovider -x tests/test_fc.py -k wgmma > "$OUT/wgmma_memcheck.log" 2>&1
+  echo "memcheck rc=$?" >> "$OUT/wgmma_memcheck.log"
+  timeout 120 python3 bench/bench_fc.py > "$OUT/fc.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/fc.log"
+  tail -n 3 "$OUT/wgmma_tests.log" "$OUT/wgmma_memcheck.log"; grep -E "tf32|rc=" "$OUT/fc.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \

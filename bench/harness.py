@@ -127,18 +127,30 @@ def main_quick(run: Callable[..., list[Row]], doc: str | None) -> None:
     print_rows(run(quick=ap.parse_args().quick))
 
 
-def with_schedule(schedule: str, fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with our GEMM kernels' main-loop schedule forced ($GPUCONV_GEMM_SCHEDULE: reg or async)."""
-    from gpuconv.ops import autotune  # noqa: PLC0415
-
+def with_env(var: str, value: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn with environment variable ``var`` set to ``value`` for the call (restored after)."""
     def call() -> None:
-        old = os.environ.get(autotune.SCHEDULE_ENV)
-        os.environ[autotune.SCHEDULE_ENV] = schedule
+        old = os.environ.get(var)
+        os.environ[var] = value
         try:
             fn()
         finally:
             if old is None:
-                os.environ.pop(autotune.SCHEDULE_ENV, None)
+                os.environ.pop(var, None)
             else:
-                os.environ[autotune.SCHEDULE_ENV] = old
+                os.environ[var] = old
     return call
+
+
+def with_schedule(schedule: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn with our GEMM kernels' main-loop schedule forced ($GPUCONV_GEMM_SCHEDULE: reg or async)."""
+    from gpuconv.ops import autotune  # noqa: PLC0415
+
+    return with_env(autotune.SCHEDULE_ENV, schedule, fn)
+
+
+def with_wgmma(fn: Callable[[], None]) -> Callable[[], None]:
+    """fn with TF32 FC GEMMs on fc.cu's Hopper wgmma kernel ($GPUCONV_GEMM_WGMMA=1)."""
+    from gpuconv.ops import autotune  # noqa: PLC0415
+
+    return with_env(autotune.WGMMA_ENV, "1", fn)

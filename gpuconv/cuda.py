@@ -222,12 +222,13 @@ def get_function(module: str, function: str, defines: Sequence[str] = ()) -> Any
     return get_module(module, defines).get_function(function)
 
 
-_shared_opt_in: dict[int, int] = {}  # id(kernel) -> dynamic shared bytes it is allowed
+# id(kernel) -> (kernel, dynamic shared bytes it is allowed); holding the kernel keeps its id unique
+_shared_opt_in: dict[int, tuple[Any, int]] = {}
 
 
 def _allow_dynamic_shared(fn: Any, nbytes: int) -> None:
     """Opt a kernel in to more than 48 KB of dynamic shared memory (once per size)."""
-    if _shared_opt_in.get(id(fn), DEFAULT_DYNAMIC_SHARED) >= nbytes:
+    if _shared_opt_in.get(id(fn), (fn, DEFAULT_DYNAMIC_SHARED))[1] >= nbytes:
         return
     cp = device._cupy()
     if hasattr(fn, "max_dynamic_shared_size_bytes"):  # RawKernel
@@ -235,7 +236,7 @@ def _allow_dynamic_shared(fn: Any, nbytes: int) -> None:
     else:  # cupy.cuda.function.Function (a cubin module's)
         drv = cp.cuda.driver
         drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
-    _shared_opt_in[id(fn)] = nbytes
+    _shared_opt_in[id(fn)] = (fn, nbytes)
 
 
 def _as_kernel_arg(a: Any) -> Any:

@@ -103,6 +103,28 @@ def test_variant_arch():
     assert cuda.variant_arch("fc", ()) is None
 
 
+def test_large_dynamic_shared_memory_opt_in(monkeypatch):
+    """Above 48 KB a kernel must opt in (the wgmma GEMM takes 97 KB): a RawKernel through its
+    attribute, a cubin module's Function through cuFuncSetAttribute; once per kernel and size."""
+    import types
+
+    calls = []
+    driver = types.SimpleNamespace(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=8,
+                                   funcSetAttribute=lambda ptr, attr, v: calls.append((ptr, attr, v)))
+    monkeypatch.setattr(cuda.device, "_cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(driver=driver)))
+    monkeypatch.setattr(cuda, "_shared_opt_in", {})
+    raw = types.SimpleNamespace(max_dynamic_shared_size_bytes=0)
+    func = types.SimpleNamespace(ptr=1234)
+    for _ in range(2):
+        cuda._allow_dynamic_shared(raw, 99_328)
+        cuda._allow_dynamic_shared(func, 99_328)
+    assert raw.max_dynamic_shared_size_bytes == 99_328
+    assert calls == [(1234, 8, 99_328)]
+    cuda._allow_dynamic_shared(func, 50_000)   # already allowed more
+    cuda._allow_dynamic_shared(func, 120_000)  # a bigger request opts in again
+    assert calls == [(1234, 8, 99_328), (1234, 8, 120_000)]
+
+
 @pytest.mark.parametrize("name", cuda.kernel_names())
 def test_kernel_header_says_what_layout_and_geometry(name):
     head = cuda.kernel_source(name)[:3000].lower()
