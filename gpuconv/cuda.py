@@ -93,21 +93,25 @@ def _define_options(defines: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"-D{d}" for d in defines)
 
 
-def compile_ptx(name: str, arch: str = "compute_90", defines: Sequence[str] = ()) -> str:
-    """Compile kernels/<name>.cu (with ``-D`` defines) to PTX with NVRTC only (no GPU needed)."""
+def _nvrtc_compile(name: str, arch: str, defines: Sequence[str], output: str) -> Any:
+    """Run NVRTC alone (no GPU) on kernels/<name>.cu for ``arch``; ``output`` is "PTX" or "CUBIN"."""
     from cupy.cuda import nvrtc  # noqa: PLC0415
 
-    src = kernel_source(name)
-    prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
+    prog = nvrtc.createProgram(kernel_source(name), f"{name}.cu", [], [])
     try:
         try:
             nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true"])
         except nvrtc.NVRTCError as exc:
             raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
-        ptx = nvrtc.getPTX(prog)
-        return ptx.decode() if isinstance(ptx, bytes) else ptx
+        return nvrtc.getPTX(prog) if output == "PTX" else nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def compile_ptx(name: str, arch: str = "compute_90", defines: Sequence[str] = ()) -> str:
+    """Compile kernels/<name>.cu (with ``-D`` defines) to PTX with NVRTC only (no GPU needed)."""
+    ptx = _nvrtc_compile(name, arch, defines, "PTX")
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
 
 
 def variant_arch(name: str, defines: Sequence[str]) -> str | None:
@@ -120,19 +124,8 @@ def variant_arch(name: str, defines: Sequence[str]) -> str | None:
 
 def compile_cubin(name: str, arch: str, defines: Sequence[str] = ()) -> bytes:
     """Compile kernels/<name>.cu to a cubin for ``arch`` (e.g. "sm_90a") with NVRTC only (no GPU)."""
-    from cupy.cuda import nvrtc  # noqa: PLC0415
-
-    src = kernel_source(name)
-    prog = nvrtc.createProgram(src, f"{name}.cu", [], [])
-    try:
-        try:
-            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true"])
-        except nvrtc.NVRTCError as exc:
-            raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
-        cubin = nvrtc.getCUBIN(prog)
-        return _whole_elf(cubin if isinstance(cubin, bytes) else bytes(cubin))
-    finally:
-        nvrtc.destroyProgram(prog)
+    cubin = _nvrtc_compile(name, arch, defines, "CUBIN")
+    return _whole_elf(cubin if isinstance(cubin, bytes) else bytes(cubin))
 
 
 def _whole_elf(image: bytes) -> bytes:

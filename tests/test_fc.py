@@ -243,6 +243,18 @@ def test_gemm_gpu_fp32(cp, rng, ta, tb, misalign):
         assert rel_error(got, want) < 1e-4 if k else rel_error(got, want) == 0.0, (m, n, k, ta, tb)
 
 
+def _check_tf32_exact_inputs(cp, rng, ta, tb, misalign, shapes):
+    """TF32 GEMMs of TF32-exact operands against fp64 at 1e-4 (fp32 accumulation only)."""
+    for m, n, k in shapes:
+        a, b = operands(rng, m, n, k, ta, tb, np.float32)
+        a, b = to_tf32(a), to_tf32(b)
+        da, db = _upload(cp, a, misalign), _upload(cp, b, misalign)
+        out = poison(cp, (m, n))
+        fc.gemm(da, db, trans_a=ta, trans_b=tb, out=out, precision="tf32")
+        want = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
+        assert rel_error(out, want) < 1e-4 if k else rel_error(out, want) == 0.0, (m, n, k, ta, tb)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("misalign", [False, True])
@@ -251,14 +263,7 @@ def test_gemm_gpu_tf32_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign, sche
     # Inputs already representable in TF32: the tensor-core path must then match an
     # fp64 reference to fp32-accumulation accuracy, which pins down the fragment layout.
     monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
-    for m, n, k in GPU_SHAPES:
-        a, b = operands(rng, m, n, k, ta, tb, np.float32)
-        a, b = to_tf32(a), to_tf32(b)
-        da, db = _upload(cp, a, misalign), _upload(cp, b, misalign)
-        out = poison(cp, (m, n))
-        fc.gemm(da, db, trans_a=ta, trans_b=tb, out=out, precision="tf32")
-        want = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
-        assert rel_error(out, want) < 1e-4 if k else rel_error(out, want) == 0.0, (m, n, k, ta, tb)
+    _check_tf32_exact_inputs(cp, rng, ta, tb, misalign, GPU_SHAPES)
 
 
 @pytest.mark.gpu
@@ -331,14 +336,7 @@ def test_gemm_gpu_wgmma_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign):
     # TF32-exact inputs: only fp32 accumulation error, so a wrong descriptor, swizzle or
     # fragment position (any element off by one row or k) fails at 1e-4.
     _use_wgmma(cp, monkeypatch)
-    for m, n, k in [*GPU_SHAPES, (200, 136, 96), (64, 130, 40)]:
-        a, b = operands(rng, m, n, k, ta, tb, np.float32)
-        a, b = to_tf32(a), to_tf32(b)
-        da, db = _upload(cp, a, misalign), _upload(cp, b, misalign)
-        out = poison(cp, (m, n))
-        fc.gemm(da, db, trans_a=ta, trans_b=tb, out=out, precision="tf32")
-        want = fc.gemm(a.astype(np.float64), b.astype(np.float64), trans_a=ta, trans_b=tb)
-        assert rel_error(out, want) < 1e-4 if k else rel_error(out, want) == 0.0, (m, n, k, ta, tb)
+    _check_tf32_exact_inputs(cp, rng, ta, tb, misalign, [*GPU_SHAPES, (200, 136, 96), (64, 130, 40)])
 
 
 @pytest.mark.gpu
