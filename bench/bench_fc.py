@@ -23,13 +23,14 @@ SHAPES = [(128, 4096, 4096), (128, 25088, 4096), (1024, 4096, 4096)]
 def run(quick: bool = False) -> list[Row]:
     import cupy as cp  # noqa: PLC0415  (GPU-only)
 
+    from gpuconv import cuda  # noqa: PLC0415
     from gpuconv.ops import fc  # noqa: PLC0415
 
     iters = 5 if quick else 20
     shapes = SHAPES[:1] if quick else SHAPES
     rows: list[Row] = []
     rs = cp.random.default_rng()
-    hopper = fc._wgmma_capable(cp.cuda.Device().id)
+    hopper = cuda.wgmma_capable(cp.cuda.Device().id)
     for n, d, m in shapes:
         x = rs.standard_normal((n, d), dtype=cp.float32)
         w = rs.standard_normal((m, d), dtype=cp.float32) * (1.0 / d**0.5)

@@ -9,7 +9,7 @@ the source (``name_expressions`` would bypass that cache).
 ``compile_ptx`` runs NVRTC alone, with no GPU and no driver: CI uses it to prove
 that every kernel compiles for sm_80 and sm_90.
 
-Arch-specific variants (``ARCH_VARIANTS``: fc.cu's Hopper wgmma GEMM, which needs the
+Arch-specific variants (``ARCH_VARIANTS``: fc.cu's and conv.cu's Hopper wgmma GEMMs, which need the
 ``sm_90a`` target) cannot go through RawModule, which appends its own ``-arch=sm_90``.
 ``compile_cubin`` runs NVRTC for that target and the module is loaded from the cubin
 bytes (cached on disk under ``$GPUCONV_CACHE_DIR/kernels``, keyed by source, options and
@@ -18,6 +18,7 @@ NVRTC version).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from pathlib import Path
@@ -38,9 +39,9 @@ TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
 MODULE_VARIANTS: dict[str, tuple[tuple[str, ...], ...]] = {"conv": (("GEMM_ASYNC",),), "fc": (("GEMM_ASYNC",),)}
 
 # Variants that exist for one architecture only: the define -> the NVRTC target they need.
-# GEMM_WGMMA: fc.cu's wgmma GEMM (sm_90a: wgmma is not part of sm_90, so it runs on compute
+# GEMM_WGMMA: fc.cu's and conv.cu's wgmma GEMMs (sm_90a: wgmma is not part of sm_90, so it runs on compute
 # capability 9.0 exactly).
-ARCH_VARIANTS: dict[str, dict[str, str]] = {"fc": {"GEMM_WGMMA": "sm_90a"}}
+ARCH_VARIANTS: dict[str, dict[str, str]] = {"fc": {"GEMM_WGMMA": "sm_90a"}, "conv": {"GEMM_WGMMA": "sm_90a"}}
 
 # Dynamic shared memory a launch may use without opting in (cudaFuncSetAttribute).
 DEFAULT_DYNAMIC_SHARED = 48 * 1024
@@ -207,6 +208,23 @@ def get_module(name: str, defines: Sequence[str] = ()) -> Any:
                 raise KernelCompileError(f"{name}.cu: {exc}") from exc
         _modules[key] = mod
     return mod
+
+
+def wgmma_capable(dev_id: int | None = None) -> bool:
+    """Whether the sm_90a variants run on this GPU (compute capability 9.0 exactly: H100, H200)."""
+    return _compute_capability(-1 if dev_id is None else dev_id) == "90"
+
+
+@functools.lru_cache(maxsize=16)
+def _compute_capability(dev_id: int) -> str:
+    cp = device._cupy()
+    if cp is None:
+        return ""
+    try:
+        dev = cp.cuda.Device() if dev_id < 0 else cp.cuda.Device(dev_id)
+        return str(dev.compute_capability)
+    except Exception:  # noqa: BLE001  (no usable device: nothing runs sm_90a code)
+        return ""
 
 
 def get_function(module: str, function: str, defines: Sequence[str] = ()) -> Any:

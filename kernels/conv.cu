@@ -122,6 +122,8 @@ struct FwdProb {
     // A = w[m, r]
     __device__ const float* a_ptr() const { return w; }
     __device__ i64 a_stride() const { return R; }
+    // A(m, r..r+3) contiguous and 16-byte aligned for every r % 4 == 0 (and R % 4 == 0)
+    __device__ bool a_vec4() const { return R % 4 == 0 && ((size_t)w & 15) == 0; }
     struct ARed { i64 off; bool ok; };
     __device__ void a_red(ARed& e, unsigned r) const { e.ok = r < R; e.off = r; }
     struct BCol { const float* p; int hb, wb; };             // &x[n, 0, hb, wb] (window corner)
@@ -166,6 +168,7 @@ struct BwdDataProb {
     // A = w[k, m, f] for r = (k, f)
     __device__ const float* a_ptr() const { return w; }
     __device__ i64 a_stride() const { return FF; }
+    __device__ bool a_vec4() const { return FF % 4 == 0 && ((size_t)w & 15) == 0; }
     struct ARed { i64 off; bool ok; };
     __device__ void a_red(ARed& e, unsigned r) const {
         e.ok = r < R;
@@ -227,6 +230,7 @@ struct BwdFilterProb {
     // A = dy[n, m, hw] for r = (n, hw)
     __device__ const float* a_ptr() const { return dy; }
     __device__ i64 a_stride() const { return HoWo; }
+    __device__ bool a_vec4() const { return HoWo % 4 == 0 && ((size_t)dy & 15) == 0; }
     struct ARed { i64 off; bool ok; };
     __device__ void a_red(ARed& e, unsigned r) const {
         e.ok = r < R;
@@ -572,6 +576,9 @@ conv_bwdf_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float
 #define CONV_SCHEDULES(BM, BN, PREC, TF) CONV_ENTRIES(BM, BN, PREC, TF, , igemm)
 #endif
 
+// The default module (and the GEMM_ASYNC variant) holds everything below; the sm_90a
+// variant (-DGEMM_WGMMA) holds only the wgmma entries at the end of the file.
+#ifndef GEMM_WGMMA
 CONV_SCHEDULES(128, 128, fp32, false)
 CONV_SCHEDULES(128, 64, fp32, false)
 CONV_SCHEDULES(64, 128, fp32, false)
@@ -890,3 +897,179 @@ extern "C" __global__ void __launch_bounds__(NT)
 conv_bias_grad_f64(const double* __restrict__ dy, double* __restrict__ db, int N, int K, int Ho, int Wo) {
     bias_grad<double>(dy, db, N, K, (i64)Ho * Wo);
 }
+#endif  // !GEMM_WGMMA
+
+// ---------------------------------------------------------------------------------
+// Hopper TF32 schedule (sm_90a variant only): conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_tf32_wgmma
+//
+// The same three implicit GEMMs (the Prob structs above gather the operands), multiplied
+// by wgmma.mma_async instead of mma.sync: a warpgroup's tensor-core instruction covers
+// 64 x N x 8 and runs asynchronously from its shared-memory operands, so no thread loads
+// fragments into registers.  K slice WG_BK = 32; WG_STAGES = 3 cp.async stages of
+// (BM + BN) * 128 bytes in the 128-byte-swizzled K-major layout (wgmma_layout.cuh), in
+// dynamic shared memory: 3 * (BM + BN) * 128 + 1024 bytes (conv.py WGMMA_SMEM).
+// Block 256 threads = 2 warpgroups; grid as the other entries.  BM = 128: warpgroup g
+// computes rows 64g..64g+63 x all BN columns (m64nBNk8); BM = 64: all 64 rows x columns
+// g*BN/2.. (m64n(BN/2)k8).  Gathers (4-byte cp.async, zero-filled where absent), per slice:
+//   A: lane l of warp w copies A(m0 + w + 8i, k0 + l), i < BM/8: one reduction index per
+//      thread (decoded once), a warp reads 32 consecutive reduction indices of one row
+//      and writes one 128-byte row of the tile.  Where A's rows are contiguous in runs of
+//      4 (Prob::a_vec4: the forward's weights with C*FH*FW % 4 == 0, dy with Ho*Wo % 4 == 0
+//      for backward-filter), 16-byte copies: thread tid copies A(m0 + tid/8 + 32i,
+//      k0 + 4(tid%8) .. +3), i < BM/32.
+//   B: lane (rl = l % 8, kq = l / 8) of warp w copies B(k0 + 4c + kq, n0 + 8q + rl) for the
+//      4 chunks c = 4(w%2)..+3 and the BN/32 column groups q = w/2 + 4j: four reduction
+//      indices per thread (decoded once each), BN/32 columns (decoded once per block);
+//      a warp writes 8 rows x 4 consecutive k, 32 different banks.
+// The tensor cores read the top 19 bits of each operand (truncation; the mma.sync entries
+// round to nearest).  TF32 only: there is no fp32 wgmma.
+// ---------------------------------------------------------------------------------
+#ifdef GEMM_WGMMA
+#include "wgmma.cuh"         // wgmma_*, fence_proxy_async (inline PTX, sm_90a only)
+#include "wgmma_layout.cuh"  // WG_BK, WG_STAGES, sw128 layout, descriptors
+
+template <class Prob, int BM, int BN>
+struct WgSlices {
+    static_assert(NT == 256 && WG_BK == 32, "the copy roles assume 8 warps and 32-deep slices");
+    static constexpr int A_PER = BM / 8;    // A rows per thread, 4-byte copies
+    static constexpr int A_PER4 = BM / 32;  // A rows per thread, 16-byte copies
+    static constexpr int B_CH = 4;          // reduction chunks (4 consecutive k) per thread
+    static constexpr int B_PER = BN / 32;   // column groups per thread
+    unsigned kbeg, kend, ntiles;
+    bool avec;             // A rows are copied 16 bytes at a time (Prob::a_vec4)
+    unsigned a_m;          // the thread's first A row
+    const float* a_row;    // A's row a_m
+    int a_k, a_dst, b_dst, c0, kq, rl;
+    typename Prob::BCol bcol[B_PER];
+
+    __device__ WgSlices(const Prob& P, unsigned m0, unsigned n0, int tid) {
+        const unsigned chunk = ((P.R + gridDim.z - 1) / gridDim.z + WG_BK - 1) / WG_BK * WG_BK;
+        kbeg = blockIdx.z * chunk;
+        kend = min(P.R, kbeg + chunk);
+        ntiles = kend > kbeg ? (kend - kbeg + WG_BK - 1) / WG_BK : 0u;
+        const int w = tid >> 5, lane = tid & 31;
+        avec = P.a_vec4();
+        // A, 4-byte: lane l of warp w copies A(m0 + w + 8i, k0 + l): row w + 8i of the tile.
+        // A, 16-byte: thread tid copies A(m0 + tid/8 + 32i, k0 + 4(tid%8) .. +3): eight threads
+        // move one row's 128 contiguous bytes into one 128-byte line of the tile.
+        const int ar = avec ? tid >> 3 : w;
+        a_k = avec ? 4 * (tid & 7) : lane;
+        a_m = m0 + ar;
+        a_row = P.a_ptr() + (i64)a_m * P.a_stride();
+        a_dst = sw128_offset(ar, a_k);          // + 1024 i (4-byte) or 4096 i (16-byte): same row % 8
+        rl = lane & 7;
+        kq = lane >> 3;
+        c0 = 4 * (w & 1);
+        const int col = 8 * (w >> 1) + rl;      // + 32 j
+        b_dst = BM * 128 + col * 128 + kq * 4;  // + 4096 j, chunk position (c ^ rl) << 4
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) P.b_col(bcol[j], n0 + col + 32 * j);
+    }
+
+    // The copies of slice t into the stage at shared-window address st (the caller commits).
+    __device__ __forceinline__ void issue(const Prob& P, unsigned st, unsigned t) const {
+        const unsigned k0 = kbeg + t * WG_BK;
+        {
+            const unsigned r = k0 + a_k;
+            typename Prob::ARed e;
+            P.a_red(e, r < kend ? r : P.R);  // past the split: r = R, which every Prob calls absent
+            const float* p = a_row + e.off;
+            if (avec) {  // kend % 4 == 0 here, so r < kend covers r + 3
+                const i64 step = 32 * P.a_stride();
+#pragma unroll
+                for (int i = 0; i < A_PER4; ++i) {
+                    const bool ok = e.ok && a_m + 32 * i < P.M;
+                    cp_async16_s(st + a_dst + 4096 * i, ok ? p + i * step : P.a_ptr(), ok);
+                }
+            } else {
+                const i64 step = 8 * P.a_stride();
+#pragma unroll
+                for (int i = 0; i < A_PER; ++i) {
+                    const bool ok = e.ok && a_m + 8 * i < P.M;
+                    cp_async4_s(st + a_dst + 1024 * i, ok ? p + i * step : P.a_ptr(), ok);
+                }
+            }
+        }
+#pragma unroll
+        for (int c = 0; c < B_CH; ++c) {
+            const unsigned r = k0 + 4 * (c0 + c) + kq;
+            typename Prob::BRed e;
+            P.b_red(e, r < kend ? r : P.R);
+            const unsigned dst = st + b_dst + (((c0 + c) ^ rl) << 4);
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j) {
+                bool ok;
+                const float* p = P.b_src(bcol[j], e, ok);
+                cp_async4_s(dst + 4096 * j, p, ok);
+            }
+        }
+    }
+};
+
+template <int R>
+__device__ __forceinline__ void wgmma_k8(float (&d)[R], unsigned long long da, unsigned long long db) {
+    if constexpr (R == 64) wgmma_m64n128k8_tf32(d, da, db, 1);
+    else if constexpr (R == 32) wgmma_m64n64k8_tf32(d, da, db, 1);
+    else wgmma_m64n32k8_tf32(d, da, db, 1);
+}
+
+template <class Prob, int BM, int BN, bool TF32>
+__device__ __forceinline__ void igemm_wgmma(const Prob& P) {
+    static_assert(TF32, "wgmma has no fp32 mode");
+    static_assert((BM == 64 || BM == 128) && (BN == 64 || BN == 128), "tile");
+    constexpr int STAGE = (BM + BN) * 128;             // A tile (BM rows), then B tile (BN rows)
+    constexpr int WN = BM == 128 ? BN : BN / 2;        // a warpgroup's columns
+    extern __shared__ __align__(1024) float wg_smem[];
+    unsigned sbase;
+    wg_align_smem(wg_smem, sbase);
+
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int wg_m = BM == 128 ? 64 * wg : 0, wg_n = BM == 128 ? 0 : WN * wg;
+    const unsigned m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    WgSlices<Prob, BM, BN> sl(P, m0, n0, tid);
+    float acc[WN / 2];
+#pragma unroll
+    for (int i = 0; i < WN / 2; ++i) acc[i] = 0.f;
+
+#pragma unroll
+    for (int t = 0; t < WG_STAGES - 1; ++t) {  // one commit group per slice, empty past the end
+        if ((unsigned)t < sl.ntiles) sl.issue(P, sbase + t * STAGE, (unsigned)t);
+        cp_async_commit();
+    }
+    for (unsigned t = 0; t < sl.ntiles; ++t) {
+        cp_async_wait<WG_STAGES - 2>();  // this thread's copies of slice t have landed,
+        fence_proxy_async();             // are visible to wgmma's async proxy,
+        __syncthreads();                 // and so are everyone's; slice t-1's wgmmas are done
+        if (t + WG_STAGES - 1 < sl.ntiles) sl.issue(P, sbase + ((t + WG_STAGES - 1) % WG_STAGES) * STAGE, t + WG_STAGES - 1);
+        cp_async_commit();
+        const unsigned st = sbase + (t % WG_STAGES) * STAGE;
+        const unsigned a = st + wg_m * 128, b = st + BM * 128 + wg_n * 128;
+        wg_fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < WG_BK / 8; ++j) wgmma_k8(acc, wg_desc_sw128(a + 32 * j), wg_desc_sw128(b + 32 * j));
+        wgmma_commit();
+        wgmma_wait<0>();  // the other warpgroup and the other resident blocks keep the tensor cores busy
+        wg_fence_acc(acc);
+    }
+    cp_async_wait<0>();
+    if (sl.ntiles == 0 && gridDim.z > 1) return;  // an empty split adds nothing
+
+    // Accumulator fragment: warp w of the warpgroup, lane 4g + t holds rows 16w + g (+8),
+    // columns 8j + 2t (+1).
+    const int w = (tid >> 5) & 3, g = (tid & 31) >> 2, tq = tid & 3;
+#pragma unroll
+    for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const unsigned m = m0 + wg_m + 16 * w + g + 8 * (q >> 1);
+            const unsigned col = n0 + wg_n + 8 * j + 2 * tq + (q & 1);
+            if (m < P.M && col < P.NC) P.store(m, col, acc[4 * j + q]);
+        }
+}
+
+CONV_ENTRIES(128, 128, tf32, true, _wgmma, igemm_wgmma)
+CONV_ENTRIES(128, 64, tf32, true, _wgmma, igemm_wgmma)
+CONV_ENTRIES(64, 128, tf32, true, _wgmma, igemm_wgmma)
+CONV_ENTRIES(64, 64, tf32, true, _wgmma, igemm_wgmma)
+#endif  // GEMM_WGMMA

@@ -462,30 +462,12 @@ __device__ __forceinline__ void tf32_async_body(const float* __restrict__ A, con
 
 // ---------------------------------------------------------------- TF32 wgmma kernel (sm_90a)
 #ifdef GEMM_WGMMA
-#include "wgmma.cuh"  // wgmma_*, fence_proxy_async (inline PTX, sm_90a only)
+#include "wgmma.cuh"         // wgmma_*, fence_proxy_async (inline PTX, sm_90a only)
+#include "wgmma_layout.cuh"  // WG_BK, WG_STAGES, the 128-byte-swizzled K-major tiles, descriptors
 
-#define WG_BK 32                                      // K slice: one 128-byte row per operand row
-#define WG_STAGES 3
 #define WG_TILE_BYTES (GEMM_BM * WG_BK * 4)           // one operand's 128 x 32 fp32 tile: 16 KB
 #define WG_STAGE_BYTES (2 * WG_TILE_BYTES)            // A tile, then B tile
 #define WG_SMEM (WG_STAGES * WG_STAGE_BYTES + 1024)   // + slack to align the stages to 1024 B
-
-// A 128 x 32 tile X(r, k) is stored K-major with the 128-byte swizzle: row r at byte r*128,
-// its 16-byte chunk c (k = 4c..4c+3) at chunk position c ^ (r % 8).  Eight rows make a
-// 1024-byte atom; the swizzle is a function of the address bits, so every tile starts
-// 1024-byte aligned.  Rows of a chunk column land in 8 different bank groups, which is what
-// lets the tensor cores (and the copies below) touch shared memory without conflicts.
-__device__ __forceinline__ int sw128_offset(int r, int k) {
-    return r * 128 + ((((k >> 2) ^ r) & 7) << 4) + (k & 3) * 4;
-}
-
-// wgmma shared-memory matrix descriptor of a K-major operand in that layout, starting at
-// shared address `addr`: bits 0-13 addr/16, 16-29 leading byte offset/16 (unused with a
-// swizzle; 1 by convention), 32-45 stride byte offset/16 (1024 B between 8-row groups),
-// 62-63 layout 1 = 128-byte swizzle.  Stepping k by 8 (32 B) inside the atom adds 32 to addr.
-__device__ __forceinline__ unsigned long long wg_desc_sw128(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
-}
 
 // Issues the cp.async copies of one 128 x 32 tile of X(r, k), r in [r0, r0+128) (rows >= R
 // and k >= kend zero-filled).  KMAJOR: X(r,k) = X[r*ld + k]; else X[k*ld + r].
@@ -540,9 +522,8 @@ __device__ __forceinline__ void tf32_wgmma_body(const float* __restrict__ A, con
                                                 int M, int N, int K, int kps, float alpha, float beta,
                                                 int has_bias, int relu, int flags, int zs) {
     extern __shared__ __align__(1024) float wg_smem[];
-    const unsigned raw = smem_addr(wg_smem);
-    char* smem = reinterpret_cast<char*>(wg_smem) + (((raw + 1023u) & ~1023u) - raw);
-    const unsigned sbase = smem_addr(smem);
+    unsigned sbase;
+    char* smem = wg_align_smem(wg_smem, sbase);
 
     const int tid = threadIdx.x, wg = tid >> 7;  // warpgroup wg computes tile rows [64 wg, 64 wg + 64)
     const BlockTile<TA, TB> bt(M, N, K, kps, zs);

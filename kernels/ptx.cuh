@@ -7,6 +7,8 @@
 //                sm_90+, cvt.rna (ties away) on sm_80.
 //   mma_tf32     mma.sync.m16n8k8 row.col, TF32 inputs, fp32 accumulate, one warp.
 //   cp_async4/16 cp.async global -> shared, 4 or 16 bytes, zero-filled when !valid.
+//   cp_async4_s/16_s the same with the destination given as a shared-window address
+//                (smem_addr): 32-bit, so a constant offset folds into the instruction.
 //   cp_async_commit / cp_async_wait<N>: close a group / wait until <= N groups pend.
 #pragma once
 
@@ -49,6 +51,14 @@ __device__ __forceinline__ void cp_async4(float* smem, const float* g, bool vali
 __device__ __forceinline__ void cp_async16(float* smem, const float* g, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(g),
                  "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async4_s(unsigned saddr, const float* g, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(saddr), "l"(g), "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async16_s(unsigned saddr, const float* g, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(g), "r"(valid ? 16 : 0));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

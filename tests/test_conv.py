@@ -6,6 +6,7 @@ from math import gcd
 import numpy as np
 import pytest
 
+from gpuconv import cuda
 from gpuconv.geometry import GeometryError
 from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
@@ -475,6 +476,153 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
                                            dw_out=poison(cp, w.shape), precision=precision)
             dw_ref, _ = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)
             assert rel_error(dw, dw_ref) < TOL, (g, tile, splits, precision)
+
+
+# ---------------------------------------------------------------- the wgmma kernels (sm_90a)
+# GPUCONV_GEMM_WGMMA=1: TF32 implicit GEMMs run conv_*_tf32_wgmma (on the emulator, which
+# models wgmma from the PTX ISA; on a GPU only an sm_90 one).  Their tensor cores truncate.
+def _use_wgmma(cp, monkeypatch):
+    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
+    if not isinstance(cp.zeros(1), np.ndarray) and not cuda.wgmma_capable():
+        pytest.skip("the wgmma kernels need a compute-capability-9.0 GPU")
+
+
+def _misaligned(cp, h):
+    """h on the device at an address 4 bytes past 16-byte alignment (no 16-byte copies)."""
+    base = cp.empty(h.size + 1, dtype=h.dtype)
+    v = base[1:].reshape(h.shape)
+    v[...] = cp.asarray(h)
+    return v
+
+
+def _spy_launches(monkeypatch):
+    launches: list[str] = []
+    launch = C.cuda.launch
+    monkeypatch.setattr(C.cuda, "launch", lambda m, f, *a, **k: (launches.append(f), launch(m, f, *a, **k))[1])
+    return launches
+
+
+# Geometries for the copy paths: 4-byte A (C*FH*FW, FH*FW and Ho*Wo not multiples of 4),
+# 128-row tiles partly filled (K = 110, C = 100), 16-byte A in all three GEMMs (C*FH*FW = 64,
+# FH*FW = 4, Ho*Wo = 16), and stride + dilation.
+WGMMA_GEOMS = [((2, 21, 11, 13, 75, 3, 3, 1, 1, 1), (1, 2, 7)),
+               ((1, 100, 5, 5, 110, 3, 3, 1, 1, 1), (1, 5)),
+               ((2, 16, 8, 8, 40, 2, 2, 2, 0, 1), (1, 3)),
+               ((1, 12, 13, 13, 20, 3, 3, 2, 2, 2), (1,))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", C._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+def test_gpu_wgmma_every_tile(cp, rng, monkeypatch, tile):
+    """Each wgmma entry point (forced tile, several split counts) on TF32-exact operands at
+    fp32-accumulation accuracy: a wrong descriptor, swizzle, copy role or fragment position
+    moves an element by a row or a k and fails at 1e-4."""
+    _use_wgmma(cp, monkeypatch)
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # the GEMM backward-data at any C and stride
+    launches = _spy_launches(monkeypatch)
+    for g, split_counts in WGMMA_GEOMS:
+        x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision="tf32")
+        x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+        yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+        dy = _exact(rng.standard_normal(yshape).astype(np.float32), "tf32")
+        gdy = cp.asarray(dy)
+        for splits in split_counts:
+            monkeypatch.setattr(C, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
+            y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision="tf32")
+            assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < TOL, (g, splits)
+            dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape), precision="tf32")
+            assert rel_error(dx, C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d)) < TOL, (g, splits)
+            dw, _ = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, with_bias=False,
+                                           dw_out=poison(cp, w.shape), precision="tf32")
+            dw_ref, _ = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)
+            assert rel_error(dw, dw_ref) < TOL, (g, tile, splits)
+    suffix = f"_{tile[0]}x{tile[1]}_tf32_wgmma"
+    assert {f"conv_{k}_f32{suffix}" for k in ("fwd", "bwdd", "bwdf")} == set(launches)
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma_misaligned_operands(cp, rng, monkeypatch):
+    """Tensors 4 bytes off 16-byte alignment take the 4-byte copies where the 16-byte ones
+    would otherwise run (Prob::a_vec4 checks the address, not only the sizes)."""
+    _use_wgmma(cp, monkeypatch)
+    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)
+    x, w, b, _, _, _, s, p, d = _gpu_case(cp, rng, WGMMA_GEOMS[2][0], precision="tf32")
+    gx, gw = _misaligned(cp, x), _misaligned(cp, w)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    dy = _exact(rng.standard_normal(yshape).astype(np.float32), "tf32")
+    gdy = _misaligned(cp, dy)
+    assert rel_error(C.conv_forward(gx, gw, None, s, p, d, precision="tf32"),
+                     C.conv_forward(x64, w64, None, s, p, d)) < TOL
+    assert rel_error(C.conv_backward_data(gdy, gw, x.shape, s, p, d, precision="tf32"),
+                     C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d)) < TOL
+    dw, _ = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, with_bias=False, precision="tf32")
+    assert rel_error(dw, C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)[0]) < TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("g", GPU_GEOMS, ids=_geom_id)
+def test_gpu_wgmma_matches_cpu(cp, rng, monkeypatch, g):
+    """The launchers' own tile choice with the wgmma switch on, over the GPU geometries (the
+    backward-data takes the direct kernel where _choose_bwdd picks it, as without wgmma)."""
+    _use_wgmma(cp, monkeypatch)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision="tf32")
+    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision="tf32")
+    assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < TOL, g
+    dy = _exact(rng.standard_normal(yshape).astype(np.float32), "tf32")
+    dx = C.conv_backward_data(cp.asarray(dy), gw, x.shape, s, p, d, out=poison(cp, x.shape), precision="tf32")
+    assert rel_error(dx, C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d)) < TOL, g
+    dw, db = C.conv_backward_filter(gx, cp.asarray(dy), w.shape, s, p, d, dw_out=poison(cp, w.shape),
+                                    db_out=poison(cp, b.shape), precision="tf32")
+    dw_ref, db_ref = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d)
+    assert rel_error(dw, dw_ref) < TOL and rel_error(db, db_ref) < 1e-4, g
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma_truncates_to_tf32(cp, rng, monkeypatch):
+    # Arbitrary fp32 inputs reach shared memory unrounded and the tensor cores read their top
+    # 19 bits: the product of the truncated operands to accumulation accuracy, measurably
+    # not the exact one (the mma.sync kernels round to nearest instead).
+    _use_wgmma(cp, monkeypatch)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, (2, 16, 9, 9, 24, 3, 3, 1, 1, 1))
+    y = C.conv_forward(gx, gw, None, s, p, d, precision="tf32")
+    xt, wt = tf32_truncate(x).astype(np.float64), tf32_truncate(w).astype(np.float64)
+    assert rel_error(y, C.conv_forward(xt, wt, None, s, p, d)) < 2e-6
+    assert 1e-5 < rel_error(y, C.conv_forward(x.astype(np.float64), w.astype(np.float64), None, s, p, d)) < 5e-3
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dw, _ = C.conv_backward_filter(gx, cp.asarray(dy), w.shape, s, p, d, with_bias=False, precision="tf32")
+    dyt = tf32_truncate(dy).astype(np.float64)
+    assert rel_error(dw, C.conv_backward_filter(xt, dyt, w.shape, s, p, d)[0]) < 2e-6
+
+
+def test_wgmma_choice_and_names(monkeypatch):
+    # The switch picks the wgmma schedule for TF32 on an sm_90 GPU only; fp32 never.
+    monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: True)
+    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
+    assert C._heuristic(128, 64, "tf32") == (128, 64, "wgmma")
+    assert C._heuristic(128, 64, "fp32") == (128, 64, autotune.schedule())
+    assert C._kernel("bwdf", (64, 128, "wgmma"), "tf32") == "conv_bwdf_f32_64x128_tf32_wgmma"
+    assert C._kernel("bwdf", (64, 128, "reg"), "tf32") == "conv_bwdf_f32_64x128_tf32"
+    assert C._launch_opts((64, 128, "wgmma")) == {"defines": ("GEMM_WGMMA",), "shared_mem": C.wgmma_smem(64, 128)}
+    monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: False)
+    assert C._heuristic(128, 64, "tf32")[2] != "wgmma"
+    monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: True)
+    monkeypatch.setenv(autotune.WGMMA_ENV, "0")
+    assert C._heuristic(128, 64, "tf32")[2] != "wgmma"
+
+
+def test_wgmma_shared_memory_size_matches_the_kernel():
+    # The launcher's dynamic shared memory must cover what conv.cu's igemm_wgmma lays out:
+    # WG_STAGES stages of (BM + BN) rows of WG_BK floats, + 1 KB alignment slack.
+    import re
+
+    src = cuda.kernel_source("conv")
+    d = dict(re.findall(r"#define (WG_BK|WG_STAGES) (\d+)", src))
+    assert (int(d["WG_BK"]), int(d["WG_STAGES"])) == (C._WG_BK, C._WG_STAGES)
+    assert "constexpr int STAGE = (BM + BN) * 128;" in src and C._WG_BK * 4 == 128
+    assert C.wgmma_smem(128, 128) == 99_328 and C.wgmma_smem(64, 64) == 50_176
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gpuconv import cuda
 from gpuconv.ops import autotune, fc
 from gpuconv.ops._checks import OpArgumentError
 from tests.helpers import numeric_grad, poison, rel_error
@@ -325,7 +326,7 @@ def test_fc_gpu_matches_cpu(cp, rng, monkeypatch, precision, relu, schedule):
 # wgmma from the PTX ISA; on a GPU only an sm_90 one).  Its tensor cores truncate operands.
 def _use_wgmma(cp, monkeypatch):
     monkeypatch.setenv(autotune.WGMMA_ENV, "1")
-    if not isinstance(cp.zeros(1), np.ndarray) and not fc._wgmma_capable(cp.cuda.Device().id):
+    if not isinstance(cp.zeros(1), np.ndarray) and not cuda.wgmma_capable(cp.cuda.Device().id):
         pytest.skip("the wgmma kernel needs a compute-capability-9.0 GPU")
 
 

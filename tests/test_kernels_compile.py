@@ -79,14 +79,21 @@ def test_module_variant_compiles(name, defines, arch):
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
 @pytest.mark.parametrize("name,define,arch", [(n, d, a) for n, vs in cuda.ARCH_VARIANTS.items() for d, a in vs.items()])
 def test_arch_variant_compiles_to_a_whole_cubin(name, define, arch):
-    """fc.cu's wgmma GEMM: PTX and a cubin (ptxas ran) for sm_90a, the ELF whole (CuPy's
-    getCUBIN drops its last byte), and the variant holds only the wgmma entries."""
+    """fc.cu's and conv.cu's wgmma GEMMs: PTX and a cubin (ptxas ran) for sm_90a, the ELF whole
+    (CuPy's getCUBIN drops its last byte), and the variant holds only the wgmma entries."""
     import struct
 
     ptx = _ptx(name, arch, (define,))
     entries = set(re.findall(r"\.entry (\w+)\(", ptx))
-    assert entries == {f"gemm_tf32_wgmma_{t}" for t in ("nn", "nt", "tn", "tt")}
+    expected = {
+        "fc": {f"gemm_tf32_wgmma_{t}" for t in ("nn", "nt", "tn", "tt")},
+        "conv": {f"conv_{k}_f32_{bm}x{bn}_tf32_wgmma" for k in ("fwd", "bwdd", "bwdf")
+                 for bm in (128, 64) for bn in (128, 64)},
+    }
+    assert entries == expected[name]
     assert "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32" in ptx and "fence.proxy.async" in ptx
+    if name == "conv":  # the narrower tiles' instructions
+        assert "m64n64k8.f32.tf32.tf32" in ptx and "m64n32k8.f32.tf32.tf32" in ptx
     assert "wgmma" not in _ptx(name, "compute_90")  # the portable module stays without it
     cubin = cuda.compile_cubin(name, arch, (define,))
     phoff, shoff = struct.unpack_from("<QQ", cubin, 0x20)
@@ -99,7 +106,8 @@ def test_arch_variant_compiles_to_a_whole_cubin(name, define, arch):
 def test_variant_arch():
     assert cuda.variant_arch("fc", ("GEMM_WGMMA",)) == "sm_90a"
     assert cuda.variant_arch("fc", ("GEMM_ASYNC",)) is None
-    assert cuda.variant_arch("conv", ("GEMM_WGMMA",)) is None
+    assert cuda.variant_arch("conv", ("GEMM_WGMMA",)) == "sm_90a"
+    assert cuda.variant_arch("pool", ("GEMM_WGMMA",)) is None
     assert cuda.variant_arch("fc", ()) is None
 
 

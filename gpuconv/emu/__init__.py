@@ -448,7 +448,7 @@ def emulated() -> Iterator[_EmuXP]:
              (cuda, "capture_stream", cuda.capture_stream), (device, "is_gpu_array", device.is_gpu_array),
              (device, "array_module", device.array_module), (device, "device_of", device.device_of),
              (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count),
-             (fc, "_wgmma_capable", fc._wgmma_capable)]
+             (cuda, "wgmma_capable", cuda.wgmma_capable)]
     is_gpu, module_of, dev_of = device.is_gpu_array, device.array_module, device.device_of
     emu_device = device.Device("cuda", xp)  # type: ignore[arg-type]
     cuda.launch = launch  # type: ignore[assignment]
@@ -460,7 +460,7 @@ def emulated() -> Iterator[_EmuXP]:
     device.device_of = lambda a: emu_device if isinstance(a, EmuArray) else dev_of(a)  # type: ignore
     conv._num_sms = lambda: 132  # type: ignore[assignment]  (an H100's SM count)
     fc._sm_count = lambda dev_id: 132  # type: ignore[assignment]
-    fc._wgmma_capable = lambda dev_id: True  # type: ignore[assignment]  (it models sm_90a's wgmma)
+    cuda.wgmma_capable = lambda dev_id=None: True  # type: ignore[assignment]  (it models sm_90a's wgmma)
     try:
         yield xp
     finally:

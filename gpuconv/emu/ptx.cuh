@@ -22,6 +22,15 @@ __device__ __forceinline__ void cp_async16(float* smem, const float* g, bool val
     emu::cp_async(smem, g, 16, valid ? 16 : 0);
 }
 
+__device__ __forceinline__ void cp_async4_s(unsigned saddr, const float* g, bool valid) {
+    emu::cp_async(emu::smem_ptr(saddr, 4), g, 4, valid ? 4 : 0);
+}
+
+__device__ __forceinline__ void cp_async16_s(unsigned saddr, const float* g, bool valid) {
+    if ((saddr | (unsigned)(uintptr_t)g) & 15u) emu::fail("misaligned 16-byte cp.async");
+    emu::cp_async(emu::smem_ptr(saddr, 16), g, 16, valid ? 16 : 0);
+}
+
 __device__ __forceinline__ void cp_async_commit() { emu::cp_async_commit(); }
 
 template <int N>

@@ -261,6 +261,16 @@ inline uint32_t smem_offset(const void* p) {
     }
     return (uint32_t)(a - smem_window());
 }
+// The inverse: the bytes [a, a + n) of the shared window, which must lie in the dynamic
+// shared memory.
+inline void* smem_ptr(uint32_t a, uint32_t n) {
+    const uintptr_t p = smem_window() + a, lo = (uintptr_t)L->dyn_smem.data();
+    if (p < lo || p + n > lo + L->dyn_smem.size()) {
+        fail("shared-window address outside the dynamic shared memory");
+        return L->dyn_smem.data();
+    }
+    return (void*)p;
+}
 
 // Element (r, k), k < 8, of a K-major TF32 operand named by a wgmma matrix descriptor (PTX
 // ISA "matrix descriptor"): start address, leading / stride byte offsets (each /16), layout.

@@ -20,3 +20,13 @@ __device__ __forceinline__ void wgmma_m64n128k8_tf32(float (&d)[64], unsigned lo
                                                      int scale_d) {
     emu::wgmma_tf32(d, 128, da, db, scale_d);
 }
+
+__device__ __forceinline__ void wgmma_m64n64k8_tf32(float (&d)[32], unsigned long long da, unsigned long long db,
+                                                    int scale_d) {
+    emu::wgmma_tf32(d, 64, da, db, scale_d);
+}
+
+__device__ __forceinline__ void wgmma_m64n32k8_tf32(float (&d)[16], unsigned long long da, unsigned long long db,
+                                                    int scale_d) {
+    emu::wgmma_tf32(d, 32, da, db, scale_d);
+}

@@ -15,7 +15,8 @@ slice-adds (one per filter tap) rather than per-element scatter.
 
 GPU path (``*_gpu``): implicit GEMM kernels from ``kernels/conv.cu`` (no im2col
 buffer), bias and ReLU fused into the forward epilogue; ``precision="tf32"``
-uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
+uses tensor cores (mma.sync m16n8k8 tf32; with ``GPUCONV_GEMM_WGMMA=1`` on an H100/H200, Hopper's
+wgmma from the sm_90a module variant, ``_use_wgmma``).  float64 runs simple direct kernels
 (they back the GPU gradient checks).  Backward-data with few input channels or
 stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
 it visits only the filter taps that land on the output grid.  With ``algo="winograd"``
@@ -58,7 +59,30 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
 _BK = 8  # reduction slice depth of the GEMM kernels (kernels/conv.cu BK)
 _TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points compiled in conv.cu
-Variant = tuple[int, int, str]  # (BM, BN, schedule): every tile is compiled in both autotune.SCHEDULES
+# (BM, BN, schedule): every tile is compiled in both autotune.SCHEDULES, and for TF32 in the
+# sm_90a variant as schedule "wgmma" (conv_*_tf32_wgmma: Hopper's warpgroup MMA).
+Variant = tuple[int, int, str]
+WGMMA = "wgmma"
+WGMMA_DEFINES = ("GEMM_WGMMA",)  # the sm_90a module variant (cuda.ARCH_VARIANTS)
+_WG_BK, _WG_STAGES = 32, 3  # conv.cu WG_BK, WG_STAGES (wgmma_layout.cuh)
+
+
+def wgmma_smem(bm: int, bn: int) -> int:
+    """Dynamic shared memory of a conv_*_tf32_wgmma launch: WG_STAGES stages of the A (bm rows)
+    and B (bn rows) tiles, 128 bytes (32 fp32) per row, + 1 KB to align them to 1024 bytes."""
+    return _WG_STAGES * (bm + bn) * _WG_BK * 4 + 1024
+
+
+def _use_wgmma(precision: str) -> bool:
+    """TF32 on an sm_90 GPU with $GPUCONV_GEMM_WGMMA set: the implicit GEMMs run on wgmma."""
+    return precision == "tf32" and autotune.wgmma_enabled() and cuda.wgmma_capable()
+
+
+def _launch_opts(v: Variant) -> dict[str, Any]:
+    """cuda.launch's module variant and dynamic shared memory for a variant's entry point."""
+    if v[2] == WGMMA:
+        return {"defines": WGMMA_DEFINES, "shared_mem": wgmma_smem(v[0], v[1])}
+    return {"defines": autotune.SCHEDULE_DEFINES[v[2]]}
 
 
 # ----------------------------------------------------------------------------------
@@ -396,7 +420,11 @@ def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
 def _kernel(kind: str, variant: Variant, precision: str) -> str:
     """Entry-point name in conv.cu, e.g. conv_fwd_f32_128x64_tf32_async."""
     tm, tn, schedule = variant
-    return f"conv_{kind}_f32_{tm}x{tn}_{precision}" + ("_async" if schedule == "async" else "")
+    return f"conv_{kind}_f32_{tm}x{tn}_{precision}" + ("" if schedule == "reg" else f"_{schedule}")
+
+
+def _heuristic(bm: int, bn: int, precision: str) -> Variant:
+    return (bm, bn, WGMMA if _use_wgmma(precision) else autotune.schedule())
 
 
 def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Variant, run: Any) -> Variant:
@@ -404,8 +432,10 @@ def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Varian
     fastest compiled variant for this GPU and shape (timed once, cached; see ops.autotune)."""
     if not autotune.enabled():
         return heuristic
-    key = f"{cuda.device_key()}|conv_{kind}|{precision}|" + ",".join(str(v) for v in geo)
-    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in autotune.SCHEDULES]
+    wg = _use_wgmma(precision)
+    key = f"{cuda.device_key()}|conv_{kind}|{precision}{'|wgmma' if wg else ''}|" + ",".join(str(v) for v in geo)
+    schedules = (*autotune.SCHEDULES, WGMMA) if wg else autotune.SCHEDULES
+    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in schedules]
     candidates = [heuristic] + [v for v in variants if v != heuristic]   # ties keep the heuristic
     return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
 
@@ -523,10 +553,9 @@ def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: in
 
     def run(v: Variant) -> None:
         cuda.launch("conv", _kernel("fwd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))],
-                    defines=autotune.SCHEDULE_DEFINES[v[2]])
+                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))], **_launch_opts(v))
 
-    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], (bm, bn, autotune.schedule()), run))
+    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], _heuristic(bm, bn, precision), run))
     return out
 
 
@@ -555,9 +584,9 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
 
     def run(v: Variant) -> None:
         cuda.launch("conv", _kernel("bwdd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [dy, w, out, *geo], defines=autotune.SCHEDULE_DEFINES[v[2]])
+                    (256, 1, 1), [dy, w, out, *geo], **_launch_opts(v))
 
-    run(_tuned_tile("bwdd", precision, geo, (bm, bn, autotune.schedule()), run))
+    run(_tuned_tile("bwdd", precision, geo, _heuristic(bm, bn, precision), run))
     return out
 
 
@@ -580,9 +609,9 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
                 cuda.zero(dw)  # the splits accumulate with atomicAdd
             cuda.launch("conv", _kernel("bwdf", v, precision),
                         (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
-                        [x, dy, dw, *geo, int(splits > 1)], defines=autotune.SCHEDULE_DEFINES[v[2]])
+                        [x, dy, dw, *geo, int(splits > 1)], **_launch_opts(v))
 
-        run(_tuned_tile("bwdf", precision, [*geo, splits], (bm, bn, autotune.schedule()), run))
+        run(_tuned_tile("bwdf", precision, [*geo, splits], _heuristic(bm, bn, precision), run))
     if db is not None:
         conv_bias_grad_gpu(dy, db)
     return dw, db

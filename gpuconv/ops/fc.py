@@ -123,16 +123,6 @@ def _sm_count(dev_id: int) -> int:
         return 132
 
 
-@functools.lru_cache(maxsize=8)
-def _wgmma_capable(dev_id: int) -> bool:
-    """sm_90a code runs on compute capability 9.0 exactly (H100, H200)."""
-    try:
-        xp = device.get_device("cuda").xp
-        return str(xp.cuda.Device(dev_id).compute_capability) == "90"
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _aligned(a: Any, nbytes: int) -> bool:
     return a.data.ptr % nbytes == 0
 
@@ -190,7 +180,7 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
     defines: tuple[str, ...] = ()
     smem = 0
-    if precision == "tf32" and autotune.wgmma_enabled() and _wgmma_capable(a.device.id):
+    if precision == "tf32" and autotune.wgmma_enabled() and cuda.wgmma_capable(a.device.id):
         kernel, kslice, defines, smem = f"gemm_tf32_wgmma_{tag}", _SLICE["tf32_wgmma"], WGMMA_DEFINES, WGMMA_SMEM
     elif precision == "tf32" and autotune.schedule() == "async":
         kernel, kslice, defines = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"], autotune.SCHEDULE_DEFINES["async"]
