@@ -12,7 +12,8 @@ random normals, shared with torch through DLPack so both sides see the same data
 name the backward-data kernel in ``extra['variant_bwdd']`` (the direct gather kernel
 for few input channels or stride >= 2, else the GEMM tile).  ``--schedules reg,async``
 adds rows "... [async]" for the cp.async 4-stage main loop beside the default "reg"
-rows (same inputs, same cuDNN timing).
+rows (same inputs, same cuDNN timing).  On an sm_90 GPU (H100/H200) every tf32 layer also
+gets "... [wgmma]" rows: the Hopper warpgroup-MMA kernels (GPUCONV_GEMM_WGMMA=1).
 
 Importing this module needs no GPU; all GPU work happens inside ``run``.
 """
@@ -28,7 +29,8 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
 
 import numpy as np
 
-from bench.harness import Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch, with_schedule
+from bench.harness import (Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch,
+                           with_schedule, with_wgmma)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ LAYERS = [
 ]
 QUICK = ("L5", "CIFAR 64", "1x1")
 MODES = ("fp32", "tf32")
+WGMMA = "wgmma"  # a row tag beside the schedules: TF32 on the sm_90a wgmma kernels
+
+
+def _with(sc: str, fn):  # noqa: ANN001, ANN202
+    return with_wgmma(fn) if sc == WGMMA else with_schedule(sc, fn)
 
 
 def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("reg",)) -> list[Row]:  # noqa: ANN001
@@ -95,8 +102,7 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
     # backward-data: the direct gather kernel (small C / stride >= 2, e.g. L1 and AlexNet conv1) or the GEMM
     plan = conv._choose_bwdd(n, c, h, w, k, f, f, s, d)
     bwdd = plan["func"] if plan is not None else conv._choose_variant("bwdd", c, n * h * w, k * f * f, mode)
-    ours = {sc: (time_gpu(with_schedule(sc, ours_fwd)), time_gpu(with_schedule(sc, ours_fwdbwd)))
-            for sc in schedules}
+    ours = {sc: (time_gpu(_with(sc, ours_fwd)), time_gpu(_with(sc, ours_fwdbwd))) for sc in schedules}
     theirs_f = theirs_fb = None
     if torch is not None and torch.cuda.is_available():
         import torch.nn.functional as F  # noqa: PLC0415
@@ -121,7 +127,7 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
         with torch.no_grad():
             ref = cp.from_dlpack(F.conv2d(tx, tw, tb, s, p, d).contiguous())
         for sc in schedules:
-            with_schedule(sc, ours_fwd)()
+            _with(sc, ours_fwd)()
             extra[f"fwd_rel_err{'' if sc == 'reg' else '_' + sc}"] = float(
                 cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
         set_torch_tf32(False)
@@ -138,17 +144,19 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
 def run(quick: bool = False, only: tuple[str, ...] | None = None,
         schedules: tuple[str, ...] = ("reg",)) -> list[Row]:
     """Time every layer in both precisions; a layer that fails gets a row carrying the error."""
-    from gpuconv import device  # noqa: PLC0415
+    from gpuconv import cuda, device  # noqa: PLC0415
     from gpuconv.ops import conv  # noqa: PLC0415
 
     cp = device.get_device("cuda").xp
+    hopper = cuda.wgmma_capable()
     names = only if only else QUICK if quick else None
     layers = [L for L in LAYERS if names is None or L.name in names]
     rows: list[Row] = []
     for L in layers:
         for mode in MODES:
+            scs = (*schedules, WGMMA) if mode == "tf32" and hopper else schedules
             rows += guarded_case("conv", L.label, mode, cp,
-                                 lambda L=L, mode=mode: _bench_layer(L, mode, cp, conv, schedules))
+                                 lambda L=L, mode=mode, scs=scs: _bench_layer(L, mode, cp, conv, scs))
     return rows
 
 

@@ -14,8 +14,9 @@
 #   bash bench/gpu_session.sh winograd-vgg  # the VGG16 step, fp32 and TF32, GPUCONV_CONV_ALGO=gemm / winograd / auto
 #   bash bench/gpu_session.sh graph     # CUDA-graph capture of the planned step: GPU tests (replay vs eager),
 #                                       #   then the training rows (fmnist, VGG16 step) with and without it
-#   bash bench/gpu_session.sh wgmma     # fc.cu's Hopper wgmma GEMM (sm_90a): GPU tests first (exact-input,
-#                                       #   truncation, FC layer), memcheck of them, then bench_fc's [wgmma] rows
+#   bash bench/gpu_session.sh wgmma     # the Hopper wgmma GEMMs (sm_90a, fc.cu and conv.cu): GPU tests first
+#                                       #   (exact-input, truncation, FC layer, every conv tile), memcheck of
+#                                       #   them, then bench_fc's and bench_conv's [wgmma] rows
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
 set -u
@@ -135,15 +136,19 @@ graph)  # never run on a GPU before: correctness of capture/replay first, then w
   tail -n 3 "$OUT/gpu_tests.log"; grep -E "^\| train|rc=" "$OUT/train.log"
   ;;
 wgmma)  # never run on a GPU: descriptors, swizzle and fragments first (tests), then bounds, then speed
-  GPUCONV_GEMM_WGMMA=1 timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_fc.py \
-      > "$OUT/wgmma_tests.log" 2>&1
+  # the wgmma tests switch GPUCONV_GEMM_WGMMA on themselves (the others pin mma.sync's rounding)
+  timeout 150 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_fc.py \
+      tests/test_conv.py -k wgmma > "$OUT/wgmma_tests.log" 2>&1
   echo "pytest rc=$?" >> "$OUT/wgmma_tests.log"
-  GPUCONV_DEBUG_ALLOC=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
-      -m "gpu and not emu" -p no:cacheprovider -x tests/test_fc.py -k wgmma > "$OUT/wgmma_memcheck.log" 2>&1
+  GPUCONV_DEBUG_ALLOC=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
+      -m "gpu and not emu" -p no:cacheprovider -x tests/test_fc.py tests/test_conv.py -k "wgmma and not matches_cpu" \
+      > "$OUT/wgmma_memcheck.log" 2>&1
   echo "memcheck rc=$?" >> "$OUT/wgmma_memcheck.log"
-  timeout 120 python3 bench/bench_fc.py > "$OUT/fc.log" 2>&1
+  timeout 90 python3 bench/bench_fc.py > "$OUT/fc.log" 2>&1
   echo "bench rc=$?" >> "$OUT/fc.log"
-  tail -n 3 "$OUT/wgmma_tests.log" "$OUT/wgmma_memcheck.log"; grep -E "tf32|rc=" "$OUT/fc.log"
+  timeout 200 python3 bench/bench_conv.py --only "L5,VGG conv3_2,VGG conv5_2,CIFAR 128,1x1" > "$OUT/conv_wgmma.log" 2>&1
+  echo "bench rc=$?" >> "$OUT/conv_wgmma.log"
+  tail -n 3 "$OUT/wgmma_tests.log" "$OUT/wgmma_memcheck.log"; grep -E "tf32|rc=" "$OUT/fc.log" "$OUT/conv_wgmma.log"
   ;;
 verify3)  # racecheck of conv (both schedules) and local to the end
   GPUCONV_DEBUG_ALLOC=1 timeout 500 compute-sanitizer --tool racecheck --error-exitcode 9 python3 -m pytest -q \

@@ -150,7 +150,7 @@ def with_schedule(schedule: str, fn: Callable[[], None]) -> Callable[[], None]:
 
 
 def with_wgmma(fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with TF32 FC GEMMs on fc.cu's Hopper wgmma kernel ($GPUCONV_GEMM_WGMMA=1)."""
+    """fn with TF32 FC and conv GEMMs on the Hopper wgmma kernels ($GPUCONV_GEMM_WGMMA=1)."""
     from gpuconv.ops import autotune  # noqa: PLC0415
 
     return with_env(autotune.WGMMA_ENV, "1", fn)

@@ -919,14 +919,28 @@ conv_bias_grad_f64(const double* __restrict__ dy, double* __restrict__ db, int N
 //      k0 + 4(tid%8) .. +3), i < BM/32.
 //   B: lane (rl = l % 8, kq = l / 8) of warp w copies B(k0 + 4c + kq, n0 + 8q + rl) for the
 //      4 chunks c = 4(w%2)..+3 and the BN/32 column groups q = w/2 + 4j: four reduction
-//      indices per thread (decoded once each), BN/32 columns (decoded once per block);
-//      a warp writes 8 rows x 4 consecutive k, 32 different banks.
+//      indices per thread (a warp's 16 decoded once each by a lane and shuffled), BN/32
+//      columns (decoded once per block); a warp writes 8 rows x 4 consecutive k, 32
+//      different banks.
 // The tensor cores read the top 19 bits of each operand (truncation; the mma.sync entries
 // round to nearest).  TF32 only: there is no fp32 wgmma.
 // ---------------------------------------------------------------------------------
 #ifdef GEMM_WGMMA
 #include "wgmma.cuh"         // wgmma_*, fence_proxy_async (inline PTX, sm_90a only)
 #include "wgmma_layout.cuh"  // WG_BK, WG_STAGES, sw128 layout, descriptors
+
+// v as lane src holds it: a struct of 32-bit words, shuffled word by word.
+template <class T>
+__device__ __forceinline__ T shfl_words(const T& v, int src) {
+    static_assert(sizeof(T) % 4 == 0, "whole words");
+    unsigned w[sizeof(T) / 4];
+    memcpy(w, &v, sizeof(T));
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(T) / 4); ++i) w[i] = __shfl_sync(0xffffffffu, w[i], src);
+    T out;
+    memcpy(&out, w, sizeof(T));
+    return out;
+}
 
 template <class Prob, int BM, int BN>
 struct WgSlices {
@@ -939,7 +953,7 @@ struct WgSlices {
     bool avec;             // A rows are copied 16 bytes at a time (Prob::a_vec4)
     unsigned a_m;          // the thread's first A row
     const float* a_row;    // A's row a_m
-    int a_k, a_dst, b_dst, c0, kq, rl;
+    int lane, a_k, a_dst, b_dst, c0, kq, rl;
     typename Prob::BCol bcol[B_PER];
 
     __device__ WgSlices(const Prob& P, unsigned m0, unsigned n0, int tid) {
@@ -947,7 +961,8 @@ struct WgSlices {
         kbeg = blockIdx.z * chunk;
         kend = min(P.R, kbeg + chunk);
         ntiles = kend > kbeg ? (kend - kbeg + WG_BK - 1) / WG_BK : 0u;
-        const int w = tid >> 5, lane = tid & 31;
+        const int w = tid >> 5;
+        lane = tid & 31;
         avec = P.a_vec4();
         // A, 4-byte: lane l of warp w copies A(m0 + w + 8i, k0 + l): row w + 8i of the tile.
         // A, 16-byte: thread tid copies A(m0 + tid/8 + 32i, k0 + 4(tid%8) .. +3): eight threads
@@ -990,11 +1005,18 @@ struct WgSlices {
                 }
             }
         }
+        // B: a warp needs 16 reduction indices (its 4 chunks x 4 kq), each shared by the 8
+        // lanes of one kq.  Lane l decodes index l % 16 once; the others take it by shuffle
+        // (4 words each), which costs less than decoding 4 indices per thread.
+        typename Prob::BRed mine;
+        {
+            const int i = lane & 15;
+            const unsigned r = k0 + 4 * (c0 + (i >> 2)) + (i & 3);
+            P.b_red(mine, r < kend ? r : P.R);
+        }
 #pragma unroll
         for (int c = 0; c < B_CH; ++c) {
-            const unsigned r = k0 + 4 * (c0 + c) + kq;
-            typename Prob::BRed e;
-            P.b_red(e, r < kend ? r : P.R);
+            const typename Prob::BRed e = shfl_words(mine, (c << 2) | kq);
             const unsigned dst = st + b_dst + (((c0 + c) ^ rl) << 4);
 #pragma unroll
             for (int j = 0; j < B_PER; ++j) {
