@@ -45,14 +45,15 @@ def schedule() -> str:
     return value
 
 
-# fc.cu's Hopper GEMM (wgmma.mma_async fed by cp.async, sm_90a): TF32 GEMMs of the FC layer
-# use it on a compute-capability-9.0 GPU when $GPUCONV_GEMM_WGMMA is set.  Off by default
-# until it has been timed against the mma.sync kernel on an H100 (bench_fc.py "[wgmma]").
+# The Hopper GEMMs (wgmma.mma_async fed by cp.async, sm_90a; fc.cu and conv.cu): TF32 FC GEMMs
+# and TF32 conv implicit GEMMs use them on a compute-capability-9.0 GPU when $GPUCONV_GEMM_WGMMA
+# is set.  Off by default until timed against the mma.sync kernels on an H100 (the "[wgmma]"
+# rows of bench_fc.py and bench_conv.py).
 WGMMA_ENV = "GPUCONV_GEMM_WGMMA"
 
 
 def wgmma_enabled() -> bool:
-    """Whether TF32 FC GEMMs may use the wgmma kernel: $GPUCONV_GEMM_WGMMA is 1/true/yes/on."""
+    """Whether TF32 FC and conv GEMMs may use the wgmma kernels: $GPUCONV_GEMM_WGMMA is 1/true/yes/on."""
     value = os.environ.get(WGMMA_ENV, "").strip().lower()
     if value not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ValueError(f"{WGMMA_ENV}={value!r}: use 1 or 0")
