@@ -1062,7 +1062,8 @@ __device__ __forceinline__ void igemm_wgmma(const Prob& P) {
         cp_async_wait<WG_STAGES - 2>();  // this thread's copies of slice t have landed,
         fence_proxy_async();             // are visible to wgmma's async proxy,
         __syncthreads();                 // and so are everyone's; slice t-1's wgmmas are done
-        if (t + WG_STAGES - 1 < sl.ntiles) sl.issue(P, sbase + ((t + WG_STAGES - 1) % WG_STAGES) * STAGE, t + WG_STAGES - 1);
+        const unsigned next = t + WG_STAGES - 1;  // into slice t-1's stage
+        if (next < sl.ntiles) sl.issue(P, sbase + (next % WG_STAGES) * STAGE, next);
         cp_async_commit();
         const unsigned st = sbase + (t % WG_STAGES) * STAGE;
         const unsigned a = st + wg_m * 128, b = st + BM * 128 + wg_n * 128;
