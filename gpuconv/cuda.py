@@ -211,20 +211,20 @@ def get_module(name: str, defines: Sequence[str] = ()) -> Any:
 
 
 def wgmma_capable(dev_id: int | None = None) -> bool:
-    """Whether the sm_90a variants run on this GPU (compute capability 9.0 exactly: H100, H200)."""
-    return _compute_capability(-1 if dev_id is None else dev_id) == "90"
+    """Whether the sm_90a variants run on GPU ``dev_id`` (None: the current one, where launches
+    go): compute capability 9.0 exactly (H100, H200)."""
+    cp = device._cupy()
+    if cp is None:
+        return False
+    try:
+        return _compute_capability(cp.cuda.runtime.getDevice() if dev_id is None else dev_id) == "90"
+    except Exception:  # noqa: BLE001  (no usable device: nothing runs sm_90a code)
+        return False
 
 
 @functools.lru_cache(maxsize=16)
 def _compute_capability(dev_id: int) -> str:
-    cp = device._cupy()
-    if cp is None:
-        return ""
-    try:
-        dev = cp.cuda.Device() if dev_id < 0 else cp.cuda.Device(dev_id)
-        return str(dev.compute_capability)
-    except Exception:  # noqa: BLE001  (no usable device: nothing runs sm_90a code)
-        return ""
+    return str(device._cupy().cuda.Device(dev_id).compute_capability)
 
 
 def get_function(module: str, function: str, defines: Sequence[str] = ()) -> Any:

@@ -378,24 +378,32 @@ struct Tile {  // per-thread accumulators and where they sit in the block's BM x
 // Each thread moves elements of one reduction index r per operand and slice: A rows
 // a_m + i*A_MSTEP at r = k0 + a_kk; B columns lane + 32*j at r = k0 + warp (a warp reads
 // 32 consecutive columns: coalesced, and conflict-free into shared memory).
+// The reduction range [kbeg, kend) of this block's split (blockIdx.z of gridDim.z; the whole
+// range when gridDim.z == 1), cut in chunks that are multiples of the slice depth S, and
+// how many slices it holds.
+struct SplitRange {
+    unsigned kbeg, kend, ntiles;
+    __device__ void split_range(unsigned R, unsigned S) {
+        const unsigned chunk = ((R + gridDim.z - 1) / gridDim.z + S - 1) / S * S;
+        kbeg = blockIdx.z * chunk;
+        kend = min(R, kbeg + chunk);
+        ntiles = kend > kbeg ? (kend - kbeg + S - 1) / S : 0u;
+    }
+};
+
 template <class Prob, int BM, int BN>
-struct Slices {
+struct Slices : SplitRange {
     static_assert(NT / 32 == BK, "one warp per B row of a slice");
     static constexpr int A_PER = BM * BK / NT;  // A elements each thread loads per slice
     static constexpr int B_PER = BN / 32;       // B elements each thread loads per slice
     static constexpr int A_MSTEP = NT / BK;     // row step between a thread's A elements
-    unsigned kbeg, kend, ntiles;
     int a_kk, b_k, b_col;
     unsigned a_m;          // the thread's first A row (m0 + tid / BK)
     const float* a_row;    // A's row a_m
     typename Prob::BCol bcol[B_PER];
 
     __device__ Slices(const Prob& P, unsigned m0, unsigned n0, int tid) {
-        // split-K range of the reduction for this block (whole range when gridDim.z == 1)
-        const unsigned chunk = ((P.R + gridDim.z - 1) / gridDim.z + BK - 1) / BK * BK;
-        kbeg = blockIdx.z * chunk;
-        kend = min(P.R, kbeg + chunk);
-        ntiles = kend > kbeg ? (kend - kbeg + BK - 1) / BK : 0u;
+        split_range(P.R, BK);
         a_kk = tid % BK;
         a_m = m0 + tid / BK;
         a_row = P.a_ptr() + (i64)a_m * P.a_stride();
@@ -943,13 +951,12 @@ __device__ __forceinline__ T shfl_words(const T& v, int src) {
 }
 
 template <class Prob, int BM, int BN>
-struct WgSlices {
+struct WgSlices : SplitRange {
     static_assert(NT == 256 && WG_BK == 32, "the copy roles assume 8 warps and 32-deep slices");
     static constexpr int A_PER = BM / 8;    // A rows per thread, 4-byte copies
     static constexpr int A_PER4 = BM / 32;  // A rows per thread, 16-byte copies
     static constexpr int B_CH = 4;          // reduction chunks (4 consecutive k) per thread
     static constexpr int B_PER = BN / 32;   // column groups per thread
-    unsigned kbeg, kend, ntiles;
     bool avec;             // A rows are copied 16 bytes at a time (Prob::a_vec4)
     unsigned a_m;          // the thread's first A row
     const float* a_row;    // A's row a_m
@@ -957,10 +964,7 @@ struct WgSlices {
     typename Prob::BCol bcol[B_PER];
 
     __device__ WgSlices(const Prob& P, unsigned m0, unsigned n0, int tid) {
-        const unsigned chunk = ((P.R + gridDim.z - 1) / gridDim.z + WG_BK - 1) / WG_BK * WG_BK;
-        kbeg = blockIdx.z * chunk;
-        kend = min(P.R, kbeg + chunk);
-        ntiles = kend > kbeg ? (kend - kbeg + WG_BK - 1) / WG_BK : 0u;
+        split_range(P.R, WG_BK);
         const int w = tid >> 5;
         lane = tid & 31;
         avec = P.a_vec4();

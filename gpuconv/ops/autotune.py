@@ -50,6 +50,7 @@ def schedule() -> str:
 # is set.  Off by default until timed against the mma.sync kernels on an H100 (the "[wgmma]"
 # rows of bench_fc.py and bench_conv.py).
 WGMMA_ENV = "GPUCONV_GEMM_WGMMA"
+WGMMA_DEFINES: tuple[str, ...] = ("GEMM_WGMMA",)  # their module variant (sm_90a: cuda.ARCH_VARIANTS)
 
 
 def wgmma_enabled() -> bool:

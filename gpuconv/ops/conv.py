@@ -63,7 +63,6 @@ _TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points c
 # sm_90a variant as schedule "wgmma" (conv_*_tf32_wgmma: Hopper's warpgroup MMA).
 Variant = tuple[int, int, str]
 WGMMA = "wgmma"
-WGMMA_DEFINES = ("GEMM_WGMMA",)  # the sm_90a module variant (cuda.ARCH_VARIANTS)
 _WG_BK, _WG_STAGES = 32, 3  # conv.cu WG_BK, WG_STAGES (wgmma_layout.cuh)
 
 
@@ -81,7 +80,7 @@ def _use_wgmma(precision: str) -> bool:
 def _launch_opts(v: Variant) -> dict[str, Any]:
     """cuda.launch's module variant and dynamic shared memory for a variant's entry point."""
     if v[2] == WGMMA:
-        return {"defines": WGMMA_DEFINES, "shared_mem": wgmma_smem(v[0], v[1])}
+        return {"defines": autotune.WGMMA_DEFINES, "shared_mem": wgmma_smem(v[0], v[1])}
     return {"defines": autotune.SCHEDULE_DEFINES[v[2]]}
 
 

@@ -28,7 +28,6 @@ from ._checks import OpArgumentError, check_array, check_out
 PRECISIONS = ("fp32", "tf32")
 _TILE = 128            # block tile of the f32/tf32 kernels (M and N)
 _SLICE = {"fp32": 8, "tf32": 16, "tf32_async": 8, "tf32_wgmma": 32}  # K slice per shared-memory stage
-WGMMA_DEFINES = ("GEMM_WGMMA",)  # the sm_90a module variant (cuda.ARCH_VARIANTS)
 WGMMA_SMEM = 3 * 2 * _TILE * 32 * 4 + 1024  # fc.cu WG_SMEM: 3 stages of A and B tiles + alignment slack
 _INT32_MAX = 2**31 - 1
 
@@ -181,7 +180,7 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
     defines: tuple[str, ...] = ()
     smem = 0
     if precision == "tf32" and autotune.wgmma_enabled() and cuda.wgmma_capable(a.device.id):
-        kernel, kslice, defines, smem = f"gemm_tf32_wgmma_{tag}", _SLICE["tf32_wgmma"], WGMMA_DEFINES, WGMMA_SMEM
+        kernel, kslice, defines, smem = f"gemm_tf32_wgmma_{tag}", _SLICE["tf32_wgmma"], autotune.WGMMA_DEFINES, WGMMA_SMEM
     elif precision == "tf32" and autotune.schedule() == "async":
         kernel, kslice, defines = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"], autotune.SCHEDULE_DEFINES["async"]
     else:
