@@ -15,13 +15,16 @@ if __package__ in (None, ""):
 from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 
+SHAPE, QUICK_SHAPE = (128, 64, 112, 112), (32, 64, 56, 56)
+
+
 def run(quick: bool = False) -> list[Row]:
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import activation as act  # noqa: PLC0415
 
     cp = device.get_device("cuda").xp
     set_torch_tf32(False)
-    shape = (32, 64, 56, 56) if quick else (128, 64, 112, 112)
+    shape = QUICK_SHAPE if quick else SHAPE
     rows: list[Row] = []
     have_torch = torch is not None and torch.cuda.is_available()
     for slope in (0.0, 0.1):

@@ -1,6 +1,6 @@
 """Benchmark conv (forward and forward+backward) against torch.nn.functional.conv2d / cuDNN.
 
-    python bench/bench_conv.py [--quick] [--json] [--only L1,...] [--schedules reg,async]
+    python bench/bench_conv.py [--quick] [--json] [--only L1,...] [--schedules reg,async] [--wgmma auto|off]
 
 Layers: convnet-benchmarks L1-L5, VGG16 conv1_2/conv3_2/conv5_2, CIFAR-size 3x3,
 dilated 3x3, AlexNet conv1, a 1x1.  Each layer gets fp32 rows (TF32 off on both
@@ -141,16 +141,28 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
     return rows
 
 
+def select_layers(layers: list[Layer], names: tuple[str, ...] | None) -> list[Layer]:
+    """The layers named (all for None), in suite order; an unknown name is an error, not an
+    empty table (a typo in a GPU session's --only would otherwise time nothing)."""
+    if names is None:
+        return list(layers)
+    unknown = sorted(set(names) - {L.name for L in layers})
+    if unknown:
+        raise ValueError(f"unknown layer name(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(L.name for L in layers)}")
+    return [L for L in layers if L.name in names]
+
+
 def run(quick: bool = False, only: tuple[str, ...] | None = None,
-        schedules: tuple[str, ...] = ("reg",)) -> list[Row]:
-    """Time every layer in both precisions; a layer that fails gets a row carrying the error."""
+        schedules: tuple[str, ...] = ("reg",), wgmma: bool | None = None) -> list[Row]:
+    """Time every layer in both precisions; a layer that fails gets a row carrying the error.
+    ``wgmma``: add the tf32 [wgmma] rows (None: where the GPU has wgmma, compute capability 9.0)."""
     from gpuconv import cuda, device  # noqa: PLC0415
     from gpuconv.ops import conv  # noqa: PLC0415
 
+    layers = select_layers(LAYERS, only if only else QUICK if quick else None)
     cp = device.get_device("cuda").xp
-    hopper = cuda.wgmma_capable()
-    names = only if only else QUICK if quick else None
-    layers = [L for L in LAYERS if names is None or L.name in names]
+    hopper = cuda.wgmma_capable() if wgmma is None else wgmma
     rows: list[Row] = []
     for L in layers:
         for mode in MODES:
@@ -167,9 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. L1,AlexNet")
     ap.add_argument("--schedules", default="reg",
                     help="GEMM main-loop schedules to time side by side: reg, async or reg,async")
+    ap.add_argument("--wgmma", choices=("auto", "off"), default="auto",
+                    help="tf32 [wgmma] rows: auto = on a compute capability 9.0 GPU; off = never (kernels without them)")
     args = ap.parse_args(argv)
     schedules = comma_choices(ap, "--schedules", args.schedules, ("reg", "async"))
-    rows = run(args.quick, tuple(args.only.split(",")) if args.only else None, schedules)
+    only = tuple(v.strip() for v in args.only.split(",")) if args.only else None
+    try:
+        select_layers(LAYERS, only)
+    except ValueError as exc:
+        ap.error(f"--only: {exc}")
+    rows = run(args.quick, only, schedules, wgmma=False if args.wgmma == "off" else None)
     print_rows(rows)
     if args.json:
         for r in rows:

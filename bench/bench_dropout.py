@@ -17,6 +17,9 @@ if __package__ in (None, ""):
 from bench.harness import Row, main_quick, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 
+SHAPES, QUICK_SHAPES = [(128, 64, 112, 112), (128, 4096)], [(32, 64, 56, 56), (128, 4096)]
+
+
 def run(quick: bool = False) -> list[Row]:
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import dropout as do  # noqa: PLC0415
@@ -25,7 +28,7 @@ def run(quick: bool = False) -> list[Row]:
     set_torch_tf32(False)
     rows: list[Row] = []
     have_torch = torch is not None and torch.cuda.is_available()
-    shapes = [(32, 64, 56, 56), (128, 4096)] if quick else [(128, 64, 112, 112), (128, 4096)]
+    shapes = QUICK_SHAPES if quick else SHAPES
     p = 0.5
     for shape in shapes:
         x = cp.random.standard_normal(shape, dtype=cp.float32)

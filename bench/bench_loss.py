@@ -16,9 +16,10 @@ SHAPES = [(128, 10), (128, 1000), (1024, 1000), (4096, 1000)]  # (batch, classes
 
 
 def run(quick: bool = False) -> list[Row]:
-    import cupy as cp  # noqa: PLC0415
-
+    from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import loss as L  # noqa: PLC0415
+
+    cp = device.get_device("cuda").xp
 
     set_torch_tf32(False)
     iters = 5 if quick else 50

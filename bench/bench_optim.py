@@ -36,9 +36,10 @@ def _torch_opt(name: str, p):  # noqa: ANN001
 
 
 def run(quick: bool = False) -> list[Row]:
-    import cupy as cp  # noqa: PLC0415
-
+    from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import optim as O  # noqa: PLC0415
+
+    cp = device.get_device("cuda").xp
 
     set_torch_tf32(False)
     iters = 5 if quick else 20

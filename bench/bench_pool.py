@@ -22,14 +22,17 @@ def _torch_ok() -> bool:
     return torch is not None and torch.cuda.is_available()
 
 
+# (batch, channels, side of the 2/2 windows' input; the 3/2 windows get side + 1)
+SIZE, QUICK_SIZE = (128, 64, 112), (32, 64, 56)
+
+
 def run(quick: bool = False) -> list[Row]:
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import pool  # noqa: PLC0415
 
     cp = device.get_device("cuda").xp
     set_torch_tf32(False)
-    n, c = (32, 64) if quick else (128, 64)
-    hw2 = 56 if quick else 112
+    n, c, hw2 = QUICK_SIZE if quick else SIZE
     hw3 = hw2 + 1
     rows: list[Row] = []
     have_torch = _torch_ok()

@@ -147,61 +147,66 @@ def cpu_step_profile(batch: int = 128, steps: int = 10) -> None:
         print(f"PyTorch CPU step: {theirs * 1e3:.1f} ms; ours / PyTorch = {total / theirs:.2f}x")
 
 
-def gpu_fmnist(epochs: int = 10, batch: int = 128, target: float = 0.91) -> list[Row]:
+def gpu_fmnist(epochs: int = 10, batch: int = 128, target: float = 0.91, **config: object) -> list[Row]:
+    """The benchmark net's training rows; ``config``: further TrainConfig fields (tests run a tiny
+    model on a slice of the data this way; PyTorch's side then does not run)."""
     from gpuconv.data import load_fashion_mnist  # noqa: PLC0415
 
     theirs = None
-    if torch is not None and torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available() and not config:
         set_torch_tf32(False)
         torch.backends.cudnn.benchmark = True
         theirs = torch_train_fmnist(load_fashion_mnist().normalize(), epochs, batch, "cuda")
     rows = []
     for graph in (False, True):
-        cfg = TrainConfig(model="fmnist", epochs=epochs, batch_size=batch, optimizer="adam", device="cuda",
-                          save=False, log_every=200, cuda_graph=graph)
+        cfg = TrainConfig(**{"model": "fmnist", "epochs": epochs, "batch_size": batch, "optimizer": "adam",
+                             "device": "cuda", "save": False, "log_every": 200, "cuda_graph": graph, **config})
         t = time.perf_counter()
         res = train(cfg, stream=sys.stdout)
         ours = time.perf_counter() - t
         # Our history's seconds count from the start of train() (data load included), as the wall time.
         hist = [(r["seconds"], r["test_acc"]) for r in res.history]
         tag = " CUDA graph" if graph else ""
+        net_name = "fmnist net" if cfg.model == "fmnist" else cfg.model
         t_acc = None if theirs is None else round(theirs[1], 4)
-        rows.append(Row("train", f"fmnist net {epochs} epochs wall s{tag} (ours acc {res.test_accuracy:.4f}, "
+        rows.append(Row("train", f"{net_name} {epochs} epochs wall s{tag} (ours acc {res.test_accuracy:.4f}, "
                         f"torch acc {t_acc})", "fp32", ours * 1e3, None if theirs is None else theirs[0] * 1e3,
                         unit="s"))
         per_epoch = np.diff([0.0] + [h[0] for h in hist])
         t_per = None if theirs is None else float(np.median(np.diff([0.0] + [h[0] for h in theirs[2]]))) * 1e3
-        rows.append(Row("train", f"fmnist net s per epoch (median){tag}", "fp32", float(np.median(per_epoch)) * 1e3,
+        rows.append(Row("train", f"{net_name} s per epoch (median){tag}", "fp32", float(np.median(per_epoch)) * 1e3,
                         t_per, unit="s"))
         ours_t, their_t = seconds_to(hist, target), None if theirs is None else seconds_to(theirs[2], target)
-        rows.append(Row("train", f"fmnist net s to {target:.0%} test acc{tag}", "fp32",
+        rows.append(Row("train", f"{net_name} s to {target:.0%} test acc{tag}", "fp32",
                         None if ours_t is None else ours_t * 1e3, None if their_t is None else their_t * 1e3,
                         unit="s"))
     return rows
 
 
-def gpu_vgg16_step(batch: int = 64, precision: str = "fp32") -> list[Row]:
-    import cupy as cp  # noqa: PLC0415
-
+def gpu_vgg16_step(batch: int = 64, precision: str = "fp32", model: str = "vgg16") -> list[Row]:
+    """Images/s of one planned training step (SGD momentum), launched and graph-replayed, beside
+    PyTorch's VGG16 (only when ``model`` is vgg16: tests pass a small zoo model or pattern)."""
     from gpuconv import cuda  # noqa: PLC0415
     from gpuconv.memory import PlannedExecutor, make_plan  # noqa: PLC0415
     from gpuconv.optim import Optimizer  # noqa: PLC0415
     from gpuconv.step import TrainStep  # noqa: PLC0415
 
-    net = get_model("vgg16")
+    dev = devmod.get_device("cuda")
+    cp = dev.xp
+    net = get_model(model)
     net.set_precision(precision)
-    ex = PlannedExecutor(net, make_plan(net, batch, optimizer="momentum"), devmod.get_device("cuda"))
+    ex = PlannedExecutor(net, make_plan(net, batch, optimizer="momentum"), dev)
     opt = Optimizer("momentum", 0.01).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
     rng = cp.random.default_rng(0)
     ex.input_view()[...] = rng.standard_normal(ex.input_view().shape, dtype=cp.float32)
-    ex.labels_view()[...] = rng.integers(0, 1000, batch).astype(cp.int32)
+    ex.labels_view()[...] = rng.integers(0, net.output_shape[0], batch).astype(cp.int32)
 
     ours = {}
     for graph in (False, True):   # the same step, launched kernel by kernel, then as a replayed CUDA graph
         with cuda.capture_stream():
             ours[graph] = time_gpu(TrainStep(net, opt, ex, cuda_graph=graph).run, warmup=2, iters=5)
     theirs = None
-    if torch is not None and torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available() and model == "vgg16":
         set_torch_tf32(precision == "tf32")
         torch.backends.cudnn.benchmark = True
         nn = torch.nn
@@ -229,7 +234,7 @@ def gpu_vgg16_step(batch: int = 64, precision: str = "fp32") -> list[Row]:
         torch.cuda.empty_cache()
     del ex
     cp.get_default_memory_pool().free_all_blocks()
-    return [Row("train", f"vgg16 train step batch {batch}{' CUDA graph' if graph else ''}", precision, ms, theirs,
+    return [Row("train", f"{model} train step batch {batch}{' CUDA graph' if graph else ''}", precision, ms, theirs,
                 work=batch, unit="img/s") for graph, ms in ours.items()]
 
 

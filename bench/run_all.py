@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import os
 import subprocess
 import sys
 import traceback
@@ -16,10 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import HEADER, Row  # noqa: E402
+from bench.harness import HEADER, Row, comma_choices  # noqa: E402
 
-SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
-          "memory"]
+# Each is bench/bench_<suite>.py with run(quick) -> rows.  bench_memory.py (planned vs measured
+# memory, one process per configuration) and bench_step.py (host cost of a step) print tables of
+# their own columns and run by themselves.
+SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim"]
 
 
 def _describe_device() -> str:
@@ -33,14 +36,25 @@ def _describe_device() -> str:
         return "no GPU"
 
 
+def _commit() -> str:
+    """The checkout's short commit; $GPUCONV_COMMIT where there is no .git (the lent GPU machine
+    gets the working tree without it)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        out = ""
+    return out or os.environ.get("GPUCONV_COMMIT", "")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated suites")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    suites = args.only.split(",") if args.only else SUITES
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    suites = comma_choices(ap, "--only", args.only, tuple(SUITES)) if args.only else SUITES
+    commit = _commit()
     head = (f"device: {_describe_device()}\ndate: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n"
             f"commit: {commit or 'unknown'}\ncommand: python bench/run_all.py{' --quick' if args.quick else ''}\n")
     print(head, flush=True)
@@ -48,9 +62,6 @@ def main() -> int:
     for suite in suites:
         try:
             mod = importlib.import_module(f"bench.bench_{suite}")
-        except ModuleNotFoundError:
-            continue
-        try:
             got = mod.run(quick=args.quick)
             rows.extend(got)
             print(HEADER)

@@ -258,10 +258,68 @@ def asarray(a: Any, dtype: Any = None) -> EmuArray:
     return np.array(a, dtype=dtype, copy=True).view(EmuArray)
 
 
+class _EmuGenerator:
+    """``cupy.random.Generator`` on the CPU: numpy's Generator, its arrays on the emulated device."""
+
+    def __init__(self, seed: Any = None) -> None:
+        self._gen = np.random.default_rng(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        draw = getattr(self._gen, name)
+
+        def on_device(*args: Any, **kwargs: Any) -> Any:
+            _refuse_in_capture(f"xp.random: {name}")
+            out = draw(*args, **kwargs)
+            return np.asarray(out).view(EmuArray) if isinstance(out, np.ndarray) else out
+        return on_device
+
+
+class _EmuRandom:
+    """``cupy.random`` on the CPU: the module functions that take ``dtype=`` (numpy's legacy ones
+    do not) and ``default_rng``; draws come from one generator, seeded per process."""
+
+    def __init__(self) -> None:
+        self._shared = _EmuGenerator(0)
+
+    def default_rng(self, seed: Any = None) -> _EmuGenerator:
+        return _EmuGenerator(seed)
+
+    def standard_normal(self, size: Any = None, dtype: Any = np.float64) -> Any:
+        return self._shared.standard_normal(size, dtype=dtype)
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, size: Any = None, dtype: Any = np.float64) -> Any:
+        return self._shared.uniform(low, high, size).astype(dtype, copy=False)
+
+    def random(self, size: Any = None, dtype: Any = np.float64) -> Any:
+        return self._shared.random(size, dtype=dtype)
+
+    def randint(self, low: int, high: int | None = None, size: Any = None, dtype: Any = np.int64) -> Any:
+        return self._shared.integers(low, high, size, dtype=dtype)
+
+
+class _EmuMemoryPool:
+    """``cupy.get_default_memory_pool()``'s surface that callers use; the emulator has no pool."""
+
+    def free_all_blocks(self) -> None:
+        pass
+
+    def used_bytes(self) -> int:
+        return 0
+
+    def total_bytes(self) -> int:
+        return 0
+
+
 class _EmuXP:
-    """The array module of emulated device arrays: numpy, with allocations returning EmuArray."""
+    """The array module of emulated device arrays: numpy, with allocations returning EmuArray
+    (and cupy's own names where numpy has none or differs: ``random``, ``get_default_memory_pool``)."""
 
     ndarray = EmuArray
+    random = _EmuRandom()
+    _pool = _EmuMemoryPool()
+
+    def get_default_memory_pool(self) -> _EmuMemoryPool:
+        return self._pool
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(np, name)

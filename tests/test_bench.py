@@ -1,0 +1,260 @@
+"""The GPU benchmarks run end to end on the kernel emulator, at toy sizes, before a GPU sees them.
+
+A lent H100 comes rarely and for minutes; a benchmark that fails on a renamed function, a
+wrong keyword or an --only typo wastes one of those minutes, and a row that says "[wgmma]"
+while the default kernels ran would be a wrong figure.  Here every suite's ``run`` goes
+through its GPU code path on the emulator with the layer / matrix shapes shrunk (same names,
+filters, strides, paddings and dilations), timing replaced by the warm-up calls and one timed
+call, PyTorch absent.  The fake timer hands out distinct "milliseconds" per timed call and
+records the kernels each call launched, so every row is checked for what it timed, not only
+for having run.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import (bench_activation, bench_batchnorm, bench_conv, bench_dropout, bench_fc, bench_local, bench_loss,
+                   bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd, harness, run_all)
+from bench.harness import Row
+from gpuconv import cuda, device, emu
+
+pytestmark = [pytest.mark.emu, pytest.mark.skipif(not emu.available(), reason="no C++ compiler: no emulator")]
+
+BENCHES = (bench_activation, bench_batchnorm, bench_conv, bench_dropout, bench_fc, bench_local, bench_loss, bench_lrn,
+           bench_optim, bench_pool, bench_train, bench_winograd)
+ROOT = Path(__file__).resolve().parent.parent
+REPLAY = "(CUDA-graph replay)"
+
+
+class Timed:
+    """cuda.time_ms on the emulator.  It runs fn's warm-up calls (at most two: what a graph-replayed
+    step needs, one eager step and one capture) and then the timed call once, returns the call's
+    number as its "milliseconds", and keeps under that number the kernels the timed call launched
+    (a CUDA-graph replay counts as REPLAY) and those captured into a graph during the warm-up."""
+
+    def __init__(self) -> None:
+        self.kernels: dict[float, list[str]] = {}
+        self.captured: dict[float, list[str]] = {}
+        self._current: list[str] | None = None
+        self._capture: list[str] | None = None
+        self.replays = 0   # CUDA-graph replays, timed or not
+
+    def time_ms(self, fn: Any, reps: int = 5, warmup: int = 1) -> float:
+        key = float(len(self.kernels) + 1)
+        self._capture = self.captured[key] = []
+        try:
+            for _ in range(min(warmup, 2)):
+                fn()
+            self._current = self.kernels[key] = []
+            fn()
+        finally:
+            self._current = self._capture = None
+        return key
+
+    def recorder(self, launch: Any) -> Any:
+        def recording_launch(module: str, function: str, *args: Any, **kwargs: Any) -> None:
+            if emu._recording is not None:   # recorded into a CUDA graph, not run
+                if self._capture is not None:
+                    self._capture.append(function)
+            elif self._current is not None:
+                self._current.append(function)
+            launch(module, function, *args, **kwargs)
+        return recording_launch
+
+    def replay_recorder(self, replay: Any) -> Any:
+        def recording_replay(graph: Any) -> None:
+            self.replays += 1
+            if self._current is not None:
+                self._current.append(REPLAY)
+            replay(graph)
+        return recording_replay
+
+    def of(self, row: Row) -> list[str]:
+        assert row.ours_ms in self.kernels, f"{row.name}: ours_ms {row.ours_ms} is no timed call"
+        return self.kernels[row.ours_ms]
+
+
+@pytest.fixture
+def timed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Timed]:
+    t = Timed()
+    with emu.emulated() as xp:
+        emu_device = device.Device("cuda", xp)
+        monkeypatch.setattr(device, "get_device", lambda name=None: device.CPU if name == "cpu" else emu_device)
+        monkeypatch.setattr(device, "gpu_available", lambda: True)
+        monkeypatch.setattr(cuda, "time_ms", t.time_ms)
+        monkeypatch.setattr(cuda, "launch", t.recorder(cuda.launch))
+        monkeypatch.setattr(emu.Graph, "launch", t.replay_recorder(emu.Graph.launch))
+        for mod in (harness, *BENCHES):   # the CUDA-only PyTorch side stays off (torch may be importable)
+            monkeypatch.setattr(mod, "torch", None, raising=False)
+        yield t
+
+
+def tiny_layer(L: bench_conv.Layer) -> bench_conv.Layer:
+    """The same layer kind (filter, stride, padding, dilation; 3 input channels stay 3) at a 5x5
+    output, batch 2 and at most 8 channels in and 16 out."""
+    size = (5 - 1) * L.s + L.d * (L.f - 1) + 1 - 2 * L.p
+    return replace(L, n=2, c=min(L.c, 8), k=min(L.k, 16), h=size, w=size)
+
+
+def no_errors(rows: list[Row]) -> None:
+    failed = [(r.name, r.mode, r.extra["error"]) for r in rows if "error" in r.extra]
+    assert not failed, failed
+
+
+def test_tiny_layers_keep_the_suites_geometry() -> None:
+    for L in bench_conv.LAYERS:
+        t = tiny_layer(L)
+        assert (t.f, t.s, t.p, t.d) == (L.f, L.s, L.p, L.d) and (t.c == 3) == (L.c == 3)
+        ho = (t.h + 2 * t.p - t.d * (t.f - 1) - 1) // t.s + 1
+        assert ho == 5, (L.name, ho)
+
+
+def test_conv_bench_times_what_each_row_names(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS])
+    rows = bench_conv.run(schedules=("reg", "async"))
+    no_errors(rows)
+    # every layer: fwd and fwd+bwd, per precision and schedule; tf32 also on wgmma (the emulator is an sm_90a)
+    expected = {(f"{L.label} {p}{tag}", mode) for L in bench_conv.LAYERS for p in ("fwd", "fwd+bwd")
+                for mode, tags in (("fp32", ("", " [async]")), ("tf32", ("", " [async]", " [wgmma]"))) for tag in tags}
+    assert {(r.name, r.mode) for r in rows} == expected
+    gemm = re.compile(r"conv_(fwd|bwdd|bwdf)_f32_\d+x\d+_(fp32|tf32)")
+    for r in rows:
+        kernels = timed.of(r)
+        assert kernels, r.name
+        names = [k for k in kernels if gemm.match(k)]
+        assert any(k.startswith("conv_fwd_") for k in names), (r.name, kernels)
+        if " fwd+bwd" in r.name:
+            assert any(k.startswith("conv_bwdf_") for k in names), (r.name, kernels)
+        want = {"fp32": "_fp32", "tf32": "_tf32"}[r.mode]
+        assert all(want in k for k in names), (r.name, names)
+        if "[wgmma]" in r.name:
+            assert all(k.endswith("_wgmma") for k in names), (r.name, names)
+        elif "[async]" in r.name:
+            assert all(k.endswith("_async") for k in names), (r.name, names)
+        else:
+            assert not any(k.endswith(("_async", "_wgmma")) for k in names), (r.name, names)
+
+
+def test_wgmma_rows_can_be_left_out(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_session.sh's ab step times kernels of an older revision, which have no sm_90a variant."""
+    monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS if L.name == "CIFAR 64"])
+    monkeypatch.setattr(bench_fc, "SHAPES", [(8, 40, 24)])
+    rows = bench_conv.run(wgmma=False) + bench_fc.run(wgmma=False)
+    no_errors(rows)
+    assert len(rows) == 4 + 9 and not any("wgmma" in r.name or "wgmma" in k for r in rows for k in timed.of(r))
+
+
+def test_conv_bench_refuses_an_unknown_layer_name() -> None:
+    with pytest.raises(ValueError, match="'L9'"):
+        bench_conv.run(only=("L5", "L9"))
+    with pytest.raises(SystemExit):
+        bench_conv.main(["--only", "L5,VGG conv3.2"])
+    with pytest.raises(SystemExit):
+        bench_winograd.main(["--only", "L1"])   # a layer Winograd does not apply to
+
+
+def test_winograd_bench_times_winograd_against_the_gemm(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = [tiny_layer(L) for L in bench_winograd.WINO_LAYERS]
+    monkeypatch.setattr(bench_winograd, "WINO_LAYERS", tiny)
+    rows = bench_winograd.run()
+    no_errors(rows)
+    assert {(r.name, r.mode) for r in rows} == {(f"{L.label} {p}", m) for L in tiny for m in ("fp32", "tf32")
+                                                for p in ("fwd", "bwd-data", "bwd-filter", "fwd+bwd")}
+    for r in rows:
+        wino, gemm = timed.of(r), timed.kernels[r.extra["gemm_ms"]]
+        conv_gemm = re.compile(r"conv_(fwd|bwdd|bwdf)_")   # (conv_bias_grad is shared by both)
+        assert any(k.startswith("wino_") for k in wino) and not any(conv_gemm.match(k) for k in wino), wino
+        assert any(conv_gemm.match(k) for k in gemm) and not any(k.startswith("wino_") for k in gemm), gemm
+        assert r.extra["speedup_vs_gemm"] == pytest.approx(r.extra["gemm_ms"] / r.ours_ms)
+
+
+def test_fc_bench_rows_and_their_kernels(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench_fc, "SHAPES", [(8, 40, 24)])
+    rows = bench_fc.run()
+    no_errors(rows)
+    labels = ("fwd+bias", "bwd data", "bwd weight+bias")
+    assert [(r.name, r.mode) for r in rows] == (
+        [(f"8x40->24 {x}", "fp32") for x in labels]
+        + [(f"8x40->24 {x}{t}", "tf32") for x in labels for t in ("", " [async]", " [wgmma]")])
+    for r in rows:
+        gemms = [k for k in timed.of(r) if k.startswith("gemm_")]
+        assert gemms, (r.name, timed.of(r))
+        tag = "wgmma" if "[wgmma]" in r.name else "async" if "[async]" in r.name else None
+        assert all(("tf32" in k) == (r.mode == "tf32") for k in gemms), (r.name, gemms)
+        assert all((tag or "") in k for k in gemms) and (tag or not any("wgmma" in k or "async" in k for k in gemms)), \
+            (r.name, gemms)
+
+
+@pytest.mark.parametrize("bench,shapes", [
+    (bench_activation, {"QUICK_SHAPE": (2, 3, 5, 5)}),
+    (bench_dropout, {"QUICK_SHAPES": [(2, 3, 5, 5), (6, 10)]}),
+    (bench_pool, {"QUICK_SIZE": (2, 3, 8)}),
+    (bench_batchnorm, {"QUICK_SHAPES": [(4, 3, 5, 5), (6, 10)]}),
+    (bench_lrn, {"QUICK_SHAPES": [(2, 7, 5, 5)]}),
+    (bench_local, {"QUICK_SHAPES": [(2, 4, 6, 6, 5, 3, 1, 1)]}),
+    (bench_loss, {"SHAPES": [(8, 10), (16, 7)]}),
+    (bench_optim, {"SIZES": [1000]}),
+], ids=lambda v: v.__name__.split(".")[-1] if hasattr(v, "__name__") else "")
+def test_op_benches_run(bench: Any, shapes: dict[str, Any], timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in shapes.items():
+        assert hasattr(bench, name), name
+        monkeypatch.setattr(bench, name, value)
+    rows = bench.run(quick=True)
+    no_errors(rows)
+    assert rows and all(r.ours_ms is not None and timed.of(r) for r in rows), [r.name for r in rows]
+
+
+TINY_NET = "INPUT[12x12x3] -> CONV3-8 -> RELU -> POOL2 -> CONV3-8 -> RELU -> FC-10"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_training_step_bench_launched_and_replayed(precision: str, timed: Timed) -> None:
+    rows = bench_train.gpu_vgg16_step(4, precision, model=TINY_NET)
+    assert [(r.name, r.mode) for r in rows] == [(f"{TINY_NET} train step batch 4", precision),
+                                               (f"{TINY_NET} train step batch 4 CUDA graph", precision)]
+    eager, graph = (timed.of(r) for r in rows)
+    for first in ("conv_fwd_", "conv_bwdf_", "momentum_"):
+        assert any(k.startswith(first) for k in eager), (first, eager)
+    assert timed.captured[rows[0].ours_ms] == [], "the launched row captured a graph"
+    # the graph row timed replays only, of a graph holding the launched row's kernels, in order
+    assert graph == [REPLAY], graph
+    assert timed.captured[rows[1].ours_ms] == eager
+
+
+def test_fmnist_training_bench_rows(timed: Timed, tmp_path: Path) -> None:
+    model = TINY_NET.replace("12x12x3", "32x32x3")   # the synthetic set's images
+    rows = bench_train.gpu_fmnist(epochs=1, batch=16, target=0.0, model=model,
+                                  dataset="synthetic", limit_train=32, limit_test=32, out_dir=str(tmp_path),
+                                  budget="1GiB")   # NVML has no device to ask here
+    assert len(rows) == 6 and sum("CUDA graph" in r.name for r in rows) == 3, [r.name for r in rows]
+    by_name = {r.name: r for r in rows}
+    assert by_name[f"{model} s to 0% test acc"].ours_ms is not None   # target 0: reached after epoch 1
+    assert all(r.unit == "s" and r.ours_ms is not None and r.ours_ms > 0 for r in rows)
+    # 2 steps an epoch: the graph run's first is eager, its second captured and replayed
+    assert timed.replays == 1
+
+
+def test_gpu_session_script_names_what_exists() -> None:
+    """bench/gpu_session.sh is only ever run on a lent GPU: its --only layer names, suites and
+    python -c imports must exist here already."""
+    script = (ROOT / "bench" / "gpu_session.sh").read_text()
+    names = {L.name for L in bench_conv.LAYERS}
+    onlys = re.findall(r'bench_conv\.py[^\n]*--only "([^"]+)"', script)
+    assert onlys, "no bench_conv --only in gpu_session.sh?"
+    for only in onlys:
+        assert set(only.split(",")) <= names, only
+    for snippet in re.findall(r'python3 -c "([^"]+)"', script):
+        for module, what in re.findall(r"from ([\w.]+) import ([\w, ]+)", snippet):
+            mod = __import__(module, fromlist=["_"])
+            for name in (w.strip() for w in what.split(",")):
+                assert hasattr(mod, name), f"{module}.{name} (gpu_session.sh)"
+    for suite in re.findall(r"--only ([a-z,]+)", script + "\n".join(re.findall(r'BENCH_ARGS="([^"]+)"', script))):
+        assert set(suite.split(",")) <= set(run_all.SUITES), suite
+    for path in re.findall(r"(bench/\w+\.py|tests/\w+\.py)", script):
+        assert (ROOT / path).exists(), path
