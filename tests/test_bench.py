@@ -150,6 +150,61 @@ def test_wgmma_rows_can_be_left_out(timed: Timed, monkeypatch: pytest.MonkeyPatc
     assert len(rows) == 4 + 9 and not any("wgmma" in r.name or "wgmma" in k for r in rows for k in timed.of(r))
 
 
+def _fresh_tuner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """GPUCONV_AUTOTUNE=1 with an empty cache in tmp_path (the process-wide tuner made anew)."""
+    from gpuconv.ops import autotune  # noqa: PLC0415
+
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "_tuner", None)
+    monkeypatch.setattr(cuda, "device_key", lambda: "Emulated sm_90")
+    return tmp_path / "autotune.json"
+
+
+def test_autotuned_conv_bench_tries_every_variant(timed: Timed, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """gpu_session.sh verify2: GPUCONV_AUTOTUNE=1 bench_conv.py.  Every candidate (4 tiles x reg,
+    async, and wgmma in the [wgmma] rows) runs once on the emulator and the choices are cached."""
+    import json  # noqa: PLC0415
+
+    cache = _fresh_tuner(monkeypatch, tmp_path)
+    # 40 input channels: backward-data is a GEMM from 32 up (below, the direct kernel, not tuned)
+    layers = [replace(tiny_layer(L), c=40) for L in bench_conv.LAYERS if L.name in ("L5", "1x1")]
+    monkeypatch.setattr(bench_conv, "LAYERS", layers)
+    rows = bench_conv.run()
+    no_errors(rows)
+    tried = {k for ks in timed.kernels.values() for k in ks}
+    for kind in ("fwd", "bwdd", "bwdf"):
+        for tile in ("128x128", "128x64", "64x128", "64x64"):
+            for suffix in ("_fp32", "_fp32_async", "_tf32", "_tf32_async", "_tf32_wgmma"):
+                assert f"conv_{kind}_f32_{tile}{suffix}" in tried, (kind, tile, suffix)
+    keys = json.loads(cache.read_text())
+    for kind in ("fwd", "bwdd", "bwdf"):
+        for prec in ("fp32", "tf32", "tf32|wgmma"):
+            key = re.compile(re.escape(f"Emulated sm_90|conv_{kind}|{prec}|") + r"[\d,]+$")
+            assert sum(bool(key.match(k)) for k in keys) == len(layers), (kind, prec, sorted(keys))
+
+
+@pytest.mark.parametrize("algo", ["auto", "winograd"])
+def test_training_step_bench_with_winograd(algo: str, timed: Timed, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    """gpu_session.sh winograd-vgg: the step bench with GPUCONV_CONV_ALGO=winograd / auto (the
+    Winograd workspace in the plan; auto times both algorithms on the first step)."""
+    _fresh_tuner(monkeypatch, tmp_path)
+    monkeypatch.delenv("GPUCONV_AUTOTUNE")          # only the algorithm is tuned here, as in that step
+    monkeypatch.setenv("GPUCONV_CONV_ALGO", algo)
+    rows = bench_train.gpu_vgg16_step(4, "fp32", model=TINY_NET)
+    no_errors(rows)
+    conv_gemm = re.compile(r"conv_(fwd|bwdd|bwdf)_")
+    if algo == "winograd":   # every conv of the net is 3x3, stride 1, "same": all Winograd
+        eager = timed.of(rows[0])
+        assert any(k.startswith("wino_") for k in eager) and not any(conv_gemm.match(k) for k in eager), eager
+    else:                    # both algorithms ran (timed by the tuner) before the choice
+        tried = {k for ks in timed.kernels.values() for k in ks}
+        assert any(k.startswith("wino_") for k in tried) and any(conv_gemm.match(k) for k in tried), tried
+    assert timed.kernels[rows[1].ours_ms] == [REPLAY]
+
+
 def test_conv_bench_refuses_an_unknown_layer_name() -> None:
     with pytest.raises(ValueError, match="'L9'"):
         bench_conv.run(only=("L5", "L9"))
