@@ -153,6 +153,16 @@ def select_layers(layers: list[Layer], names: tuple[str, ...] | None) -> list[La
     return [L for L in layers if L.name in names]
 
 
+def only_arg(ap: argparse.ArgumentParser, value: str | None, layers: list[Layer]) -> tuple[str, ...] | None:
+    """The --only layer names (None: all), checked against ``layers`` here, before any GPU work."""
+    only = tuple(v.strip() for v in value.split(",")) if value else None
+    try:
+        select_layers(layers, only)
+    except ValueError as exc:
+        ap.error(f"--only: {exc}")
+    return only
+
+
 def run(quick: bool = False, only: tuple[str, ...] | None = None,
         schedules: tuple[str, ...] = ("reg",), wgmma: bool | None = None) -> list[Row]:
     """Time every layer in both precisions; a layer that fails gets a row carrying the error.
@@ -183,12 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="tf32 [wgmma] rows: auto = on a compute capability 9.0 GPU; off = never (kernels without them)")
     args = ap.parse_args(argv)
     schedules = comma_choices(ap, "--schedules", args.schedules, ("reg", "async"))
-    only = tuple(v.strip() for v in args.only.split(",")) if args.only else None
-    try:
-        select_layers(LAYERS, only)
-    except ValueError as exc:
-        ap.error(f"--only: {exc}")
-    rows = run(args.quick, only, schedules, wgmma=False if args.wgmma == "off" else None)
+    rows = run(args.quick, only_arg(ap, args.only, LAYERS), schedules, wgmma=False if args.wgmma == "off" else None)
     print_rows(rows)
     if args.json:
         for r in rows:

@@ -28,7 +28,7 @@ import sys
 if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.bench_conv import LAYERS, select_layers  # noqa: E402
+from bench.bench_conv import LAYERS, only_arg, select_layers  # noqa: E402
 from bench.harness import Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 
 WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <= 2]
@@ -135,12 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="fp32,tf32", help="comma-separated modes: fp32 (TF32 off), tf32")
     args = ap.parse_args(argv)
     precisions = comma_choices(ap, "--precision", args.precision, ("fp32", "tf32"))
-    only = tuple(v.strip() for v in args.only.split(",")) if args.only else None
-    try:
-        select_layers(WINO_LAYERS, only)
-    except ValueError as exc:
-        ap.error(f"--only: {exc}")
-    rows = run(args.quick, only, precisions)
+    rows = run(args.quick, only_arg(ap, args.only, WINO_LAYERS), precisions)
     print_rows(rows)
     for r in rows:  # the GEMM comparison lives in extra: print it beside the table
         print(f"{r.name} [{r.mode}]: winograd {r.ours_ms} ms, gemm {r.extra.get('gemm_ms')} ms, "
