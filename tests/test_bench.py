@@ -23,6 +23,7 @@ from bench import (bench_activation, bench_batchnorm, bench_conv, bench_dropout,
                    bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd, harness, run_all)
 from bench.harness import Row
 from gpuconv import cuda, device, emu
+from gpuconv.ops import winograd
 
 pytestmark = [pytest.mark.emu, pytest.mark.skipif(not emu.available(), reason="no C++ compiler: no emulator")]
 
@@ -193,12 +194,20 @@ def test_training_step_bench_with_winograd(algo: str, timed: Timed, monkeypatch:
     _fresh_tuner(monkeypatch, tmp_path)
     monkeypatch.delenv("GPUCONV_AUTOTUNE")          # only the algorithm is tuned here, as in that step
     monkeypatch.setenv("GPUCONV_CONV_ALGO", algo)
+    handed: list[bool] = []   # per Winograd pass: did it run in a workspace it was given (the plan's)?
+    take_workspace = winograd._workspace
+
+    def spy(xp: Any, ws: Any, given: Any) -> Any:
+        handed.append(given is not None)
+        return take_workspace(xp, ws, given)
+    monkeypatch.setattr(winograd, "_workspace", spy)
     rows = bench_train.gpu_vgg16_step(4, "fp32", model=TINY_NET)
     no_errors(rows)
     conv_gemm = re.compile(r"conv_(fwd|bwdd|bwdf)_")
     if algo == "winograd":   # every conv of the net is 3x3, stride 1, "same": all Winograd
         eager = timed.of(rows[0])
         assert any(k.startswith("wino_") for k in eager) and not any(conv_gemm.match(k) for k in eager), eager
+        assert handed and all(handed), handed   # in the arena's planned workspace, never a fresh one
     else:                    # both algorithms ran (timed by the tuner) before the choice
         tried = {k for ks in timed.kernels.values() for k in ks}
         assert any(k.startswith("wino_") for k in tried) and any(conv_gemm.match(k) for k in tried), tried
@@ -217,8 +226,18 @@ def test_conv_bench_refuses_an_unknown_layer_name() -> None:
 def test_winograd_bench_times_winograd_against_the_gemm(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = [tiny_layer(L) for L in bench_winograd.WINO_LAYERS]
     monkeypatch.setattr(bench_winograd, "WINO_LAYERS", tiny)
+    given_sizes: list[int | None] = []   # the workspace each Winograd pass was handed (None: it allocated one)
+    take_workspace = winograd._workspace
+
+    def spy(xp: Any, ws: Any, given: Any) -> Any:
+        given_sizes.append(None if given is None else int(given.size))
+        return take_workspace(xp, ws, given)
+    monkeypatch.setattr(winograd, "_workspace", spy)
     rows = bench_winograd.run()
     no_errors(rows)
+    # every timed Winograd pass ran in the one planned workspace whose size the rows report
+    planned = {round(r.extra["ws_mib"] * 2**20 / 4) for r in rows}
+    assert given_sizes and None not in given_sizes and set(given_sizes) <= planned, (given_sizes, planned)
     assert {(r.name, r.mode) for r in rows} == {(f"{L.label} {p}", m) for L in tiny for m in ("fp32", "tf32")
                                                 for p in ("fwd", "bwd-data", "bwd-filter", "fwd+bwd")}
     for r in rows:
