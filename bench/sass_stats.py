@@ -96,22 +96,9 @@ def compile_module(module: str, arch: str, defines: list[str], workdir: Path) ->
 
 
 def parse_resources(log: str) -> dict[str, Kernel]:
-    kernels: dict[str, Kernel] = {}
-    current: Kernel | None = None
-    for line in log.splitlines():
-        m = re.search(r"Compiling entry function '(\w+)'", line) or re.search(r"Function properties for (\w+)", line)
-        if m:
-            current = kernels.setdefault(m.group(1), Kernel(m.group(1)))
-            continue
-        if current is None:
-            continue
-        if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
-            current.spill_stores, current.spill_loads = int(m.group(1)), int(m.group(2))
-        if m := re.search(r"Used (\d+) registers", line):
-            current.registers = int(m.group(1))
-            if s := re.search(r"(\d+) bytes smem", line):
-                current.smem = int(s.group(1))
-    return kernels
+    """ptxas -v's report per entry (the parser gpuconv.cuda uses for NVRTC's)."""
+    return {name: Kernel(name, r.registers, r.spill_stores, r.spill_loads, r.smem)
+            for name, r in cuda.parse_ptxas_log(log).items()}
 
 
 def parse_sass(text: str, kernels: dict[str, Kernel]) -> None:

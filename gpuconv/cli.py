@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 
@@ -118,7 +119,13 @@ def _check(args: argparse.Namespace) -> int:
 
 def _add_kernels(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kernels", help="compile every CUDA kernel (NVRTC only, no GPU needed) and time it")
-    p.add_argument("--arch", action="append", default=None, help="e.g. compute_90 (repeatable)")
+    p.add_argument("--arch", action="append", default=None,
+                   help="compute_90 (PTX) or sm_90 / sm_90a (down to SASS: ptxas runs too) (repeatable; "
+                        "default compute_80 and compute_90, or sm_90 with --resources)")
+    p.add_argument("--resources", action="store_true",
+                   help="per entry point: registers, stack, spill stores/loads (bytes per thread), static "
+                        "shared memory (bytes per block), as ptxas reports them")
+    p.add_argument("--filter", default="", metavar="REGEX", help="with --resources: only entries matching")
     p.add_argument("--load", action="store_true", help="instead, load every module on this GPU through "
                    "cupy.RawModule (uses and fills CuPy's on-disk cache) and time it")
     p.set_defaults(func=_kernels)
@@ -137,21 +144,49 @@ def _kernels(args: argparse.Namespace) -> int:
             print(f"{name:12s} loaded in {time.perf_counter() - t:.3f} s")
         print(f"all kernels loaded in {time.perf_counter() - t_all:.3f} s")
         return 0
-    archs = args.arch or list(cuda.TARGET_ARCHS)
-    builds = [(name, ()) for name in cuda.kernel_names()]
-    builds += [(name, d) for name, variants in cuda.MODULE_VARIANTS.items() for d in variants]  # e.g. conv+GEMM_ASYNC
+    archs = args.arch or (["sm_90"] if args.resources else list(cuda.TARGET_ARCHS))
+    if args.resources and not all(a.startswith("sm_") for a in archs):
+        print("gpuconv kernels: --resources needs a real target (--arch sm_80, sm_90, sm_90a): "
+              "ptxas reports resources, and it runs only for those", file=sys.stderr)
+        return 2
+    try:
+        entry_filter = re.compile(args.filter)
+    except re.error as exc:
+        print(f"gpuconv kernels: --filter {args.filter!r}: {exc}", file=sys.stderr)
+        return 2
+    portable = [(name, ()) for name in cuda.kernel_names()]
+    portable += [(name, d) for name, variants in cuda.MODULE_VARIANTS.items() for d in variants]  # conv+GEMM_ASYNC
     failed = 0
-    for name, defines in builds:
-        label = name + "".join(f"+{d}" for d in defines)
-        for arch in archs:
+    for arch in archs:
+        # an arch-only variant (conv/fc + GEMM_WGMMA for sm_90a) is built for its own target only
+        builds = portable + [(name, (d,)) for name, vs in cuda.ARCH_VARIANTS.items() for d, a in vs.items() if a == arch]
+        for name, defines in builds:
+            label = name + "".join(f"+{d}" for d in defines)
             t = time.perf_counter()
             try:
-                ptx = cuda.compile_ptx(name, arch, defines)
-                print(f"{label:16s} {arch}: ok, {len(ptx):,} bytes PTX, {time.perf_counter() - t:.2f} s")
+                if arch.startswith("sm_"):
+                    b = cuda.compile_build(name, arch, defines)
+                    spilling = sum(r.spill_stores > 0 for r in b.resources.values())
+                    print(f"{label:16s} {arch}: ok, {len(b.resources)} entries, {len(b.cubin):,} bytes cubin, "
+                          f"max {max((r.registers for r in b.resources.values()), default=0)} registers, "
+                          f"{spilling} spilling, {time.perf_counter() - t:.2f} s")
+                    if args.resources:
+                        _print_resources(b, entry_filter)
+                else:
+                    ptx = cuda.compile_ptx(name, arch, defines)
+                    print(f"{label:16s} {arch}: ok, {len(ptx):,} bytes PTX, {time.perf_counter() - t:.2f} s")
             except Exception as exc:  # noqa: BLE001  (report every failure, then exit non-zero)
                 failed += 1
                 print(f"{label:16s} {arch}: FAILED\n{exc}")
     return 1 if failed else 0
+
+
+def _print_resources(build: Any, entry_filter: re.Pattern[str]) -> None:
+    """One line per entry of a compile_build: what ptxas reported."""
+    for entry, r in sorted(build.resources.items()):
+        if entry_filter.search(entry):
+            print(f"    {entry:40s} {r.registers:4d} regs  stack {r.stack:4d}  spill st/ld {r.spill_stores:4d}/"
+                  f"{r.spill_loads:<4d}  smem {r.smem:6d}")
 
 
 def build_parser() -> argparse.ArgumentParser:

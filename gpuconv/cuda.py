@@ -6,8 +6,11 @@ compiled cubin on disk (``~/.cupy/kernel_cache``) keyed by source and options,
 which is why the kernels are plain ``extern "C"`` functions with types fixed in
 the source (``name_expressions`` would bypass that cache).
 
-``compile_ptx`` runs NVRTC alone, with no GPU and no driver: CI uses it to prove
-that every kernel compiles for sm_80 and sm_90.
+``compile_ptx`` runs NVRTC alone, with no GPU and no driver.  ``compile_build`` does the
+same for a real target (sm_80, sm_90, sm_90a): NVRTC then runs ptxas too, which checks the
+inline PTX and reports each entry's registers, spills and shared memory (``EntryResources``).
+CI uses it to prove that every kernel assembles for sm_80 and sm_90 and that no kernel spills
+beyond what is documented for it.
 
 Arch-specific variants (``ARCH_VARIANTS``: fc.cu's and conv.cu's Hopper wgmma GEMMs, which need the
 ``sm_90a`` target) cannot go through RawModule, which appends its own ``-arch=sm_90``.
@@ -21,6 +24,7 @@ import contextlib
 import functools
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -32,6 +36,7 @@ KERNEL_DIR = Path(os.environ.get("GPUCONV_KERNEL_DIR", Path(__file__).resolve().
 # -std=c++17 for constexpr/if constexpr; CuPy adds -arch itself (and -ftz=true).
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
+REAL_ARCHS: tuple[str, ...] = ("sm_80", "sm_90")  # the same targets down to SASS (compile_build)
 
 # Module variants: the same source compiled with extra preprocessor defines.  A variant
 # holds entry points that only some users need (GEMM_ASYNC: the cp.async GEMM schedule),
@@ -94,25 +99,96 @@ def _define_options(defines: Sequence[str]) -> tuple[str, ...]:
     return tuple(f"-D{d}" for d in defines)
 
 
-def _nvrtc_compile(name: str, arch: str, defines: Sequence[str], output: str) -> Any:
-    """Run NVRTC alone (no GPU) on kernels/<name>.cu for ``arch``; ``output`` is "PTX" or "CUBIN"."""
+def _text(b: Any) -> str:
+    """NVRTC's PTX / log as text (CuPy hands back bytes, NUL-terminated, or str)."""
+    return (b.decode(errors="replace") if isinstance(b, bytes) else str(b)).rstrip("\0")
+
+
+def _nvrtc_compile(name: str, arch: str, defines: Sequence[str], output: str,
+                   extra: Sequence[str] = ()) -> Any:
+    """Run NVRTC alone (no GPU) on kernels/<name>.cu for ``arch``.  ``output``: "PTX", "CUBIN"
+    (a real target only), or "ALL" for (PTX, cubin, log) of one run."""
     from cupy.cuda import nvrtc  # noqa: PLC0415
 
     prog = nvrtc.createProgram(kernel_source(name), f"{name}.cu", [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true"])
+            nvrtc.compileProgram(prog, [*NVRTC_OPTIONS, *_define_options(defines), f"-arch={arch}", "-ftz=true",
+                                        *extra])
         except nvrtc.NVRTCError as exc:
             raise KernelCompileError(f"{name}.cu for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
+        if output == "ALL":
+            return nvrtc.getPTX(prog), nvrtc.getCUBIN(prog), nvrtc.getProgramLog(prog)
         return nvrtc.getPTX(prog) if output == "PTX" else nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
 
 
+@dataclass(frozen=True)
+class EntryResources:
+    """What ptxas reports for one kernel entry: registers per thread, and bytes of stack frame,
+    spill stores / loads (local memory per thread) and static shared memory per block."""
+    registers: int
+    stack: int
+    spill_stores: int
+    spill_loads: int
+    smem: int
+
+
+@dataclass(frozen=True)
+class Build:
+    """One NVRTC run of a module for a real target: its PTX, cubin and ptxas's report per entry."""
+    name: str
+    arch: str
+    defines: tuple[str, ...]
+    ptx: str
+    cubin: bytes
+    resources: dict[str, EntryResources]
+
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_PTXAS_PROPS = re.compile(r"Function properties for (\w+)")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def parse_ptxas_log(log: str) -> dict[str, EntryResources]:
+    """Entry name -> resources, from the log of ``ptxas -v`` (NVRTC ``-Xptxas=-v``).  Per entry it
+    prints "Compiling entry function", "Function properties for" with the stack/spill line, then
+    "Used N registers[, ..., M bytes smem]"; properties of non-inlined device functions (no
+    "Compiling entry function" line) are skipped."""
+    out: dict[str, EntryResources] = {}
+    entries: set[str] = set()
+    current: str | None = None
+    frame: tuple[int, int, int] = (0, 0, 0)
+    for line in log.splitlines():
+        if m := _PTXAS_ENTRY.search(line):
+            entries.add(m.group(1))
+        elif m := _PTXAS_PROPS.search(line):
+            current, frame = m.group(1), (0, 0, 0)
+        elif (m := _PTXAS_FRAME.search(line)) and current is not None:
+            frame = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        elif (m := _PTXAS_USED.search(line)) and current in entries:
+            smem = _PTXAS_SMEM.search(line)
+            out[current] = EntryResources(int(m.group(1)), *frame, int(smem.group(1)) if smem else 0)
+            current = None
+    return out
+
+
+def compile_build(name: str, arch: str, defines: Sequence[str] = ()) -> Build:
+    """Compile kernels/<name>.cu for a real target (``sm_80``, ``sm_90``, ``sm_90a``) with NVRTC
+    only (no GPU): ptxas runs inside it, so inline PTX is assembled and each entry's resources
+    are known."""
+    if not arch.startswith("sm_"):
+        raise ValueError(f"compile_build needs a real target like sm_90, got {arch!r}")
+    ptx, cubin, log = _nvrtc_compile(name, arch, defines, "ALL", ("-Xptxas=-v",))
+    return Build(name, arch, tuple(defines), _text(ptx), _whole_elf(bytes(cubin)), parse_ptxas_log(_text(log)))
+
+
 def compile_ptx(name: str, arch: str = "compute_90", defines: Sequence[str] = ()) -> str:
     """Compile kernels/<name>.cu (with ``-D`` defines) to PTX with NVRTC only (no GPU needed)."""
-    ptx = _nvrtc_compile(name, arch, defines, "PTX")
-    return ptx.decode() if isinstance(ptx, bytes) else ptx
+    return _text(_nvrtc_compile(name, arch, defines, "PTX"))
 
 
 def variant_arch(name: str, defines: Sequence[str]) -> str | None:

@@ -1,4 +1,6 @@
-"""Every kernel compiles with NVRTC for sm_80 and sm_90 (no GPU needed, only cupy + NVRTC)."""
+"""Every kernel compiles with NVRTC down to SASS for sm_80 and sm_90 (no GPU needed, only cupy +
+NVRTC): PTX, the cubin ptxas makes of it (which assembles the inline PTX), and ptxas's report of
+each entry's registers and spills, held to the allowances below."""
 import functools
 import re
 
@@ -16,8 +18,32 @@ pytestmark = pytest.mark.nvrtc
 
 
 @functools.lru_cache(maxsize=None)
+def _build(name: str, arch: str, defines: tuple[str, ...] = ()) -> cuda.Build:
+    return cuda.compile_build(name, arch, defines)  # compiled once per session (conv takes seconds)
+
+
 def _ptx(name: str, arch: str, defines: tuple[str, ...] = ()) -> str:
-    return cuda.compile_ptx(name, arch, defines)  # compiled once per session (conv takes seconds)
+    return _build(name, arch, defines).ptx
+
+
+# Every build CI makes: each module for sm_80 and sm_90, its variants, its arch-only variants.
+BUILDS = ([(n, (), a) for n in cuda.kernel_names() for a in cuda.REAL_ARCHS]
+          + [(n, d, a) for n, vs in cuda.MODULE_VARIANTS.items() for d in vs for a in cuda.REAL_ARCHS]
+          + [(n, (d,), a) for n, vs in cuda.ARCH_VARIANTS.items() for d, a in vs.items()])
+
+# Spill stores (bytes per thread) each entry may have; any entry not listed must have none.  The
+# speed-path kernels are sized not to spill in their main loops (conv.cu's MINB and fc.cu's
+# batched entries say where and why a few values live in local memory); a change that makes
+# any other entry spill, or one of these spill more, fails here before a GPU sees it.  Ceilings
+# cover NVRTC 13.0 (the lent H100's, as nvcc 13.0 reports) and 13.5 (CI's wheel).
+SPILL_ALLOWANCE = {
+    r"conv_fwd_f32_128x128_fp32(_async)?": 160,           # conv.cu MINB: two blocks per SM
+    r"conv_bwd[df]_f32_128x128_fp32(_async)?": 64,
+    r"conv_(fwd|bwdf)_f32_128x128_tf32(_wgmma)?": 32,
+    r"gemm_(f32|tf32)_batched_n[nt]": 128,                # fc.cu: the per-batch base pointers
+    r"conv_bwdd_direct_f32_c[348]_\d+x\d+": 128,         # outside the tap loop (prologue)
+    r"bn_stats_partial_f64": 48,                          # float64: the gradient checks, not speed
+}
 
 
 def test_there_are_kernels():
@@ -25,11 +51,48 @@ def test_there_are_kernels():
 
 
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
-@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
-@pytest.mark.parametrize("name", cuda.kernel_names())
-def test_kernel_compiles(name, arch):
-    ptx = _ptx(name, arch)
-    assert ".entry" in ptx
+@pytest.mark.parametrize("name,defines,arch", BUILDS)
+def test_kernel_compiles_to_sass(name, defines, arch):
+    """PTX and a cubin: ptxas assembled every entry (inline PTX included), and reported it."""
+    b = _build(name, arch, defines)
+    entries = set(re.findall(r"\.entry (\w+)\(", b.ptx))
+    assert entries and b.cubin[:4] == b"\x7fELF"
+    assert set(b.resources) == entries, sorted(entries ^ set(b.resources))
+    for e in entries:
+        assert e.encode() in b.cubin
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+@pytest.mark.parametrize("name,defines,arch", BUILDS)
+def test_no_entry_spills_beyond_its_allowance(name, defines, arch):
+    over = {}
+    for entry, r in _build(name, arch, defines).resources.items():
+        allowed = max((v for pat, v in SPILL_ALLOWANCE.items() if re.fullmatch(pat, entry)), default=0)
+        if r.spill_stores > allowed:
+            over[entry] = f"{r.spill_stores} B spill stores ({r.registers} registers), allowed {allowed}"
+    assert not over, f"{name}.cu {defines} {arch}: {over}"
+
+
+def test_ptxas_report_is_parsed():
+    log = """ptxas info    : 0 bytes gmem
+ptxas info    : Function properties for helper
+ptxas         .     16 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function 'k1' for 'sm_90'
+ptxas info    : Function properties for k1
+ptxas         .     80 bytes stack frame, 76 bytes spill stores, 72 bytes spill loads
+ptxas info    : Used 128 registers, used 1 barriers, 80 bytes cumulative stack size, 17408 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compile time = 1.5 ms
+ptxas info    : Compiling entry function 'k2' for 'sm_90'
+ptxas info    : Function properties for k2
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 31 registers, used 0 barriers
+"""
+    assert cuda.parse_ptxas_log(log) == {
+        "k1": cuda.EntryResources(registers=128, stack=80, spill_stores=76, spill_loads=72, smem=17408),
+        "k2": cuda.EntryResources(registers=31, stack=0, spill_stores=0, spill_loads=0, smem=0),
+    }
+    with pytest.raises(ValueError, match="real target"):
+        cuda.compile_build("pool", "compute_90")
 
 
 def _expected_entries() -> dict[str, list[str]]:
@@ -57,7 +120,7 @@ def _expected_entries() -> dict[str, list[str]]:
 
 
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
-@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
+@pytest.mark.parametrize("arch", cuda.REAL_ARCHS)
 @pytest.mark.parametrize("name", ["batchnorm", "conv", "fc", "local", "loss", "lrn", "optim", "winograd"])
 def test_kernel_exports_its_entry_points(name, arch):
     ptx = _ptx(name, arch)
@@ -68,9 +131,9 @@ def test_kernel_exports_its_entry_points(name, arch):
 
 
 @pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
-@pytest.mark.parametrize("arch", cuda.TARGET_ARCHS)
+@pytest.mark.parametrize("arch", cuda.REAL_ARCHS)
 @pytest.mark.parametrize("name,defines", [(n, d) for n, vs in cuda.MODULE_VARIANTS.items() for d in vs])
-def test_module_variant_compiles(name, defines, arch):
+def test_module_variant_holds_the_async_entries(name, defines, arch):
     ptx = _ptx(name, arch, defines)
     assert ".entry" in ptx and "cp.async" in ptx and "_async" in ptx
     assert "cp.async" not in _ptx(name, arch)  # the default module stays without them
@@ -94,13 +157,20 @@ def test_arch_variant_compiles_to_a_whole_cubin(name, define, arch):
     assert "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32" in ptx and "fence.proxy.async" in ptx
     if name == "conv":  # the narrower tiles' instructions
         assert "m64n64k8.f32.tf32.tf32" in ptx and "m64n32k8.f32.tf32.tf32" in ptx
-    assert "wgmma" not in _ptx(name, "compute_90")  # the portable module stays without it
-    cubin = cuda.compile_cubin(name, arch, (define,))
+    assert "wgmma" not in _ptx(name, "sm_90")  # the portable module stays without it
+    cubin = _build(name, arch, (define,)).cubin
     phoff, shoff = struct.unpack_from("<QQ", cubin, 0x20)
     phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", cubin, 0x36)
     assert cubin[:4] == b"\x7fELF" and len(cubin) == max(phoff + phentsize * phnum, shoff + shentsize * shnum)
     with pytest.raises(cuda.KernelCompileError, match="sm_90"):
         cuda.compile_ptx(name, "compute_90", (define,))  # refused where wgmma does not exist
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+def test_loader_cubin_holds_the_builds_entries():
+    """compile_cubin (what the loader of an arch variant caches) is a whole ELF with every entry."""
+    cubin = cuda.compile_cubin("activation", "sm_90")
+    assert cubin[:4] == b"\x7fELF" and all(e.encode() in cubin for e in _build("activation", "sm_90").resources)
 
 
 def test_variant_arch():
@@ -149,3 +219,21 @@ def test_compile_error_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(cuda, "KERNEL_DIR", tmp_path)
     with pytest.raises(cuda.KernelCompileError, match="broken.cu"):
         cuda.compile_ptx("broken")
+
+
+@pytest.mark.skipif(not HAVE_NVRTC, reason="cupy/NVRTC not installed")
+def test_cli_prints_each_entrys_resources(monkeypatch, capsys):
+    from gpuconv import cli  # noqa: PLC0415
+
+    monkeypatch.setattr(cuda, "kernel_names", lambda: ["activation"])   # one small module, no variants
+    monkeypatch.setattr(cuda, "MODULE_VARIANTS", {})
+    assert cli.main(["kernels", "--resources", "--arch", "sm_90", "--filter", "_f32$"]) == 0
+    out = capsys.readouterr().out
+    shown = {e: r for e, r in _build("activation", "sm_90").resources.items() if e.endswith("_f32")}
+    assert shown and f"{len(_build('activation', 'sm_90').resources)} entries" in out
+    for entry, r in shown.items():
+        assert re.search(rf"{entry}\s+{r.registers} regs\s+stack\s+{r.stack}\s+spill st/ld\s+{r.spill_stores}/", out)
+    assert "_f64" not in out.split("entries", 1)[1]                    # filtered out
+    assert cli.main(["kernels", "--resources", "--arch", "compute_90"]) == 2   # no ptxas, no report
+    assert cli.main(["kernels", "--resources", "--filter", "("]) == 2
+    assert "real target" in capsys.readouterr().err
