@@ -1,19 +1,24 @@
 """Benchmark conv (forward and forward+backward) against torch.nn.functional.conv2d / cuDNN.
 
-    python bench/bench_conv.py [--quick] [--json] [--only L1,...] [--schedules reg,async] [--wgmma auto|off]
+    python bench/bench_conv.py [--quick] [--json] [--only L1,...] [--precision fp32,tf32]
+                               [--schedules reg,async] [--wgmma auto|off|only]
 
 Layers: convnet-benchmarks L1-L5, VGG16 conv1_2/conv3_2/conv5_2, CIFAR-size 3x3,
 dilated 3x3, AlexNet conv1, a 1x1.  Each layer gets fp32 rows (TF32 off on both
 sides) and tf32 rows (our mma.sync kernels vs cuDNN with TF32 on), for the forward
 alone and for forward + backward-data + backward-filter (+ bias grad).  FLOPs:
 2*N*K*Ho*Wo*C*FH*FW per forward, 3x that for forward+backward.  Inputs are fresh
-random normals, shared with torch through DLPack so both sides see the same data;
-``extra['fwd_rel_err']`` records how far our forward is from torch's; the fwd+bwd rows
-name the backward-data kernel in ``extra['variant_bwdd']`` (the direct gather kernel
-for few input channels or stride >= 2, else the GEMM tile).  ``--schedules reg,async``
-adds rows "... [async]" for the cp.async 4-stage main loop beside the default "reg"
-rows (same inputs, same cuDNN timing).  On an sm_90 GPU (H100/H200) every tf32 layer also
-gets "... [wgmma]" rows: the Hopper warpgroup-MMA kernels (GPUCONV_GEMM_WGMMA=1).
+random normals, shared with torch through DLPack so both sides see the same data.
+Every timed variant is validated on those inputs against PyTorch's fp32 forward and
+gradients (``reference``): ``extra['fwd_rel_err']`` and, on the fwd+bwd rows,
+``bwd_data_rel_err``, ``bwd_filter_rel_err``, ``bias_grad_rel_err``; a distance over
+``harness.REL_TOL`` lists the pass in ``extra['invalid']`` (bench/targets.py leaves such
+rows out).  The fwd+bwd rows name the backward-data kernel in ``extra['variant_bwdd']``
+(the direct gather kernel for few input channels or stride >= 2, else the GEMM tile).
+``--schedules reg,async`` adds rows "... [async]" for the cp.async 4-stage main loop beside
+the default "reg" rows (same inputs, same cuDNN timing).  On an sm_90 GPU (H100/H200)
+every tf32 layer also gets "... [wgmma]" rows: the Hopper warpgroup-MMA kernels
+(GPUCONV_GEMM_WGMMA=1); ``--wgmma only`` times those alone.
 
 Importing this module needs no GPU; all GPU work happens inside ``run``.
 """
@@ -23,14 +28,15 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from bench.harness import (Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch,
-                           with_schedule, with_wgmma)
+from bench.harness import (Row, comma_choices, guarded_case, rel_err, set_torch_tf32, streamer, time_gpu, time_torch,
+                           torch, validation, with_schedule, with_wgmma)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,21 @@ WGMMA = "wgmma"  # a row tag beside the schedules: TF32 on the sm_90a wgmma kern
 
 def _with(sc: str, fn):  # noqa: ANN001, ANN202
     return with_wgmma(fn) if sc == WGMMA else with_schedule(sc, fn)
+
+
+def reference(x, wt, b, dy, s: int, p: int, d: int) -> dict[str, object] | None:  # noqa: ANN001
+    """cuDNN's forward and gradients on our inputs (PyTorch through DLPack, TF32 off: the fp32
+    truth both precisions are checked against), as cupy arrays; None without PyTorch and CUDA."""
+    if torch is None or not torch.cuda.is_available():
+        return None
+    import cupy as cp  # noqa: PLC0415
+
+    set_torch_tf32(False)
+    tx, tw, tb = (torch.from_dlpack(a).detach().requires_grad_(True) for a in (x, wt, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, s, p, d)
+    gx, gw, gb = torch.autograd.grad(ty, (tx, tw, tb), torch.from_dlpack(dy))
+    return {k: cp.from_dlpack(v.detach().contiguous()) for k, v in
+            (("fwd", ty), ("bwd_data", gx), ("bwd_filter", gw), ("bias_grad", gb))}
 
 
 def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("reg",)) -> list[Row]:  # noqa: ANN001
@@ -124,18 +145,22 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
 
         theirs_f = time_torch(torch_fwd)
         theirs_fb = time_torch(torch_fwdbwd)
-        with torch.no_grad():
-            ref = cp.from_dlpack(F.conv2d(tx, tw, tb, s, p, d).contiguous())
-        for sc in schedules:
-            _with(sc, ours_fwd)()
-            extra[f"fwd_rel_err{'' if sc == 'reg' else '_' + sc}"] = float(
-                cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
         set_torch_tf32(False)
+    # validate every timed variant on the same inputs: its forward, both gradients and the bias grad
+    ref = reference(x, wt, b, dy, s, p, d)
+    checked: dict[str, dict] = {}
+    for sc in schedules if ref is not None else ():
+        _with(sc, ours_fwdbwd)()
+        checked[sc] = validation(mode, {key: rel_err(got, ref[key]) for key, got in
+                                        (("fwd", y), ("bwd_data", dx), ("bwd_filter", dw), ("bias_grad", db))})
     rows = []
     for sc, (ours_f, ours_fb) in ours.items():
         tag = "" if sc == "reg" else f" [{sc}]"  # the default schedule keeps the historical row names
-        ex = dict(extra, schedule=sc)
-        rows += [Row("conv", f"{L.label} fwd{tag}", mode, ours_f, theirs_f, flops, extra=ex),
+        ex = dict(extra, schedule=sc, **checked.get(sc, {}))
+        fwd_ex = {key: v for key, v in ex.items() if not key.startswith(("bwd_", "bias_grad", "invalid"))}
+        fwd_bad = [v for v in ex.get("invalid", []) if v == "fwd"]
+        rows += [Row("conv", f"{L.label} fwd{tag}", mode, ours_f, theirs_f, flops,
+                     extra=dict(fwd_ex, invalid=fwd_bad) if fwd_bad else fwd_ex),
                  Row("conv", f"{L.label} fwd+bwd{tag}", mode, ours_fb, theirs_fb, 3 * flops,
                      extra=dict(ex, variant_bwdd=bwdd))]
     return rows
@@ -164,21 +189,33 @@ def only_arg(ap: argparse.ArgumentParser, value: str | None, layers: list[Layer]
 
 
 def run(quick: bool = False, only: tuple[str, ...] | None = None,
-        schedules: tuple[str, ...] = ("reg",), wgmma: bool | None = None) -> list[Row]:
-    """Time every layer in both precisions; a layer that fails gets a row carrying the error.
-    ``wgmma``: add the tf32 [wgmma] rows (None: where the GPU has wgmma, compute capability 9.0)."""
+        schedules: tuple[str, ...] = ("reg",), wgmma: bool | None = None,
+        precisions: tuple[str, ...] = MODES, wgmma_only: bool = False,
+        emit: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Time every layer in each precision; a layer that fails gets a row carrying the error.
+    ``wgmma``: add the tf32 [wgmma] rows (None: where the GPU has wgmma, compute capability 9.0);
+    ``wgmma_only``: only those rows (a process of their own, so a fault in the never-timed
+    kernels cannot take the default rows with it); ``emit``: called with each layer's rows as
+    they finish."""
     from gpuconv import cuda, device  # noqa: PLC0415
     from gpuconv.ops import conv  # noqa: PLC0415
 
     layers = select_layers(LAYERS, only if only else QUICK if quick else None)
     cp = device.get_device("cuda").xp
     hopper = cuda.wgmma_capable() if wgmma is None else wgmma
+    if wgmma_only and not hopper:
+        raise ValueError("wgmma_only: the [wgmma] rows need a compute capability 9.0 GPU (H100/H200)")
     rows: list[Row] = []
     for L in layers:
-        for mode in MODES:
-            scs = (*schedules, WGMMA) if mode == "tf32" and hopper else schedules
-            rows += guarded_case("conv", L.label, mode, cp,
-                                 lambda L=L, mode=mode, scs=scs: _bench_layer(L, mode, cp, conv, scs))
+        for mode in precisions:
+            scs = (WGMMA,) if wgmma_only else (*schedules, WGMMA) if mode == "tf32" and hopper else schedules
+            if mode != "tf32" and wgmma_only:
+                continue
+            got = guarded_case("conv", L.label, mode, cp,
+                               lambda L=L, mode=mode, scs=scs: _bench_layer(L, mode, cp, conv, scs))
+            rows += got
+            if emit is not None:
+                emit(got)
     return rows
 
 
@@ -187,17 +224,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
     ap.add_argument("--only", default=None, help="comma-separated layer names, e.g. L1,AlexNet")
+    ap.add_argument("--precision", default="fp32,tf32", help="comma-separated modes: fp32 (TF32 off), tf32")
     ap.add_argument("--schedules", default="reg",
                     help="GEMM main-loop schedules to time side by side: reg, async or reg,async")
-    ap.add_argument("--wgmma", choices=("auto", "off"), default="auto",
-                    help="tf32 [wgmma] rows: auto = on a compute capability 9.0 GPU; off = never (kernels without them)")
+    ap.add_argument("--wgmma", choices=("auto", "off", "only"), default="auto",
+                    help="tf32 [wgmma] rows: auto = on a compute capability 9.0 GPU; off = never (kernels "
+                         "without them); only = those rows alone")
     args = ap.parse_args(argv)
     schedules = comma_choices(ap, "--schedules", args.schedules, ("reg", "async"))
-    rows = run(args.quick, only_arg(ap, args.only, LAYERS), schedules, wgmma=False if args.wgmma == "off" else None)
-    print_rows(rows)
-    if args.json:
-        for r in rows:
-            print(r.to_json())
+    precisions = comma_choices(ap, "--precision", args.precision, MODES)
+    only = only_arg(ap, args.only, LAYERS)
+    run(args.quick, only, schedules, wgmma=False if args.wgmma == "off" else None, precisions=precisions,
+        wgmma_only=args.wgmma == "only", emit=streamer(args.json))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python bench/bench_train.py --cpu-epoch            # one Fashion-MNIST-net epoch on the CPU (issue target: <= 1.5x PyTorch CPU)
     python bench/bench_train.py --cpu-step             # per-layer ms of one CPU training step
     python bench/bench_train.py                        # GPU: Fashion-MNIST net 10 epochs, VGG16 step at batch 64
+    python bench/bench_train.py --vgg16-step fp32,tf32 # GPU: the VGG16 step alone (kernels per $GPUCONV_*)
 
 GPU rows: time for 10 epochs, time per epoch and time to 91% test accuracy of the
 benchmark net (batch 128, Adam; evaluation after each epoch counted on both sides), and
@@ -21,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Row, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import Row, kernel_tag, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
 from gpuconv import device as devmod  # noqa: E402
 from gpuconv.train import TrainConfig, train  # noqa: E402
 from gpuconv.zoo import get_model  # noqa: E402
@@ -234,8 +235,9 @@ def gpu_vgg16_step(batch: int = 64, precision: str = "fp32", model: str = "vgg16
         torch.cuda.empty_cache()
     del ex
     cp.get_default_memory_pool().free_all_blocks()
-    return [Row("train", f"{model} train step batch {batch}{' CUDA graph' if graph else ''}", precision, ms, theirs,
-                work=batch, unit="img/s") for graph, ms in ours.items()]
+    tag = kernel_tag()   # e.g. " [algo=auto, wgmma]" when this process runs non-default kernels
+    return [Row("train", f"{model} train step batch {batch}{' CUDA graph' if graph else ''}{tag}", precision, ms,
+                theirs, work=batch, unit="img/s") for graph, ms in ours.items()]
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -255,8 +257,18 @@ if __name__ == "__main__":
     ap.add_argument("--cpu-epoch", action="store_true")
     ap.add_argument("--cpu-step", action="store_true", help="per-layer ms of one CPU training step")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--vgg16-step", default=None, metavar="PRECISIONS",
+                    help="only the VGG16 step at batch 64 in these comma-separated precisions (fp32,tf32); "
+                         "the kernels as $GPUCONV_CONV_ALGO / _GEMM_WGMMA / _GEMM_SCHEDULE / _AUTOTUNE say")
+    ap.add_argument("--json", action="store_true", help="also print one JSON object per row")
     a = ap.parse_args()
     if a.cpu_step:
         cpu_step_profile()
     else:
-        print_rows(cpu_epoch() if a.cpu_epoch else run(a.quick))
+        from bench.harness import comma_choices, streamer  # noqa: PLC0415
+        emit = streamer(a.json)
+        if a.vgg16_step:   # each precision's rows as they finish
+            for prec in comma_choices(ap, "--vgg16-step", a.vgg16_step, ("fp32", "tf32")):
+                emit(gpu_vgg16_step(64, prec))
+        else:
+            emit(cpu_epoch() if a.cpu_epoch else run(a.quick))

@@ -10,8 +10,9 @@ gemm/winograd in ``extra['speedup_vs_gemm']``), and cuDNN with ``cudnn.benchmark
 (the row's "torch").  Precision modes are separate rows: "fp32" with TF32 off on both sides,
 "tf32" with TF32 on both sides (ours: the 16 GEMMs on tensor cores).  Rates count the direct convolution's FLOPs
 (2*N*K*Ho*Wo*C*9 per pass), so they compare with bench_conv's rows; Winograd's
-multiplies are 1/2.25 of that.  ``extra['rel_err']`` is the forward's distance from
-cuDNN's; ``extra['ws_mib']`` the workspace one pass allocated (the memory plan's figure).
+multiplies are 1/2.25 of that.  Each row's result is validated against PyTorch's fp32
+forward and gradients on the same inputs (``<pass>_rel_err``; ``invalid`` past
+harness.REL_TOL); ``extra['ws_mib']`` is the workspace one pass allocated (the memory plan's figure).
 
 Why this suite exists: in bench/RESULTS.md's first H100 pass, cuDNN's fp32 fwd+bwd rates
 for some layers are above the H100's fp32 FMA peak, i.e. cuDNN runs Winograd or FFT
@@ -24,12 +25,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import bench_conv  # noqa: E402  (its reference: one hook for both suites' validation)
 from bench.bench_conv import LAYERS, only_arg, select_layers  # noqa: E402
-from bench.harness import Row, comma_choices, guarded_case, print_rows, set_torch_tf32, time_gpu, time_torch, torch  # noqa: E402
+from bench.harness import (Row, comma_choices, guarded_case, rel_err, set_torch_tf32, streamer,  # noqa: E402
+                           time_gpu, time_torch, torch, validation)
 
 WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <= 2]
 QUICK = ("CIFAR 64", "VGG conv5_2")
@@ -69,7 +73,6 @@ def _bench_layer(L, cp, conv, winograd, precision: str) -> list[Row]:  # noqa: A
     ours = {name: time_gpu(fn) for name, fn in passes("winograd").items()}
     gemm = {name: time_gpu(fn) for name, fn in passes("gemm").items()}
     theirs: dict[str, float | None] = dict.fromkeys(ours)
-    rel_err = None
     if torch is not None and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
         set_torch_tf32(precision == "tf32")
@@ -78,7 +81,6 @@ def _bench_layer(L, cp, conv, winograd, precision: str) -> list[Row]:  # noqa: A
         tb = torch.from_dlpack(b).requires_grad_(True)
         tdy = torch.from_dlpack(dy)
         F = torch.nn.functional
-        ty = F.conv2d(tx, tw, tb, 1, p)
 
         def t_fwd() -> None:
             with torch.no_grad():
@@ -97,23 +99,31 @@ def _bench_layer(L, cp, conv, winograd, precision: str) -> list[Row]:  # noqa: A
 
         theirs = {"fwd": time_torch(t_fwd), "bwd-data": time_torch(t_bwdd), "bwd-filter": time_torch(t_bwdf),
                   "fwd+bwd": time_torch(t_all)}
-        passes("winograd")["fwd"]()
-        ref = cp.from_dlpack(ty.detach().contiguous())
-        rel_err = float(cp.abs(y - ref).max() / cp.maximum(cp.abs(ref).max(), 1e-30))
+        set_torch_tf32(False)
+    # validate Winograd's three passes on the same inputs against the fp32 reference (bench_conv's)
+    checked: dict[str, dict] = {}
+    ref = bench_conv.reference(x, wt, b, dy, 1, p, 1)
+    if ref is not None:
+        passes("winograd")["fwd+bwd"]()
+        errs = {key: rel_err(got, ref[key]) for key, got in
+                (("fwd", y), ("bwd_data", dx), ("bwd_filter", dw), ("bias_grad", db))}
+        for name, keys in (("fwd", ("fwd",)), ("bwd-data", ("bwd_data",)), ("bwd-filter", ("bwd_filter", "bias_grad")),
+                           ("fwd+bwd", tuple(errs))):
+            checked[name] = validation(precision, {k: errs[k] for k in keys})
     rows = []
     for name in ours:
         work = flops * (3 if name == "fwd+bwd" else 1)
         extra = {"gemm_ms": gemm[name], "speedup_vs_gemm": gemm[name] / ours[name] if ours[name] else None,
                  "ws_mib": ws_elems * 4 / 2**20}
-        if rel_err is not None:
-            extra["rel_err"] = rel_err
+        extra.update(checked.get(name, {}))
         rows.append(Row("winograd", f"{L.label} {name}", precision, ours[name], theirs[name], work, extra=extra))
     return rows
 
 
 def run(quick: bool = False, only: tuple[str, ...] | None = None,
-        precisions: tuple[str, ...] = ("fp32", "tf32")) -> list[Row]:
-    """Time every eligible layer; a layer that fails gets a row carrying the error."""
+        precisions: tuple[str, ...] = ("fp32", "tf32"), emit: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Time every eligible layer; a layer that fails gets a row carrying the error.  ``emit``:
+    called with each layer's rows as they finish."""
     from gpuconv import device  # noqa: PLC0415
     from gpuconv.ops import conv, winograd  # noqa: PLC0415
 
@@ -122,8 +132,11 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None,
     rows: list[Row] = []
     for precision in precisions:
         for L in layers:
-            rows += guarded_case("winograd", L.label, precision, cp,
-                                 lambda L=L, pr=precision: _bench_layer(L, cp, conv, winograd, pr))
+            got = guarded_case("winograd", L.label, precision, cp,
+                               lambda L=L, pr=precision: _bench_layer(L, cp, conv, winograd, pr))
+            rows += got
+            if emit is not None:
+                emit(got)
     return rows
 
 
@@ -135,14 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="fp32,tf32", help="comma-separated modes: fp32 (TF32 off), tf32")
     args = ap.parse_args(argv)
     precisions = comma_choices(ap, "--precision", args.precision, ("fp32", "tf32"))
-    rows = run(args.quick, only_arg(ap, args.only, WINO_LAYERS), precisions)
-    print_rows(rows)
+    rows = run(args.quick, only_arg(ap, args.only, WINO_LAYERS), precisions, emit=streamer(args.json))
     for r in rows:  # the GEMM comparison lives in extra: print it beside the table
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in r.extra.items() if k.endswith("_rel_err"))
         print(f"{r.name} [{r.mode}]: winograd {r.ours_ms} ms, gemm {r.extra.get('gemm_ms')} ms, "
-              f"gemm/winograd {r.extra.get('speedup_vs_gemm')}, rel_err {r.extra.get('rel_err')}")
-    if args.json:
-        for r in rows:
-            print(r.to_json())
+              f"gemm/winograd {r.extra.get('speedup_vs_gemm')}{', ' + errs if errs else ''}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # One batched GPU session on the lent H100: run from the repo root with $OUT set.
+#   bash bench/gpu_session.sh budget    # ONE call for a 15-minute device budget (BUDGET_S=480 s of it; run
+#                                       #   with timeout_s 540): the figures for main's default kernels,
+#                                       #   then wgmma, Winograd and the VGG16 step variants, every row validated
+#                                       #   against PyTorch; bench/targets.py's verdict in $OUT/targets.md
 #   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
 #   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
 #   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
@@ -27,6 +31,34 @@ what=${1:-tests}
 { date -u; git rev-parse --short HEAD 2>/dev/null; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__)"; } > "$OUT/env.txt" 2>&1
 
 case "$what" in
+budget)  # most important first; each step cut off at the deadline, every row printed as it finishes
+  end=$((SECONDS + ${BUDGET_S:-480}))
+  step() {  # step CAP_S LOG COMMAND...: run COMMAND for at most CAP_S (and not past the deadline) >> $OUT/LOG
+    local cap=$1 log=$2; shift 2
+    local t=$((end - SECONDS)); ((t > cap)) && t=$cap
+    if ((t < 20)); then echo "skipped (deadline): $*" >> "$OUT/steps.log"; return; fi
+    echo "$(date -u +%T) up to ${t}s: $*" >> "$OUT/steps.log"
+    timeout "$t" "$@" >> "$OUT/$log" 2>&1
+    echo "  rc=$? after $((SECONDS - end + ${BUDGET_S:-480}))s of the budget" >> "$OUT/steps.log"
+  }
+  # 1. main's default kernels: the figures (conv, VGG16 step, FC, pooling)
+  step 200 conv.log python3 bench/bench_conv.py --wgmma off --json
+  step 70 train.log python3 bench/bench_train.py --vgg16-step fp32,tf32 --json
+  step 60 ops.log python3 bench/bench_fc.py --wgmma off --json
+  step 30 ops.log python3 bench/bench_pool.py
+  # 2. the never-timed candidates, each in a process of its own (a fault cannot take other rows with it)
+  step 120 wgmma.log python3 bench/bench_conv.py --wgmma only --json
+  step 40 wgmma.log python3 bench/bench_fc.py --wgmma only --json
+  step 120 winograd.log python3 bench/bench_winograd.py --json
+  step 70 train.log env GPUCONV_CONV_ALGO=auto GPUCONV_CACHE_DIR=/tmp/gpuconv-cache python3 bench/bench_train.py \
+      --vgg16-step fp32,tf32 --json
+  step 60 train.log env GPUCONV_CONV_ALGO=auto GPUCONV_GEMM_WGMMA=1 GPUCONV_CACHE_DIR=/tmp/gpuconv-cache \
+      python3 bench/bench_train.py --vgg16-step tf32 --json
+  # 3. the verdict (even past the deadline: it reads logs, no GPU)
+  python3 bench/targets.py "$OUT"/conv.log "$OUT"/ops.log "$OUT"/train.log "$OUT"/wgmma.log "$OUT"/winograd.log \
+      --out "$OUT/targets.md" 2>> "$OUT/steps.log"
+  cat "$OUT/steps.log"; grep -h "WARNING\|Error" "$OUT"/*.log | sort | uniq -c | head -20
+  ;;
 baseline)  # runs where git is: the GPU machine gets the working tree without .git
   rev=${2:?usage: gpu_session.sh baseline REV}
   rm -rf .data/baseline-kernels && mkdir -p .data/baseline-kernels

@@ -83,6 +83,42 @@ def time_torch(fn: Callable[[], Any], *, warmup: int = 3, iters: int = 20) -> fl
     return statistics.median(times)
 
 
+# How far a validated row's result may be from the reference (max |ours - ref| / max |ref|) before the row
+# is marked invalid: fp32 (TF32 off) vs an fp32 reference leaves ~1e-5 on the suite's largest
+# reductions; TF32 rounds inputs to 10 mantissa bits (~1e-3).  A wrong kernel gives O(1).
+REL_TOL = {"fp32": 5e-4, "tf32": 2e-2, "bf16": 5e-2}
+
+
+def rel_err(ours: Any, ref: Any) -> float:
+    """max |ours - ref| / max |ref| (cupy, NumPy or emulator arrays of one shape)."""
+    if tuple(ours.shape) != tuple(ref.shape):
+        raise ValueError(f"result shape {tuple(ours.shape)} != reference shape {tuple(ref.shape)}")
+    return float(abs(ours - ref).max()) / max(float(abs(ref).max()), 1e-30)
+
+
+def validation(mode: str, errors: dict[str, float]) -> dict[str, Any]:
+    """A row's extra fields for its distances from the reference: ``<what>_rel_err`` each, and
+    ``invalid`` (the names over REL_TOL[mode]) where any is; a non-finite distance is over."""
+    extra: dict[str, Any] = {f"{k}_rel_err": v for k, v in errors.items()}
+    bad = [k for k, v in errors.items() if not v <= REL_TOL[mode]]   # NaN fails too
+    if bad:
+        extra["invalid"] = bad
+        print(f"WARNING: {mode} result off the reference: " + ", ".join(f"{k} {errors[k]:.2e}" for k in bad)
+              + f" (tolerance {REL_TOL[mode]:.0e})", flush=True)
+    return extra
+
+
+def kernel_tag() -> str:
+    """' [algo=auto, wgmma]': the kernel choices this process's environment makes, '' for the
+    defaults, so rows timed under different settings (one process each) keep distinct names."""
+    from gpuconv.ops import autotune, winograd  # noqa: PLC0415
+
+    parts = [f"algo={a}" for a in [winograd.chosen_algo(None)] if a != "gemm"]
+    parts += [s for s in [autotune.schedule()] if s != "reg"]
+    parts += ["wgmma"] * autotune.wgmma_enabled() + ["autotune"] * autotune.enabled()
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def set_torch_tf32(enabled: bool) -> None:
     if torch is not None:
         torch.backends.cuda.matmul.allow_tf32 = enabled
@@ -93,6 +129,23 @@ def print_rows(rows: list[Row]) -> None:
     print(HEADER)
     for r in rows:
         print(r.markdown(), flush=True)
+
+
+def streamer(json_lines: bool = False) -> Callable[[list[Row]], None]:
+    """A printer of rows as they finish (the header once; each row's JSON too when asked), so a
+    run cut off by its time limit keeps every figure it measured."""
+    started = False
+
+    def emit(rows: list[Row]) -> None:
+        nonlocal started
+        if not started:
+            print(HEADER, flush=True)
+            started = True
+        for r in rows:
+            print(r.markdown(), flush=True)
+            if json_lines:
+                print(r.to_json(), flush=True)
+    return emit
 
 
 def comma_choices(ap: Any, flag: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from bench import (bench_activation, bench_batchnorm, bench_conv, bench_dropout,
                    bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd, harness, run_all)
 from bench.harness import Row
 from gpuconv import cuda, device, emu
+from gpuconv.ops import conv as conv_ops
 from gpuconv.ops import winograd
 
 pytestmark = [pytest.mark.emu, pytest.mark.skipif(not emu.available(), reason="no C++ compiler: no emulator")]
@@ -31,6 +32,7 @@ BENCHES = (bench_activation, bench_batchnorm, bench_conv, bench_dropout, bench_f
            bench_optim, bench_pool, bench_train, bench_winograd)
 ROOT = Path(__file__).resolve().parent.parent
 REPLAY = "(CUDA-graph replay)"
+CONV_OPS = {"fwd": conv_ops.conv_forward, "bwdd": conv_ops.conv_backward_data, "bwdf": conv_ops.conv_backward_filter}
 
 
 class Timed:
@@ -212,6 +214,126 @@ def test_training_step_bench_with_winograd(algo: str, timed: Timed, monkeypatch:
         tried = {k for ks in timed.kernels.values() for k in ks}
         assert any(k.startswith("wino_") for k in tried) and any(conv_gemm.match(k) for k in tried), tried
     assert timed.kernels[rows[1].ours_ms] == [REPLAY]
+
+
+def numpy_conv_reference(x: Any, wt: Any, b: Any, dy: Any, s: int, p: int, d: int) -> dict[str, Any]:
+    """bench_conv.reference on the emulator: the NumPy path's forward and gradients (the spec)."""
+    x, wt, b, dy = (a.get() for a in (x, wt, b, dy))
+    # the functions as imported, so that a test's mutation of the GPU op does not reach the reference
+    dw, db = CONV_OPS["bwdf"](x, dy, wt.shape, s, p, d)
+    return {"fwd": CONV_OPS["fwd"](x, wt, b, s, p, d), "bwd_data": CONV_OPS["bwdd"](dy, wt, x.shape, s, p, d),
+            "bwd_filter": dw, "bias_grad": db}
+
+
+VALIDATED = ("fwd", "bwd_data", "bwd_filter", "bias_grad")
+
+
+def test_conv_bench_validates_every_timed_variant(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row carries its distance from the reference on its own inputs, per pass; a wrong
+    backward-data marks exactly the fwd+bwd rows invalid, and bench/targets.py leaves them out."""
+    from bench import targets  # noqa: PLC0415
+    from gpuconv.ops import conv  # noqa: PLC0415
+
+    monkeypatch.setattr(bench_conv, "reference", numpy_conv_reference)
+    # L5: the GEMM backward-data; AlexNet conv1: the direct one (C=3, stride 4); d2: dilation
+    monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS
+                                               if L.name in ("L5", "AlexNet conv1", "dilated d2")])
+    rows = bench_conv.run(schedules=("reg", "async"))
+    no_errors(rows)
+    assert len(rows) == 3 * 2 * (2 + 3)
+    for r in rows:
+        keys = VALIDATED if " fwd+bwd" in r.name else ("fwd",)
+        errs = {k: r.extra[f"{k}_rel_err"] for k in keys}
+        assert all(e <= harness.REL_TOL[r.mode] for e in errs.values()) and "invalid" not in r.extra, (r.name, errs)
+        if r.mode == "fp32":
+            assert max(errs.values()) < 1e-5, (r.name, errs)
+    assert all(targets.usable(replace(r, theirs_ms=1.0)) for r in rows)
+
+    backward_data = conv.conv_backward_data
+
+    def off_by_one(*args: Any, **kwargs: Any) -> Any:   # one element wrong
+        out = backward_data(*args, **kwargs)
+        out[0, 0, 0, 0] += 1.0
+        return out
+    monkeypatch.setattr(conv, "conv_backward_data", off_by_one)
+    monkeypatch.setattr(bench_conv, "LAYERS", bench_conv.LAYERS[:1])
+    bad = bench_conv.run(precisions=("tf32",))
+    assert [(r.name.replace(" [wgmma]", "").split()[-1], r.extra.get("invalid")) for r in bad] == \
+        [("fwd", None), ("fwd+bwd", ["bwd_data"])] * 2   # default and [wgmma]
+    assert [targets.usable(replace(r, theirs_ms=1.0)) for r in bad] == [True, False] * 2
+
+
+def test_conv_bench_wgmma_only(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_session.sh budget: the never-timed wgmma rows in a process of their own."""
+    monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS if L.name == "1x1"])
+    monkeypatch.setattr(bench_fc, "SHAPES", [(8, 40, 24)])
+    rows = bench_conv.run(wgmma_only=True) + bench_fc.run(wgmma_only=True)
+    no_errors(rows)
+    assert [(r.name.split()[-1], r.mode) for r in rows] == [("[wgmma]", "tf32")] * (2 + 3)
+    gemm = re.compile(r"(conv_(fwd|bwdd|bwdf)_f32_\d|gemm_)")   # the GEMMs (not the direct bwd-data, bias grad)
+    assert all("_wgmma" in k for r in rows for k in timed.of(r) if gemm.match(k)), \
+        [timed.of(r) for r in rows]
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        bench_conv.run(wgmma=False, wgmma_only=True)
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        bench_fc.run(wgmma=False, wgmma_only=True)
+
+
+def test_fc_and_winograd_benches_validate(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv.ops import fc  # noqa: PLC0415
+
+    def numpy_fc_reference(x: Any, w: Any, b: Any, dy: Any) -> dict[str, Any]:
+        x, w, b, dy = (a.get() for a in (x, w, b, dy))
+        return {"fwd+bias": (x @ w.T + b,), "bwd data": (dy @ w,), "bwd weight+bias": (dy.T @ x, dy.sum(0))}
+    monkeypatch.setattr(bench_fc, "reference", numpy_fc_reference)
+    monkeypatch.setattr(bench_fc, "SHAPES", [(8, 40, 24)])
+    forward = fc.fc_forward
+
+    def bias_dropped(x: Any, w: Any, b: Any = None, **kwargs: Any) -> Any:
+        return forward(x, w, None, **kwargs)
+    monkeypatch.setattr(fc, "fc_forward", bias_dropped)
+    rows = bench_fc.run()
+    no_errors(rows)
+    assert len(rows) == 12
+    for r in rows:
+        assert (r.extra.get("invalid") == ["result"]) == ("fwd+bias" in r.name), (r.name, r.extra)
+        if "fwd+bias" not in r.name:
+            assert r.extra["result_rel_err"] <= harness.REL_TOL[r.mode], (r.name, r.extra)
+
+    monkeypatch.setattr(bench_conv, "reference", numpy_conv_reference)
+    monkeypatch.setattr(bench_winograd, "WINO_LAYERS", [tiny_layer(L) for L in bench_winograd.WINO_LAYERS[:1]])
+    rows = bench_winograd.run()
+    no_errors(rows)
+    for r in rows:
+        keys = {"fwd": ("fwd",), "bwd-data": ("bwd_data",), "bwd-filter": ("bwd_filter", "bias_grad"),
+                "fwd+bwd": VALIDATED}[r.name.rsplit(" ", 1)[-1]]
+        assert {k[:-8] for k in r.extra if k.endswith("_rel_err")} == set(keys), (r.name, r.extra)
+        assert "invalid" not in r.extra and all(r.extra[f"{k}_rel_err"] <= harness.REL_TOL[r.mode] for k in keys)
+
+
+def test_budget_logs_feed_the_verdict(timed: Timed, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """gpu_session.sh budget: what the bench commands print (rows streamed, with --json) is what
+    bench/targets.py reads; the JSON rows keep their validation fields, and rows timed under
+    non-default kernel settings keep names of their own."""
+    from bench import targets  # noqa: PLC0415
+
+    monkeypatch.setattr(bench_conv, "reference", numpy_conv_reference)
+    monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS])
+    bench_conv.main(["--json", "--only", "L5,1x1", "--precision", "fp32", "--wgmma", "off"])
+    monkeypatch.setenv("GPUCONV_CONV_ALGO", "winograd")
+    monkeypatch.setenv("GPUCONV_GEMM_WGMMA", "1")
+    train_rows = bench_train.gpu_vgg16_step(4, "tf32", model=TINY_NET)
+    out = capsys.readouterr().out
+    rows = targets.parse_rows(out + "\n".join(r.to_json() for r in train_rows))
+    conv = [r for r in rows if r.suite == "conv"]
+    assert len(conv) == 2 * 4   # markdown and JSON of each of 4 rows
+    # each row's markdown, then its JSON, as it finishes
+    assert [r.name for r in conv[:4]] == [f"{bench_conv.LAYERS[4].label} {p}" for p in ("fwd", "fwd", "fwd+bwd", "fwd+bwd")]
+    by_key = targets.latest(rows)
+    assert all(targets.validated(r) for (s, *_), r in by_key.items() if s == "conv")
+    assert [r.name for r in train_rows] == [f"{TINY_NET} train step batch 4{g} [algo=winograd, wgmma]"
+                                            for g in ("", " CUDA graph")]
 
 
 def test_conv_bench_refuses_an_unknown_layer_name() -> None:

@@ -1,0 +1,107 @@
+"""bench/targets.py: the benchmark issue's targets computed from rows, not copied by hand.
+
+The reference is bench/RESULTS.md itself: its H100 tables (the first pass, with the rows a
+later run replaced) must give the figures its "Where things stand" summary states, and that
+summary must state them, so neither the script nor the prose can drift from the measured rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import targets
+from bench.bench_conv import LAYERS
+from bench.harness import REL_TOL, Row, rel_err, validation
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = (ROOT / "bench" / "RESULTS.md").read_text()
+
+
+def by_target(rows: list[Row]) -> dict[str, targets.Verdict]:
+    return {v.target.split(",")[0] + (" fwd" if "of fwd " in v.target else ""): v for v in targets.verdicts(rows)}
+
+
+def test_results_md_rows_give_its_summary() -> None:
+    v = by_target(targets.parse_rows(RESULTS))
+    assert v["conv fp32"].default.startswith("0.45 (14 of 14") and v["conv fp32"].default_met == "no"
+    assert v["conv tf32"].default.startswith("0.34 (14 of 14") and v["conv tf32"].default_met == "no"
+    assert v["conv fp32 fwd"].default.startswith("0.73") and v["conv tf32 fwd"].default.startswith("0.41")
+    assert v["pool max 2/2 128x64x112x112 fwd >= 1.3"].default == "1.42"
+    assert v["FC fp32"].default == "0.62–1.05, 5 of 9 rows >= 0.8"
+    assert v["FC tf32"].default == "0.26–0.51, 0 of 9 rows >= 0.8"
+    # the VGG16 rows of the later run (876c67d) replace the first pass's (0.37)
+    assert v["VGG16 step batch 64 fp32 >= 0.7"].default == "0.39"
+    assert v["VGG16 step batch 64 tf32 >= 0.7"].default == "0.29"
+    summary = RESULTS.split("## Where things stand", 1)[1].split("\n## ", 1)[0]
+    for figure in ("**0.45**", "**0.34**", "forward alone: 0.73", "forward alone: 0.41", "**1.42x**",
+                   "fp32 **0.62–1.05**", "TF32 **0.26–0.51**", "5 of 9 rows", "fp32 **0.39x**", "TF32 **0.29x**"):
+        assert figure in summary, figure
+
+
+def conv_rows(mode: str, ratio: float, tag: str = "", **extra: object) -> list[Row]:
+    """One fwd+bwd row per suite layer at torch/ours = ratio."""
+    return [Row("conv", f"{L.label} fwd+bwd{tag}", mode, 1.0, ratio, extra=dict(extra)) for L in LAYERS]
+
+
+def test_best_variant_counts_only_validated_rows() -> None:
+    rows = conv_rows("fp32", 0.5) + conv_rows("fp32", 0.8, " [async]", fwd_rel_err=1e-6)
+    rows += conv_rows("fp32", 3.0, " [wgmma]", fwd_rel_err=0.5, invalid=["fwd"])   # fast but wrong
+    rows += conv_rows("fp32", 9.0, " [broken]", error="CUDARuntimeError")
+    v = by_target(rows)["conv fp32"]
+    assert v.default.startswith("0.50 (14 of 14") and v.default_met == "no"
+    assert v.best.startswith("0.80 (14 of 14; variants that won: async)") and v.best_met == "yes"
+    assert v.rows == "56 rows, 28 validated"
+    detail = "\n".join(targets.conv_detail(rows))
+    assert "| 0.50 | 0.80 (async) |" in detail and "off the reference (fwd)" in detail and "CUDARuntimeError" in detail
+
+
+def test_winograd_rows_join_the_conv_cases_and_missing_layers_are_incomplete() -> None:
+    three = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1]
+    rows = conv_rows("tf32", 0.4)[:-1]   # one layer missing
+    rows += [Row("winograd", f"{L.label} fwd+bwd", "tf32", 1.0, 0.9, extra={"fwd_rel_err": 1e-3}) for L in three]
+    v = by_target(rows)["conv tf32"]
+    assert v.default.startswith("0.40 (13 of 14") and v.default_met == "incomplete"
+    assert "variants that won: winograd" in v.best and v.best_met == "incomplete"
+
+
+def test_a_later_row_replaces_an_earlier_one() -> None:
+    md = "| train | vgg16 train step batch 64 | fp32 | 200.0 | 320.00 | 100.0 | 640.00 | 0.50 |\n"
+    js = Row("train", "vgg16 train step batch 64", "fp32", 100.0, 80.0, 64, "img/s").to_json()
+    graph = Row("train", "vgg16 train step batch 64 CUDA graph [algo=auto, wgmma]", "fp32", 100.0, 90.0).to_json()
+    v = by_target(targets.parse_rows(md + js + "\n" + graph))["VGG16 step batch 64 fp32 >= 0.7"]
+    assert v.default == "0.80" and v.default_met == "yes"
+    assert v.best == "0.90 (CUDA graph, algo=auto, wgmma)"
+    assert targets.parse_rows(md)[0].ratio == pytest.approx(0.5)   # the ratio comes from the times, not the text
+
+
+def test_parse_skips_what_is_not_a_row() -> None:
+    text = "\n".join(["| suite | case | mode | ours ms | ours rate | torch ms | torch rate | torch/ours |",
+                      "| layer | cuDNN fwd TFLOP/s | cuDNN bwd TFLOP/s | ours fwd | ours bwd |",
+                      "| fc | 8x4->2 fwd+bias | fp32 | — | — | — | — | — |",
+                      '{"suite": "fc", "name": 1}', "{not json", "pytest rc=0"])
+    rows = targets.parse_rows(text)
+    assert [(r.name, r.ours_ms) for r in rows] == [("8x4->2 fwd+bias", None)]
+    assert targets.verdicts(rows)[0].default_met == "incomplete"
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "conv.log"
+    log.write_text("\n".join(r.to_json() for r in conv_rows("fp32", 0.75, fwd_rel_err=1e-6)))
+    out = tmp_path / "targets.md"
+    assert targets.main([str(log), str(tmp_path / "missing.log"), "--out", str(out)]) == 0
+    assert "| 0.75 (14 of 14 layers) | yes |" in out.read_text() and out.read_text() == capsys.readouterr().out
+    (tmp_path / "empty.log").write_text("nothing here\n")
+    assert targets.main([str(tmp_path / "empty.log")]) == 1
+
+
+def test_validation_fields() -> None:
+    import numpy as np  # noqa: PLC0415
+
+    ref = np.array([1.0, -2.0, 4.0], np.float32)
+    assert rel_err(ref + np.float32(0.004), ref) == pytest.approx(1e-3, rel=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        rel_err(ref[:2], ref)
+    assert validation("tf32", {"fwd": 1e-3}) == {"fwd_rel_err": 1e-3}
+    bad = validation("fp32", {"fwd": 1e-3, "bwd_data": float("nan"), "bias_grad": 0.0})
+    assert bad["invalid"] == ["fwd", "bwd_data"] and REL_TOL["fp32"] < 1e-3 < REL_TOL["tf32"]
