@@ -26,7 +26,7 @@ SHAPES = [(128, 4096, 4096), (128, 25088, 4096), (1024, 4096, 4096)]
 
 def reference(x, w, b, dy) -> dict[str, object] | None:  # noqa: ANN001
     """cuBLAS's results on our inputs (PyTorch through DLPack, TF32 off: the fp32 truth both
-    precisions are checked against), keyed like ``CASES``; None without PyTorch and CUDA."""
+    precisions are checked against), keyed by case label; None without PyTorch and CUDA."""
     if torch is None or not torch.cuda.is_available():
         return None
     import cupy as cp  # noqa: PLC0415
@@ -93,7 +93,6 @@ def run(quick: bool = False, wgmma: bool | None = None, wgmma_only: bool = False
             ]
             for label, ours, outs, theirs in cases:
                 theirs_ms = time_torch(theirs, iters=iters) if theirs is not None else None
-                set_torch_tf32(False)
                 check = None if ref is None else (
                     lambda label=label, outs=outs, mode=mode: validation(mode, {
                         "result": max(rel_err(o, r) for o, r in zip(outs, ref[label]))}))
@@ -105,7 +104,6 @@ def run(quick: bool = False, wgmma: bool | None = None, wgmma_only: bool = False
                     row = _row(f"{name} {label}{tag}", mode, fn, theirs_ms, flops, iters, check)
                     rows.append(row)
                     emit([row])
-                set_torch_tf32(mode == "tf32")
         set_torch_tf32(False)
     return rows
 

@@ -55,9 +55,10 @@ budget)  # most important first; each step cut off at the deadline, every row pr
   step 60 train.log env GPUCONV_CONV_ALGO=auto GPUCONV_GEMM_WGMMA=1 GPUCONV_CACHE_DIR=/tmp/gpuconv-cache \
       python3 bench/bench_train.py --vgg16-step tf32 --json
   # 3. the verdict (even past the deadline: it reads logs, no GPU)
-  python3 bench/targets.py "$OUT"/conv.log "$OUT"/ops.log "$OUT"/train.log "$OUT"/wgmma.log "$OUT"/winograd.log \
-      --out "$OUT/targets.md" 2>> "$OUT/steps.log"
-  cat "$OUT/steps.log"; grep -h "WARNING\|Error" "$OUT"/*.log | sort | uniq -c | head -20
+  { echo "commit: ${GPUCONV_COMMIT:-unknown}"; cat "$OUT/env.txt"; echo
+    python3 bench/targets.py "$OUT"/conv.log "$OUT"/ops.log "$OUT"/train.log "$OUT"/wgmma.log "$OUT"/winograd.log
+  } > "$OUT/targets.md" 2>> "$OUT/steps.log"
+  cat "$OUT/steps.log" "$OUT/targets.md"; grep -h "WARNING\|Error" "$OUT"/*.log | sort | uniq -c | head -20
   ;;
 baseline)  # runs where git is: the GPU machine gets the working tree without .git
   rev=${2:?usage: gpu_session.sh baseline REV}
