@@ -291,13 +291,21 @@ def test_fc_and_winograd_benches_validate(timed: Timed, monkeypatch: pytest.Monk
 
     def bias_dropped(x: Any, w: Any, b: Any = None, **kwargs: Any) -> Any:
         return forward(x, w, None, **kwargs)
+    backward_weight = fc.fc_backward_weight
+
+    def bias_grad_off(*args: Any, **kwargs: Any) -> Any:   # dw right, db one element off
+        dw, db = backward_weight(*args, **kwargs)
+        db[0] += 1.0
+        return dw, db
     monkeypatch.setattr(fc, "fc_forward", bias_dropped)
+    monkeypatch.setattr(fc, "fc_backward_weight", bias_grad_off)
     rows = bench_fc.run()
     no_errors(rows)
     assert len(rows) == 12
     for r in rows:
-        assert (r.extra.get("invalid") == ["result"]) == ("fwd+bias" in r.name), (r.name, r.extra)
-        if "fwd+bias" not in r.name:
+        wrong = "fwd+bias" in r.name or "bwd weight+bias" in r.name
+        assert (r.extra.get("invalid") == ["result"]) == wrong, (r.name, r.extra)
+        if not wrong:
             assert r.extra["result_rel_err"] <= harness.REL_TOL[r.mode], (r.name, r.extra)
 
     monkeypatch.setattr(bench_conv, "reference", numpy_conv_reference)
