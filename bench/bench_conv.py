@@ -99,6 +99,14 @@ def reference(x, wt, b, dy, s: int, p: int, d: int) -> dict[str, object] | None:
             (("fwd", ty), ("bwd_data", gx), ("bwd_filter", gw), ("bias_grad", gb))}
 
 
+PASSES = ("fwd", "bwd_data", "bwd_filter", "bias_grad")   # the results ``reference`` returns
+
+
+def distances(ref: dict[str, object], y, dx, dw, db) -> dict[str, float]:  # noqa: ANN001
+    """Each pass's result's distance from ``reference``'s (harness.rel_err), keyed like PASSES."""
+    return {key: rel_err(got, ref[key]) for key, got in zip(PASSES, (y, dx, dw, db))}
+
+
 def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("reg",)) -> list[Row]:  # noqa: ANN001
     n, c, h, w, k, f, s, p, d = L.n, L.c, L.h, L.w, L.k, L.f, L.s, L.p, L.d
     yshape = conv.conv_output_shape((n, c, h, w), (k, c, f, f), s, p, d)
@@ -148,21 +156,20 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
         set_torch_tf32(False)
     # validate every timed variant on the same inputs: its forward, both gradients and the bias grad
     ref = reference(x, wt, b, dy, s, p, d)
-    checked: dict[str, dict] = {}
+    errs: dict[str, dict[str, float]] = {}
     for sc in schedules if ref is not None else ():
         _with(sc, ours_fwdbwd)()
-        checked[sc] = validation(mode, {key: rel_err(got, ref[key]) for key, got in
-                                        (("fwd", y), ("bwd_data", dx), ("bwd_filter", dw), ("bias_grad", db))})
+        errs[sc] = distances(ref, y, dx, dw, db)
     rows = []
     for sc, (ours_f, ours_fb) in ours.items():
         tag = "" if sc == "reg" else f" [{sc}]"  # the default schedule keeps the historical row names
-        ex = dict(extra, schedule=sc, **checked.get(sc, {}))
-        fwd_ex = {key: v for key, v in ex.items() if not key.startswith(("bwd_", "bias_grad", "invalid"))}
-        fwd_bad = [v for v in ex.get("invalid", []) if v == "fwd"]
+        e = errs.get(sc)
+        fwd_checked = validation(mode, {"fwd": e["fwd"]}) if e else {}
+        all_checked = validation(mode, e) if e else {}
         rows += [Row("conv", f"{L.label} fwd{tag}", mode, ours_f, theirs_f, flops,
-                     extra=dict(fwd_ex, invalid=fwd_bad) if fwd_bad else fwd_ex),
+                     extra=dict(extra, schedule=sc, **fwd_checked)),
                  Row("conv", f"{L.label} fwd+bwd{tag}", mode, ours_fb, theirs_fb, 3 * flops,
-                     extra=dict(ex, variant_bwdd=bwdd))]
+                     extra=dict(extra, schedule=sc, variant_bwdd=bwdd, **all_checked))]
     return rows
 
 
@@ -208,9 +215,9 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None,
     rows: list[Row] = []
     for L in layers:
         for mode in precisions:
-            scs = (WGMMA,) if wgmma_only else (*schedules, WGMMA) if mode == "tf32" and hopper else schedules
-            if mode != "tf32" and wgmma_only:
+            if wgmma_only and mode != "tf32":
                 continue
+            scs = (WGMMA,) if wgmma_only else (*schedules, WGMMA) if mode == "tf32" and hopper else schedules
             got = guarded_case("conv", L.label, mode, cp,
                                lambda L=L, mode=mode, scs=scs: _bench_layer(L, mode, cp, conv, scs))
             rows += got

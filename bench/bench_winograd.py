@@ -32,8 +32,8 @@ if __package__ in (None, ""):  # run as a script: make `gpuconv` and `bench` imp
 
 from bench import bench_conv  # noqa: E402  (its reference: one hook for both suites' validation)
 from bench.bench_conv import LAYERS, only_arg, select_layers  # noqa: E402
-from bench.harness import (Row, comma_choices, guarded_case, rel_err, set_torch_tf32, streamer,  # noqa: E402
-                           time_gpu, time_torch, torch, validation)
+from bench.harness import (Row, comma_choices, guarded_case, set_torch_tf32, streamer, time_gpu,  # noqa: E402
+                           time_torch, torch, validation)
 
 WINO_LAYERS = [L for L in LAYERS if L.f == 3 and L.s == 1 and L.d == 1 and L.p <= 2]
 QUICK = ("CIFAR 64", "VGG conv5_2")
@@ -105,8 +105,7 @@ def _bench_layer(L, cp, conv, winograd, precision: str) -> list[Row]:  # noqa: A
     ref = bench_conv.reference(x, wt, b, dy, 1, p, 1)
     if ref is not None:
         passes("winograd")["fwd+bwd"]()
-        errs = {key: rel_err(got, ref[key]) for key, got in
-                (("fwd", y), ("bwd_data", dx), ("bwd_filter", dw), ("bias_grad", db))}
+        errs = bench_conv.distances(ref, y, dx, dw, db)
         for name, keys in (("fwd", ("fwd",)), ("bwd-data", ("bwd_data",)), ("bwd-filter", ("bwd_filter", "bias_grad")),
                            ("fwd+bwd", tuple(errs))):
             checked[name] = validation(precision, {k: errs[k] for k in keys})

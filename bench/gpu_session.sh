@@ -32,14 +32,14 @@ what=${1:-tests}
 
 case "$what" in
 budget)  # most important first; each step cut off at the deadline, every row printed as it finishes
-  end=$((SECONDS + ${BUDGET_S:-480}))
+  start=$SECONDS end=$((SECONDS + ${BUDGET_S:-480}))
   step() {  # step CAP_S LOG COMMAND...: run COMMAND for at most CAP_S (and not past the deadline) >> $OUT/LOG
     local cap=$1 log=$2; shift 2
     local t=$((end - SECONDS)); ((t > cap)) && t=$cap
     if ((t < 20)); then echo "skipped (deadline): $*" >> "$OUT/steps.log"; return; fi
     echo "$(date -u +%T) up to ${t}s: $*" >> "$OUT/steps.log"
     timeout "$t" "$@" >> "$OUT/$log" 2>&1
-    echo "  rc=$? after $((SECONDS - end + ${BUDGET_S:-480}))s of the budget" >> "$OUT/steps.log"
+    echo "  rc=$? after $((SECONDS - start))s of the budget" >> "$OUT/steps.log"
   }
   # 1. main's default kernels: the figures (conv, VGG16 step, FC, pooling)
   step 200 conv.log python3 bench/bench_conv.py --wgmma off --json

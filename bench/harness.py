@@ -113,9 +113,15 @@ def kernel_tag() -> str:
     defaults, so rows timed under different settings (one process each) keep distinct names."""
     from gpuconv.ops import autotune, winograd  # noqa: PLC0415
 
-    parts = [f"algo={a}" for a in [winograd.chosen_algo(None)] if a != "gemm"]
-    parts += [s for s in [autotune.schedule()] if s != "reg"]
-    parts += ["wgmma"] * autotune.wgmma_enabled() + ["autotune"] * autotune.enabled()
+    parts = []
+    if winograd.chosen_algo(None) != "gemm":
+        parts.append(f"algo={winograd.chosen_algo(None)}")
+    if autotune.schedule() != "reg":
+        parts.append(autotune.schedule())
+    if autotune.wgmma_enabled():
+        parts.append("wgmma")
+    if autotune.enabled():
+        parts.append("autotune")
     return f" [{', '.join(parts)}]" if parts else ""
 
 
