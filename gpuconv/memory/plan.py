@@ -17,7 +17,7 @@ The notes' three categories (CS231n, "Computational Considerations"):
   kept ("discarding the previous activations on layers below").
 - parameters, their gradients and the optimizer's step cache: one separate
   allocation, the *param store* (params | grads | state 0 | state 1).
-- miscellaneous: the input batch, the labels, an augmented copy if asked; in
+- miscellaneous: the input batch, the labels; in
   training also the step's small state (loss scratch, running loss and accuracy
   totals, the per-step optimizer scalars and dropout keys), so that a training
   step allocates nothing at all.
@@ -190,7 +190,7 @@ class Plan:
         acts = sum(r.activation_bytes + r.gradient_bytes + r.saved_bytes + r.workspace_bytes for r in self.rows)
         return {"activations (no reuse)": acts, "activations (arena, with reuse)": self.arena_bytes,
                 "parameters (params + grads + optimizer state)": self.param_store_bytes,
-                "misc (input batch, labels, augmented copy, step state)": self.misc_bytes}
+                "misc (input batch, labels, step state)": self.misc_bytes}
 
     # ---- output ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -328,14 +328,14 @@ def _is_inplace(layer: Any, inference: bool) -> bool:
 
 
 def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool = False, dtype: Any = None,
-              include_input: bool = True, augment: bool = False, include_labels: bool | None = None,
+              include_input: bool = True, include_labels: bool | None = None,
               _other_mode: bool = True) -> Plan:
     """Plan one training step (or one inference forward) of ``net`` at ``batch``.
 
     ``net`` needs only its static information: ``layers`` (built), ``input_shape``,
     ``dtype``, ``name``.  ``dtype`` overrides the float dtype (e.g. to see a
     float64 run); uint8 switches/masks keep their dtype.  ``include_input``
-    counts the input batch (misc); ``augment`` adds an augmented copy of it;
+    counts the input batch (misc) (augmentation writes into it in place: see gpuconv.augment);
     labels (int32) are counted in training unless ``include_labels`` is False.
     """
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
@@ -365,7 +365,7 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
     tensors: list[PlannedTensor] = []
     layer_tensors: list[dict[str, Any]] = [{"out": None, "dx": None, "saved": {}, "workspace": {}} for _ in layers]
 
-    # ---- misc: the input batch (the tensor activation -1 refers to), labels, augmented copy
+    # ---- misc: the input batch (the tensor activation -1 refers to), labels
     misc: list[PlannedTensor] = []
     in_shape = (batch, *tuple(net.input_shape))
     input_t = PlannedTensor("input", "misc", -1, in_shape, fdt.name, tensor_bytes(in_shape, fdt),
@@ -374,9 +374,6 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
         misc.append(input_t)
     if include_labels if include_labels is not None else not inference:
         misc.append(PlannedTensor("labels", "misc", -1, (batch,), LABEL_DTYPE.name, batch * LABEL_DTYPE.itemsize,
-                                  start=0, end=num_steps - 1, intervals=((0, num_steps - 1),), region="misc"))
-    if augment:
-        misc.append(PlannedTensor("augmented", "misc", -1, in_shape, fdt.name, input_t.nbytes,
                                   start=0, end=num_steps - 1, intervals=((0, num_steps - 1),), region="misc"))
     if not inference:
         # The step's own small state, so a step allocates nothing (and can be a CUDA graph):
@@ -513,7 +510,7 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
                     int(math.prod(l.out_shape)) for l in layers if not _is_inplace(l, True)))
     if _other_mode:
         other = make_plan(net, batch, optimizer=optimizer, inference=not inference, dtype=dtype,
-                          include_input=include_input, augment=augment, _other_mode=False)
+                          include_input=include_input, _other_mode=False)
         plan.other_mode_total_bytes = other.total_bytes
     return plan
 
