@@ -21,7 +21,7 @@ import numpy as np
 
 from gpuconv import device
 
-__all__ = ["CheckpointError", "META_KEY", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "META_KEY", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta"]
 
 META_KEY = "__meta__"
 
@@ -91,6 +91,46 @@ def save_checkpoint(
     _fsync_dir(path.parent if str(path.parent) else Path("."))
 
 
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Only the ``meta`` of a checkpoint (epoch, history, config): the arrays are not read."""
+    path = Path(path)
+    _check_exists(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path}: not an .npz archive")
+        with z:
+            if META_KEY not in z.files:
+                raise CheckpointError(f"{path}: no {META_KEY} entry (not a gpuconv checkpoint)")
+            raw = z[META_KEY]
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {e})") from e
+    return _decode_meta(path, raw)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        msg = f"no checkpoint at {path}"
+        tmp = Path(str(path) + ".tmp")
+        if tmp.exists():
+            msg += f" ({tmp} exists: an interrupted save; it was left untouched)"
+        raise CheckpointError(msg)
+
+
+def _decode_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:
+    try:
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"{META_KEY} has dtype {raw.dtype} and shape {raw.shape}")
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"{META_KEY} holds a {type(meta).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: bad metadata: {e}") from e
+    return meta
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_checkpoint`: ``(arrays, meta)``.
 
@@ -99,12 +139,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     nothing is ever deleted or repaired here.
     """
     path = Path(path)
-    if not path.is_file():
-        msg = f"no checkpoint at {path}"
-        tmp = Path(str(path) + ".tmp")
-        if tmp.exists():
-            msg += f" ({tmp} exists: an interrupted save; it was left untouched)"
-        raise CheckpointError(msg)
+    _check_exists(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy file loads as an array
@@ -117,13 +152,4 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {e})") from e
     if META_KEY not in arrays:
         raise CheckpointError(f"{path}: no {META_KEY} entry (not a gpuconv checkpoint)")
-    raw = arrays.pop(META_KEY)
-    try:
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError(f"{META_KEY} has dtype {raw.dtype} and shape {raw.shape}")
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError(f"{META_KEY} holds a {type(meta).__name__}, not an object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: bad metadata: {e}") from e
-    return arrays, meta
+    return arrays, _decode_meta(path, arrays.pop(META_KEY))

@@ -2,9 +2,12 @@
 
 Device numbers come from NVML (``pynvml``, from nvidia-ml-py), which answers
 WITHOUT creating a CUDA context, so asking "does it fit?" costs nothing on the
-device.  Explicit byte budgets ("12GiB", "800MiB", 2**30) work on any machine;
-only a device-relative budget (a fraction, or None = the free memory now) needs
-NVML, and raises :class:`BudgetError` with a clear message where there is none.
+device.  A budget is an amount with a unit ("12GiB", "800MiB", "16GB") or a
+number without a unit, which is a fraction of the memory and only in (0, 1]
+("0.9"); None means the memory free now.  For the GPU the memory is the card's
+(NVML; :class:`BudgetError` with a clear message where NVML does not answer); for
+the CPU (``device="cpu"``: a run of the NumPy path) it is this machine's memory
+(``/proc/meminfo``: MemTotal, MemAvailable), and there is no CUDA context.
 
 ``max_batch`` searches on the plan (pure arithmetic), never by trial runs.
 """
@@ -50,9 +53,43 @@ def _nvml() -> Any:
         import pynvml  # noqa: PLC0415
         pynvml.nvmlInit()
     except Exception as e:  # noqa: BLE001  (no library, no driver, no GPU)
-        raise BudgetError(f"a device memory budget needs NVML, which is not usable here ({type(e).__name__}: {e}); "
-                          f"give an explicit budget such as --budget 12GiB instead") from e
+        raise BudgetError(f"the GPU's memory is unknown: NVML is not usable here ({type(e).__name__}: {e})") from e
     return pynvml
+
+
+MEMINFO = "/proc/meminfo"
+
+
+def host_memory() -> DeviceMemory:
+    """This machine's memory (MemTotal, MemAvailable of /proc/meminfo): the CPU path's budget."""
+    try:
+        fields = {}
+        for line in Path(MEMINFO).read_text().splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                fields[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        total, free = fields["MemTotal"], fields["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError) as e:
+        raise BudgetError(f"this machine's memory is unknown ({MEMINFO}: {type(e).__name__}: {e})") from e
+    return DeviceMemory(-1, "host memory", total, free, total - free)
+
+
+def memory_of(device: str = "cuda") -> DeviceMemory:
+    """The memory a budget is a part of: the GPU's (NVML) or, for ``device="cpu"``, this machine's."""
+    return host_memory() if device == "cpu" else device_memory()
+
+
+def validate_safety(safety: Any) -> float:
+    """The safety fraction as a float in [0, 1); anything else is a :class:`BudgetError`."""
+    try:
+        value = float(safety)
+    except (TypeError, ValueError):
+        raise BudgetError(f"--safety {safety!r}: not a number; give the fraction of the budget kept free, "
+                          f"in [0, 1), e.g. 0.05") from None
+    if not 0 <= value < 1:
+        raise BudgetError(f"--safety {safety}: the fraction of the budget kept free must be in [0, 1), e.g. 0.05")
+    return value
 
 
 def device_memory(index: int | None = None) -> DeviceMemory:
@@ -156,40 +193,78 @@ def _measure_in_subprocess() -> int:
 
 
 def overhead_bytes() -> int:
-    """The CuPy/NVRTC/pool overhead estimate (env ``GPUCONV_OVERHEAD_BYTES`` overrides)."""
+    """The CuPy/NVRTC/pool overhead estimate (env ``GPUCONV_OVERHEAD_BYTES`` overrides; a plain number is bytes)."""
     v = os.environ.get(OVERHEAD_ENV)
-    return parse_budget(v) if v else DEFAULT_OVERHEAD_BYTES
+    return parse_bytes(v) if v else DEFAULT_OVERHEAD_BYTES
 
 
-def parse_budget(budget: str | int | float | None) -> int:
-    """Bytes from '12GiB', '800MiB', '1.5GB', 123456, a fraction '0.9' (of total device memory), or None.
+_AMOUNT = re.compile(r"([0-9]*\.?[0-9]+(?:e[+]?[0-9]+)?)\s*([a-zA-Z]*)", re.IGNORECASE)
+_EXAMPLES = "e.g. 12GiB, 800MiB, 16GB, or 0.9 (a fraction of the memory)"
 
-    None means the device's free memory now (NVML).  A number in (0, 1] is a
-    fraction of the device's total memory; an integer > 1 is bytes.
+
+def _split(budget: Any) -> tuple[float, str, str]:
+    """(value, unit, text) of a budget string; BudgetError when it is not one."""
+    text = str(budget).strip()
+    m = _AMOUNT.fullmatch(text.replace("_", "").replace(",", ""))
+    if not m:
+        if text.startswith("-"):
+            raise BudgetError(f"--budget {text}: a memory budget must be positive ({_EXAMPLES})")
+        raise BudgetError(f"--budget {text!r}: not a memory budget; write {_EXAMPLES}")
+    unit = m.group(2).lower()
+    if unit not in _UNITS:
+        raise BudgetError(f"--budget {text}: unknown unit {m.group(2)!r}; use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB")
+    value = float(m.group(1))
+    if value <= 0:
+        raise BudgetError(f"--budget {text}: a memory budget must be positive ({_EXAMPLES})")
+    return value, unit, text
+
+
+def parse_bytes(amount: str | int) -> int:
+    """Bytes from '96MiB', '1GB' or a plain number of bytes (for settings that are always amounts)."""
+    if isinstance(amount, int) and not isinstance(amount, bool):
+        return amount
+    value, unit, _ = _split(amount)
+    return int(value * _UNITS[unit])
+
+
+def parse_budget(budget: str | int | float | None, *, device: str = "cuda") -> int:
+    """Bytes from '12GiB', '800MiB', '1.5GB', a fraction '0.9' of the memory, or None (the memory free now).
+
+    A string without a unit is a fraction of the memory and must be in (0, 1]:
+    '1.5' or '123456' is refused with a message asking for a unit.  The memory
+    is the GPU's, or this machine's for ``device="cpu"``.  From Python, an int
+    (or a float above 1) is a number of bytes and a float in (0, 1] a fraction.
     """
+    where = "this machine's memory" if device == "cpu" else "the GPU's memory"
     if budget is None:
-        return device_memory().free
+        try:
+            return memory_of(device).free
+        except BudgetError as e:
+            raise BudgetError(f"no --budget was given and {e}; give an explicit budget such as --budget 12GiB") \
+                from None
     if isinstance(budget, bool):
         raise BudgetError(f"not a memory budget: {budget!r}")
-    if isinstance(budget, float) and 0 < budget <= 1:
-        return int(budget * device_memory().total)  # a fraction of the device
     if isinstance(budget, (int, float)):
+        if isinstance(budget, float) and 0 < budget <= 1:
+            return _fraction(budget, str(budget), device)
         if budget < 1:
             raise BudgetError(f"a memory budget must be positive, got {budget!r}")
         return int(budget)  # bytes
-    s = str(budget).strip().replace("_", "").replace(",", "")
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)", s)
-    if not m:
-        raise BudgetError(f"cannot read memory budget {budget!r}: write e.g. 12GiB, 800MiB, 16GB or 0.9 "
-                          f"(a fraction of the device's total memory)")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    if unit not in _UNITS:
-        raise BudgetError(f"unknown unit {m.group(2)!r} in memory budget {budget!r}: use B, KiB, MiB, GiB, KB, MB, GB")
-    if value <= 0:
-        raise BudgetError(f"a memory budget must be positive, got {budget!r}")
-    if unit == "" and value <= 1 and "." in m.group(1):
-        return int(value * device_memory().total)  # "0.9": a fraction of the device
-    return int(value * _UNITS[unit])
+    value, unit, text = _split(budget)
+    if unit:
+        return int(value * _UNITS[unit])
+    if value > 1:
+        raise BudgetError(f"--budget {text}: a number without a unit is a fraction of {where}, in (0, 1]; "
+                          f"for an amount give a unit, e.g. {text}GiB or {text}MB")
+    return _fraction(value, text, device)
+
+
+def _fraction(value: float, text: str, device: str) -> int:
+    try:
+        return int(value * memory_of(device).total)
+    except BudgetError as e:
+        raise BudgetError(f"--budget {text} is a fraction of the memory, but {e}; give an amount instead, "
+                          f"e.g. --budget 12GiB") from None
 
 
 def _is_device_relative(budget: Any) -> bool:
@@ -197,11 +272,22 @@ def _is_device_relative(budget: Any) -> bool:
         return True
     if isinstance(budget, float) and 0 < budget <= 1:
         return True
-    return isinstance(budget, str) and re.fullmatch(r"\s*0?\.[0-9]+\s*|\s*1\.0*\s*", budget) is not None
+    if isinstance(budget, str):
+        try:
+            return _split(budget)[1] == ""
+        except BudgetError:
+            return False
+    return False
 
 
-def resolve_overheads(budget: Any, context_bytes: int | None, extra_bytes: int | None) -> tuple[int, int, str]:
-    """(context, overhead, note): measured where a GPU answers, else 0 with a note saying so."""
+def resolve_overheads(budget: Any, context_bytes: int | None, extra_bytes: int | None,
+                      device: str = "cuda") -> tuple[int, int, str]:
+    """(context, overhead, note): measured where a GPU answers, else 0 with a note saying so.
+
+    On the CPU there is no CUDA context and no kernel overhead: both are 0.
+    """
+    if device == "cpu":
+        return int(context_bytes or 0), int(extra_bytes or 0), "the CPU path: the budget is this machine's memory"
     note = ""
     if context_bytes is None:
         try:
@@ -209,24 +295,23 @@ def resolve_overheads(budget: Any, context_bytes: int | None, extra_bytes: int |
         except BudgetError as e:
             if _is_device_relative(budget):
                 raise
-            context_bytes, note = 0, f"context cost not included (no GPU here: {e})"
+            context_bytes, note = 0, f"CUDA context and kernel overhead not included: {e}"
     if extra_bytes is None:
         extra_bytes = overhead_bytes() if not note else 0
     return int(context_bytes), int(extra_bytes), note
 
 
 def fits(plan: Plan, budget: Any, *, safety: float = DEFAULT_SAFETY, context_bytes: int | None = None,
-         overhead: int | None = None) -> tuple[bool, dict[str, Any]]:
+         overhead: int | None = None, device: str = "cuda") -> tuple[bool, dict[str, Any]]:
     """Whether ``plan`` (+ CUDA context + overhead) fits in ``budget * (1 - safety)``; detail explains."""
-    if not 0 <= safety < 1:
-        raise ValueError(f"safety must be in [0, 1), got {safety}")
-    total_budget = parse_budget(budget)
-    ctx, extra, note = resolve_overheads(budget, context_bytes, overhead)
+    safety = validate_safety(safety)
+    total_budget = parse_budget(budget, device=device)
+    ctx, extra, note = resolve_overheads(budget, context_bytes, overhead, device)
     limit = int(total_budget * (1 - safety))
     need = plan.total_bytes + ctx + extra
     detail = {"budget_bytes": total_budget, "limit_bytes": limit, "safety": safety, "plan_bytes": plan.total_bytes,
               "context_bytes": ctx, "overhead_bytes": extra, "needed_bytes": need, "headroom_bytes": limit - need,
-              "note": note,
+              "note": note, "device": device,
               "summary": (f"needs {fmt_bytes(need)} (plan {fmt_bytes(plan.total_bytes)} + context {fmt_bytes(ctx)} "
                           f"+ overhead {fmt_bytes(extra)}) of {fmt_bytes(limit)} usable "
                           f"({fmt_bytes(total_budget)} budget - {safety:.0%} safety)")}
@@ -235,18 +320,19 @@ def fits(plan: Plan, budget: Any, *, safety: float = DEFAULT_SAFETY, context_byt
 
 def max_batch(net: Any, budget: Any, optimizer: str = "sgd", safety: float = DEFAULT_SAFETY, *,
               inference: bool = False, context_bytes: int | None = None, overhead_bytes: int | None = None,
-              limit: int = 1 << 24) -> int:
+              limit: int = 1 << 24, device: str = "cuda") -> int:
     """The largest batch whose planned total fits ``budget * (1 - safety)``; 0 when not even batch 1 does.
 
     Exponential then binary search with the invariant "lo fits, hi does not", so
     the result fits and result + 1 does not, whatever the plan's shape.
     """
-    ctx, extra, _ = resolve_overheads(budget, context_bytes, overhead_bytes)
-    budget_bytes = parse_budget(budget)
+    safety = validate_safety(safety)
+    ctx, extra, _ = resolve_overheads(budget, context_bytes, overhead_bytes, device)
+    budget_bytes = parse_budget(budget, device=device)
 
     def ok(b: int) -> bool:
         plan = make_plan(net, b, optimizer=optimizer, inference=inference, _other_mode=False)
-        return fits(plan, budget_bytes, safety=safety, context_bytes=ctx, overhead=extra)[0]
+        return fits(plan, budget_bytes, safety=safety, context_bytes=ctx, overhead=extra, device=device)[0]
 
     if not ok(1):
         return 0
