@@ -1,4 +1,4 @@
-"""The benchmark issue's targets, computed from benchmark rows: met or not.
+"""The project's benchmark targets, computed from benchmark rows: met or not.
 
     python bench/targets.py LOG [LOG ...] [--out targets.md]
 
@@ -14,6 +14,8 @@ case: what making that variant the default, or the autotuner choosing it, would 
 A row whose result was off the reference (``extra['invalid']``) or that failed
 (``extra['error']``, no time) counts for neither; rows without validation fields
 (markdown only, e.g. the older RESULTS tables) count and are reported as unvalidated.
+``entries`` says which log entry of bench/RESULTS.md (the heading above a row, with the commits
+its ``- commit:`` line names) holds the row each figure comes from.
 
 The targets (ratios torch/ours time, same process, same precision):
 conv fp32 and TF32: median over the suite's layers of forward+backward >= 0.7 / 0.5;
@@ -129,6 +131,7 @@ class Verdict:
     best: str           # the figure over the best validated variant per case
     best_met: str
     rows: str           # how many rows, how many validated
+    used: list[Row] = field(default_factory=list)   # the rows behind the default figure
 
 
 def _met(ok: bool, complete: bool) -> str:
@@ -146,14 +149,15 @@ def conv_verdict(rows: dict[tuple[str, str, str], Row], mode: str, passes: str =
     found = {name: cs[name] for name in want if name in cs}
     if not found:
         return None
-    dflt = [c.default.ratio for c in found.values() if c.default is not None and usable(c.default)]
+    used = [c.default for c in found.values() if c.default is not None and usable(c.default)]
+    dflt = [r.ratio for r in used]
     bests = [b for b in (c.best() for c in found.values()) if b is not None]
     won = sorted({v for v, _ in bests if v != "default"})
     med_d = statistics.median(dflt) if dflt else None
     med_b = statistics.median([r.ratio for _, r in bests]) if bests else None
     label = f"conv {mode}, median over the {len(want)} suite layers of {passes}" + \
         (f" >= {threshold}" if passes == "fwd+bwd" else " (not a target)")
-    used = [r for c in found.values() for r in c.variants.values()]
+    counted = [r for c in found.values() for r in c.variants.values()]
     return Verdict(
         label,
         f"{med_d:.2f} ({len(dflt)} of {len(want)} layers)" if med_d is not None else "—",
@@ -161,14 +165,15 @@ def conv_verdict(rows: dict[tuple[str, str, str], Row], mode: str, passes: str =
         f"{med_b:.2f} ({len(bests)} of {len(want)}; variants that won: {', '.join(won) or 'none'})"
         if med_b is not None else "—",
         _met(med_b is not None and med_b >= threshold, len(bests) == len(want)) if passes == "fwd+bwd" else "—",
-        _count(used))
+        _count(counted), used)
 
 
 def fc_verdict(rows: dict[tuple[str, str, str], Row], mode: str) -> Verdict | None:
     cs = cases(rows, "fc", mode)
     if not cs:
         return None
-    dflt = [c.default.ratio for c in cs.values() if c.default is not None and usable(c.default)]
+    used = [c.default for c in cs.values() if c.default is not None and usable(c.default)]
+    dflt = [r.ratio for r in used]
     bests = [b for b in (c.best() for c in cs.values()) if b is not None]
 
     def fig(rs: list[float]) -> str:
@@ -179,7 +184,7 @@ def fc_verdict(rows: dict[tuple[str, str, str], Row], mode: str) -> Verdict | No
                    _met(bool(dflt) and min(dflt) >= FC_THRESHOLD, len(dflt) == len(cs)),
                    fig([r.ratio for _, r in bests]) + (f"; variants that won: {', '.join(won)}" if won else ""),
                    _met(bool(bests) and min(r.ratio for _, r in bests) >= FC_THRESHOLD, len(bests) == len(cs)),
-                   _count([r for c in cs.values() for r in c.variants.values()]))
+                   _count([r for c in cs.values() for r in c.variants.values()]), used)
 
 
 def single_verdict(rows: dict[tuple[str, str, str], Row], suite: str, case: str, mode: str, threshold: float,
@@ -191,7 +196,41 @@ def single_verdict(rows: dict[tuple[str, str, str], Row], suite: str, case: str,
     b = c.best()
     return Verdict(label, f"{d:.2f}" if d is not None else "—", _met(d is not None and d >= threshold, d is not None),
                    f"{b[1].ratio:.2f} ({b[0]})" if b else "—", _met(b is not None and b[1].ratio >= threshold, b is not None),
-                   _count(list(c.variants.values())))
+                   _count(list(c.variants.values())), [c.default] if d is not None else [])
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A log entry of bench/RESULTS.md: its heading, the commits its ``- commit:`` line names, its text."""
+    heading: str
+    commits: tuple[str, ...]
+    text: str
+
+
+_HEADING = re.compile(r"^#+\s+(?P<title>.*\S)\s*$")
+_COMMIT_LINE = re.compile(r"^\s*-\s*commits?:(?P<rest>.*)$")
+_HASH = re.compile(r"\b[0-9a-f]{7,40}\b")
+
+
+def entries(text: str) -> dict[tuple[str, str, str], Entry]:
+    """Per (suite, case, mode): the entry (the nearest heading above it) holding the row that
+    ``latest`` keeps, i.e. the last one in ``text``."""
+    blocks: list[tuple[str, list[str]]] = [("", [])]
+    where: dict[tuple[str, str, str], int] = {}
+    for line in text.splitlines():
+        h = _HEADING.match(line)
+        if h:
+            blocks.append((h["title"], []))
+            continue
+        blocks[-1][1].append(line)
+        for r in parse_rows(line):
+            where[(r.suite, r.name, r.mode)] = len(blocks) - 1
+    out = {}
+    for key, i in where.items():
+        title, lines = blocks[i]
+        commits = tuple(h for ln in lines if (m := _COMMIT_LINE.match(ln)) for h in _HASH.findall(m["rest"]))
+        out[key] = Entry(title, commits, "\n".join(lines))
+    return out
 
 
 def verdicts(rows: list[Row]) -> list[Verdict]:

@@ -1,11 +1,13 @@
-"""bench/targets.py: the benchmark issue's targets computed from rows, not copied by hand.
+"""bench/targets.py: the project's benchmark targets computed from rows, not copied by hand.
 
-The reference is bench/RESULTS.md itself: its H100 tables (the first pass, with the rows a
-later run replaced) must give the figures its "Where things stand" summary states, and that
-summary must state them, so neither the script nor the prose can drift from the measured rows.
+The reference is bench/RESULTS.md itself: the rows of its log (the first H100 pass, with the rows
+a later run replaced) must give the figures its "Current figures" table states, that table must
+state them with the commits of the log entries the rows come from, and neither file of measured
+figures and performance notes may narrate how the work was organised.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,35 @@ from bench.harness import REL_TOL, Row, rel_err, validation
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = (ROOT / "bench" / "RESULTS.md").read_text()
+PERFORMANCE = ROOT / "docs" / "performance.md"
+CURRENT = "## Current figures"
+TABLE_COLUMNS = ["target", "figure", "met?", "device", "date", "commit", "command", "log"]
 
 
 def by_target(rows: list[Row]) -> dict[str, targets.Verdict]:
     return {v.target.split(",")[0] + (" fwd" if "of fwd " in v.target else ""): v for v in targets.verdicts(rows)}
 
 
-def test_results_md_rows_give_its_summary() -> None:
+def current_table(text: str = RESULTS) -> dict[str, dict[str, str]]:
+    """The "Current figures" table: per target (first cell), its cells by column, "same" resolved to
+    the row above's cell."""
+    assert CURRENT in text, "bench/RESULTS.md has no 'Current figures' section"
+    section = text.split(CURRENT, 1)[1].split("\n## ", 1)[0]
+    lines = [ln.strip() for ln in section.splitlines() if ln.strip().startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == TABLE_COLUMNS
+    out: dict[str, dict[str, str]] = {}
+    above: dict[str, str] = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            break   # the next table (per layer)
+        row = {h: (above[h] if c == "same" else c) for h, c in zip(header, cells)}
+        out[row["target"]] = above = row
+    return out
+
+
+def test_results_md_rows_give_its_figures() -> None:
     v = by_target(targets.parse_rows(RESULTS))
     assert v["conv fp32"].default.startswith("0.45 (14 of 14") and v["conv fp32"].default_met == "no"
     assert v["conv tf32"].default.startswith("0.34 (14 of 14") and v["conv tf32"].default_met == "no"
@@ -33,10 +57,79 @@ def test_results_md_rows_give_its_summary() -> None:
     # the VGG16 rows of the later run (876c67d) replace the first pass's (0.37)
     assert v["VGG16 step batch 64 fp32 >= 0.7"].default == "0.39"
     assert v["VGG16 step batch 64 tf32 >= 0.7"].default == "0.29"
-    summary = RESULTS.split("## Where things stand", 1)[1].split("\n## ", 1)[0]
-    for figure in ("**0.45**", "**0.34**", "forward alone: 0.73", "forward alone: 0.41", "**1.42x**",
-                   "fp32 **0.62–1.05**", "TF32 **0.26–0.51**", "5 of 9 rows", "fp32 **0.39x**", "TF32 **0.29x**"):
-        assert figure in summary, figure
+
+
+def problems(text: str) -> list[str]:
+    """Where the "Current figures" table of ``text`` disagrees with the rows of its log: a figure or
+    verdict other than bench/targets.py's, or a commit, log entry or command other than those of the
+    entries holding the rows behind the figure."""
+    table = current_table(text)
+    rows = targets.parse_rows(text)
+    where = targets.entries(text)
+    out = []
+    for v in targets.verdicts(rows):
+        row = table.get(v.target)
+        if row is None:
+            out.append(f"no row for {v.target!r}")
+            continue
+        if not row["figure"].replace("**", "").startswith(v.default):
+            out.append(f"{v.target}: figure {row['figure']!r}, the rows give {v.default!r}")
+        if row["met?"] != v.default_met:
+            out.append(f"{v.target}: met? {row['met?']!r}, the rows give {v.default_met!r}")
+        if not re.fullmatch(r"\d{4}-\d\d-\d\d", row["date"]) or not row["device"]:
+            out.append(f"{v.target}: no device or date")
+        commands = re.findall(r"`([^`]+)`", row["command"])
+        for entry in {where[(r.suite, r.name, r.mode)] for r in v.used}:
+            if not entry.commits:
+                out.append(f"{v.target}: log entry {entry.heading!r} names no commit")
+            out += [f"{v.target}: commit {c} of {entry.heading!r} not named" for c in entry.commits
+                    if c not in row["commit"]]
+            if entry.heading not in row["log"]:
+                out.append(f"{v.target}: log entry {entry.heading!r} not named")
+            if not any(c in entry.text for c in commands):
+                out.append(f"{v.target}: none of the commands {commands} is in {entry.heading!r}")
+    detail = "\n".join(targets.conv_detail(rows))
+    if detail not in text.split(CURRENT, 1)[1].split("\n## ", 1)[0]:
+        out.append("the per-layer conv table is not the one bench/targets.py gives")
+    return out
+
+
+def test_current_figures_agree_with_the_log() -> None:
+    assert problems(RESULTS) == []
+
+
+def test_a_stale_table_is_caught() -> None:
+    stale = RESULTS.replace("| **0.62–1.05, 5 of 9 rows >= 0.8** | no |", "| **0.63–1.05, 5 of 9 rows >= 0.8** | no |")
+    assert stale != RESULTS and problems(stale) == ["FC fp32, every row >= 0.8: figure '**0.63–1.05, 5 of 9 rows "
+                                                    ">= 0.8**', the rows give '0.62–1.05, 5 of 9 rows >= 0.8'"]
+    wrong = RESULTS.replace("| **1.42** (2.33 TB/s); 3/2: 1.18 | yes |", "| **1.42** (2.33 TB/s); 3/2: 1.18 | no |")
+    assert wrong != RESULTS and len(problems(wrong)) == 1
+    # a newer FC row at another commit: its figure and its commit are both missing from the table
+    newer = RESULTS + ("\n#### H100 later FC run\n\n- commit: abcdef1\n- command: `python bench/bench_fc.py`\n\n"
+                       "| fc | 128x4096->4096 bwd data | fp32 | 0.100 | 1 | 0.100 | 1 | 1.00 |\n")
+    found = problems(newer)
+    assert any("commit abcdef1" in p for p in found) and any("'H100 later FC run' not named" in p for p in found)
+    assert any("figure" in p and "0.63–1.05" in p for p in found)
+    assert any("per-layer" in p for p in problems(RESULTS.replace("| 0.39 | 0.39 (default) |", "| 0.38 | 0.39 (default) |")))
+
+
+NARRATION = re.compile(r"(?<!gpu_)\bsessions?\b|\bhelpers?\b|\bthe lead\b|\bagents?\b|\bissue #?\d+|"
+                       r"\bnext GPU\b|\bstop \d+\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", ["bench/RESULTS.md", "docs/performance.md", "docs/README.md"])
+def test_results_and_docs_do_not_narrate_the_work(path: str) -> None:
+    p = ROOT / path
+    if not p.is_file():
+        pytest.skip(f"{path} does not exist")
+    hits = [f"{i}: {ln.strip()}" for i, ln in enumerate(p.read_text().splitlines(), 1) if NARRATION.search(ln)]
+    assert not hits, "\n".join(hits)
+
+
+def test_the_narration_check_can_fail() -> None:
+    for text in ("the next GPU session", "this session", "the helpers' notes", "see issue 20", "Stop 10 had"):
+        assert NARRATION.search(text), text
+    assert not NARRATION.search("bash bench/gpu_session.sh budget")
 
 
 def conv_rows(mode: str, ratio: float, tag: str = "", **extra: object) -> list[Row]:
