@@ -31,6 +31,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (else $GPUCONV_DATA, then "
                    "/usr/share/datasets/<name>)")
+    p.add_argument("--data", default=None, metavar="FOLDER", help="train on your own images instead of --dataset: "
+                   "a folder with one sub-folder of PNG/JPEG images per class (decoded once, cached in "
+                   "$GPUCONV_CACHE_DIR/images)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: the share of each class held out "
+                   "for validation (fixed by --seed; default 0.1)")
     p.add_argument("--out", default="runs/latest", help="folder for checkpoint.npz and metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--augment", action="store_true", help="random crop (pad 2) and horizontal flip")
@@ -56,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
                       out_dir=args.out, resume=args.resume, augment=args.augment, log_every=args.log_every,
                       limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
                       conv_algo=args.conv_algo, budget=args.budget, planned=not args.unplanned,
-                      cuda_graph=args.cuda_graph)
+                      cuda_graph=args.cuda_graph, data=args.data, val_fraction=args.val_fraction)
     try:
         result = train(cfg)
     except (DataError, CheckpointError, ValueError, KeyError, PlanExceedsBudget) as exc:
@@ -198,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory(sub)
     _add_check(sub)
     _add_kernels(sub)
+    from .predict import add_commands  # noqa: PLC0415  (predict, evaluate)
+    add_commands(sub)
     return parser
 
 

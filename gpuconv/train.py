@@ -26,9 +26,11 @@ from . import device as devmod
 from .augment import augment as augment_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, BatchIterator, Dataset
+from .curves import CURVES, draw_curves
 from .net import CONV_ALGOS, Net
 from .ops import loss as loss_ops
 from .optim import Optimizer, Schedule
+from .predict import write_run_classes
 from .progress import MetricsWriter, Progress
 from .step import TrainStep
 from .zoo import get_model
@@ -67,6 +69,8 @@ class TrainConfig:
     budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory
     planned: bool = True            # run inside the memory plan's arena (False: allocate as you go)
     cuda_graph: bool = False        # GPU: capture the planned step once as a CUDA graph, replay it
+    data: str | None = None         # an image folder (one sub-folder per class) instead of --dataset
+    val_fraction: float = 0.1       # with data: the share of each class held out for validation
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "log_every", "eval_batch"):
@@ -94,7 +98,12 @@ class TrainResult:
 
 
 def load_dataset(cfg: TrainConfig) -> Dataset:
-    ds = DATASETS[cfg.dataset](data_dir=cfg.data_dir, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
+    if cfg.data is not None:  # your own images, decoded to the net's input shape (cached once)
+        from .imagefolder import load_image_folder, model_input_shape  # noqa: PLC0415
+        ds = load_image_folder(cfg.data, model_input_shape(cfg.model), cfg.val_fraction, cfg.seed,
+                               cfg.limit_train, cfg.limit_test)
+    else:
+        ds = DATASETS[cfg.dataset](data_dir=cfg.data_dir, limit_train=cfg.limit_train, limit_test=cfg.limit_test)
     return ds.normalize()
 
 
@@ -199,6 +208,7 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     norm = (ds.mean, ds.std)
     if cfg.save:
         out.mkdir(parents=True, exist_ok=True)
+        write_run_classes(out, ds)  # class names and input shape, for gpuconv predict/evaluate
     metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
     graph = cfg.cuda_graph and dev.is_gpu
     note = ", CUDA graph" if graph else (" (no CUDA graph on the CPU)" if cfg.cuda_graph else "")
@@ -214,13 +224,15 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
         with run_stream:
             for epoch in range(start_epoch, cfg.epochs):
                 it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-                train_loss = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
+                train_loss, train_acc = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
                 acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
-                record = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss, "test_acc": acc,
+                record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
+                          "test_loss": test_loss, "test_acc": acc,
                           "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
                 history.append(record)
                 if metrics:
                     metrics.write(record)
+                    draw_curves(history, out / CURVES)  # the training-curves picture, redrawn each epoch
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
                       f"test accuracy {acc * 100:.2f}%", file=stream)
                 if cfg.save:
@@ -253,16 +265,17 @@ def _batches(it: BatchIterator, executor: Any) -> Any:
 
 
 def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, epoch: int,
-                 stream: IO[str], xp: Any, executor: Any = None, step: TrainStep | None = None) -> float:
+                 stream: IO[str], xp: Any, executor: Any = None, step: TrainStep | None = None) -> tuple[float, float]:
     """One epoch.  Planned runs go through ``step`` (whose loss/accuracy totals are planned
-    device scalars); unplanned ones run the layers directly with device temporaries."""
+    device scalars); unplanned ones run the layers directly with device temporaries.
+    Returns the epoch's mean training loss and accuracy."""
     if step is not None:
         step.reset_metrics()
         loss_acc, correct_acc = step.loss_sum, step.correct   # device-side running sums since the last sync
     else:
         loss_acc, correct_acc = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
     images_acc = 0
-    epoch_loss, epoch_images = 0.0, 0
+    epoch_loss, epoch_images, epoch_correct = 0.0, 0, 0
     pending = 0
     progress = Progress(len(it), stream=stream, desc=f"epoch {epoch + 1}/{cfg.epochs}", start=it.start_batch)
     net._batches_done = it.start_batch  # type: ignore[attr-defined]
@@ -297,8 +310,9 @@ def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, 
             progress.update(pending, loss=loss_sum / images_acc, acc=correct / images_acc, images=images_acc)
             epoch_loss += loss_sum
             epoch_images += images_acc
+            epoch_correct += correct
             loss_acc[...] = 0
             correct_acc[...] = 0
             images_acc, pending = 0, 0
     progress.close()
-    return epoch_loss / max(epoch_images, 1)
+    return epoch_loss / max(epoch_images, 1), epoch_correct / max(epoch_images, 1)
