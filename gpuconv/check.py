@@ -95,10 +95,18 @@ def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray, d
     return worst
 
 
-def check_model(model: str, batch: int = 2, seed: int = 0) -> list[LayerCheck]:
+def check_model(model: str, batch: int = 2, seed: int = 0, device: str | None = None) -> list[LayerCheck]:
+    """Per layer: GPU vs NumPy (when ``device`` resolves to the GPU) and the float64 gradient check.
+
+    ``device``: 'auto', 'cpu', 'cuda' or None ($GPUCONV_DEVICE, else auto); on the CPU only the
+    gradient checks run.
+    """
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    dev = devmod.get_device(device)   # first: `--device cuda` without a GPU fails before any work
     net = get_model(model)
     rng = np.random.default_rng(seed)
-    gpu = devmod.get_device("cuda") if devmod.gpu_available() else None
+    gpu = dev if dev.is_gpu else None
     results = []
     for layer in net.layers:
         params = {k: v.astype(np.float32) for k, v in layer.init_params(rng).items()}
@@ -118,8 +126,9 @@ def check_model(model: str, batch: int = 2, seed: int = 0) -> list[LayerCheck]:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    results = check_model(args.model, args.batch, args.seed)
-    where = "GPU" if devmod.gpu_available() else "CPU (no GPU: forward/backward comparison skipped)"
+    device = getattr(args, "device", None)
+    results = check_model(args.model, args.batch, args.seed, device)
+    where = "GPU" if devmod.get_device(device).is_gpu else "CPU (no GPU: forward/backward comparison skipped)"
     print(f"gpuconv check {args.model}: batch {args.batch}, float64 gradient check on {where}")
     print(f"{'layer':<14} {'kind':<22} {'fwd rel err':>12} {'bwd rel err':>12} {'grad check':>12}")
     bad = 0

@@ -1,78 +1,189 @@
-"""The ``gpuconv`` command: train, summary, plan, profile, check, kernels."""
+"""The ``gpuconv`` command: train, summary, plan, profile, check, kernels, predict, evaluate.
+
+Errors: a user error is one short message on stderr, without a traceback; the exit status
+is 2 when the invocation cannot work as given (a bad flag, a missing file or folder,
+settings that conflict) and 1 when it ran and failed (the loss diverged, the memory plan
+does not fit, a corrupt checkpoint, a kernel that does not compile).  Ctrl-C saves a
+training run, prints the command that continues it and exits 130.  ``--debug`` (anywhere
+on the line) shows the traceback instead.
+
+The device, in every command: ``--device``, then ``$GPUCONV_DEVICE``, then ``auto``;
+resolved here, at the entry point, before anything slow, and passed down.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import re
+import shlex
 import sys
+import traceback
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
+
+class UsageError(ValueError):
+    """The command line cannot work as given (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (``gpuconv train: ...``) instead of the usage block."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def device_choice(flag: str | None) -> str:
+    """The device asked for: the --device flag, then $GPUCONV_DEVICE, then 'auto' (validated, not resolved)."""
+    from .device import DEVICE_ENV, VALID_DEVICES, DeviceError  # noqa: PLC0415
+
+    choice = (flag or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if choice not in VALID_DEVICES:
+        source = "--device" if flag else DEVICE_ENV
+        raise DeviceError(f"unknown device {choice!r} ({source}): choose one of {', '.join(VALID_DEVICES)}")
+    return choice
+
+
+def resolve_device(flag: str | None) -> str:
+    """'cpu' or 'cuda' for the device rule (flag, env, auto); DeviceError in one line when it cannot be had."""
+    from .device import resolve_device_name  # noqa: PLC0415
+
+    return resolve_device_name(device_choice(flag))
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="auto, cpu or cuda (default: $GPUCONV_DEVICE, else auto: the GPU when one is usable)")
+
+
+# --------------------------------------------------------------------------- train
+
+#: train's flags that are settings of the run (TrainConfig fields): default None here, so a flag
+#: given on the command line can be told from a default (a resumed run keeps its saved settings).
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from .optim import STATE_SLOTS  # noqa: PLC0415
 
     p = sub.add_parser("train", help="train a model (default: the small net on Fashion-MNIST)")
-    p.add_argument("--model", default="small", help="zoo name (small, fmnist, lenet5, cifar-vgg, ...) or a "
-                   "pattern like 'INPUT[28x28x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10'")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, synthetic")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="adam", choices=sorted(STATE_SLOTS))
+    p.add_argument("--model", default=None, help="zoo name (small, fmnist, lenet5, cifar-vgg, ...) or a "
+                   "pattern like 'INPUT[28x28x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10' (default small)")
+    p.add_argument("--dataset", default=None, help="fashion-mnist (default), mnist, cifar10, synthetic")
+    p.add_argument("--epochs", type=int, default=None, help="epochs in all (default 3); with --resume, a larger "
+                   "number extends the run")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128")
+    p.add_argument("--optimizer", default=None, choices=sorted(STATE_SLOTS), help="default adam")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default depends on the optimizer)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
+    p.add_argument("--schedule", default=None, choices=["constant", "step", "cosine"], help="default constant")
+    _add_device(p)
+    p.add_argument("--precision", default=None, choices=["fp32", "tf32"], help="default fp32")
     p.add_argument("--conv-algo", default=None, choices=["gemm", "winograd", "auto"],
                    help="GPU conv algorithm (default: $GPUCONV_CONV_ALGO, else gemm); winograd: "
                         "F(2x2,3x3) for the float32 3x3 stride-1 layers, at either --precision; auto: "
                         "for those layers, the faster of the two, timed on first use and cached")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (else $GPUCONV_DATA, then "
                    "/usr/share/datasets/<name>)")
     p.add_argument("--data", default=None, metavar="FOLDER", help="train on your own images instead of --dataset: "
                    "a folder with one sub-folder of PNG/JPEG images per class (decoded once, cached in "
                    "$GPUCONV_CACHE_DIR/images)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: the share of each class held out "
+    p.add_argument("--val-fraction", type=float, default=None, help="with --data: the share of each class held out "
                    "for validation (fixed by --seed; default 0.1)")
-    p.add_argument("--out", default="runs/latest", help="folder for checkpoint.npz and metrics.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--augment", action="store_true", help="random crop (pad 2) and horizontal flip")
+    p.add_argument("--out", default=None, metavar="DIR", help="the run folder (run.json, checkpoint.npz, "
+                   "metrics.jsonl); default: a new runs/<model>-<n>. A folder that holds a run is refused "
+                   "unless --resume or --overwrite")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
+                   help="continue the run in DIR (or in --out) with its saved settings; --epochs N extends it, "
+                        "--log-every, --data-dir, --budget and --device may change, any other flag must match")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="start over in a --out folder that holds a run (its checkpoint and metrics are deleted)")
+    p.add_argument("--augment", action="store_true", default=None, help="random crop (pad 2) and horizontal flip")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--limit-test", type=int, default=None)
-    p.add_argument("--log-every", type=int, default=50, help="steps between progress updates (host syncs)")
-    p.add_argument("--budget", default=None, help="device memory budget, e.g. 12GiB or 0.9 (fraction of the "
-                   "card); the run is refused before it starts if its memory plan does not fit")
-    p.add_argument("--unplanned", action="store_true", help="allocate as you go instead of one planned arena")
-    p.add_argument("--cuda-graph", action="store_true", help="GPU: capture the planned training step once as a "
-                   "CUDA graph and replay it (one launch per step instead of one per kernel)")
+    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--log-every", type=int, default=None, help="steps between progress updates (host syncs; "
+                   "default 50)")
+    p.add_argument("--budget", default=None, help="memory budget: an amount such as 12GiB, or a number in (0, 1]: "
+                   "a fraction of the memory (the GPU's; on the CPU, this machine's); the run is refused before "
+                   "it starts if its memory plan does not fit (default: the memory free now)")
+    p.add_argument("--unplanned", dest="planned", action="store_false", default=None,
+                   help="allocate as you go instead of one planned arena")
+    p.add_argument("--cuda-graph", action="store_true", default=None, help="GPU: capture the planned training "
+                   "step once as a CUDA graph and replay it (one launch per step instead of one per kernel)")
     p.set_defaults(func=_train)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError  # noqa: PLC0415
-    from .data import DataError  # noqa: PLC0415
-    from .train import PlanExceedsBudget, TrainConfig, TrainingDiverged, train  # noqa: PLC0415
+def _train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run settings given on the command line (flags left out are absent, not defaults)."""
+    from .train import TrainConfig  # noqa: PLC0415
 
-    cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                      optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                      schedule=args.schedule, device=args.device, seed=args.seed, data_dir=args.data_dir,
-                      out_dir=args.out, resume=args.resume, augment=args.augment, log_every=args.log_every,
-                      limit_train=args.limit_train, limit_test=args.limit_test, precision=args.precision,
-                      conv_algo=args.conv_algo, budget=args.budget, planned=not args.unplanned,
-                      cuda_graph=args.cuda_graph, data=args.data, val_fraction=args.val_fraction)
+    keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"out_dir", "resume", "overwrite", "save"}
+    return {k: getattr(args, k) for k in sorted(keys) if getattr(args, k, None) is not None}
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of ``gpuconv train``: the saved settings of a resumed run, else the defaults,
+    overridden by the flags given (for a resumed run, differing flags are refused, all listed at once)."""
+    from . import run as runmod  # noqa: PLC0415
+    from .train import TrainConfig  # noqa: PLC0415
+
+    given = _train_settings(args)
+    out = args.out
+    if isinstance(args.resume, str):
+        if out is not None and Path(out) != Path(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {out} name different folders: give one")
+        out = args.resume
+    resume = args.resume is not None
+    if resume and args.overwrite:
+        raise UsageError("--resume continues the run in its folder and --overwrite deletes it: give one of them")
+    if args.overwrite and out is None:
+        raise UsageError("--overwrite needs the folder to start over in: --out DIR")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs the run's folder: gpuconv train --resume DIR")
+        saved = runmod.load_run_config(out)
+        diffs = runmod.differences(saved, given)
+        if diffs:
+            raise runmod.RunError(runmod.conflict_message(out, diffs))
+        settings = {k: v for k, v in saved.items() if k in fields}
+        settings.update(given)
+    else:
+        settings = dict(given)
+    if "device" not in given and not (resume and "device" in settings):
+        settings["device"] = device_choice(None)   # $GPUCONV_DEVICE, else auto
+    return TrainConfig(**settings, out_dir=out, resume=resume, overwrite=bool(args.overwrite))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .run import CHECKPOINT  # noqa: PLC0415
+    from .train import train  # noqa: PLC0415
+
+    cfg = train_config(args)
+    resolve_device(cfg.device)   # `--device cuda` without a GPU: one line, before any data is read
     try:
         result = train(cfg)
-    except (DataError, CheckpointError, ValueError, KeyError, PlanExceedsBudget) as exc:
-        print(f"gpuconv train: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"gpuconv train: {exc}", file=sys.stderr)
-        return 3
+    except KeyboardInterrupt:
+        if cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
+            print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)
+        else:
+            print("nothing was saved (interrupted before the first checkpoint)", file=sys.stderr)
+        raise
+    out = shlex.quote(result.out_dir)
+    if result.finished_before:
+        print(f"{result.out_dir}: this run is finished ({result.epochs_done} of {result.epochs_done} epochs, "
+              f"test accuracy {result.test_accuracy * 100:.2f}%); nothing to do. To train it further: "
+              f"gpuconv train --resume {out} --epochs {result.epochs_done + 1}")
+        return 0
     print(f"test accuracy: {result.test_accuracy * 100:.2f}% after {result.epochs_done} epochs "
-          f"({result.seconds:.1f} s)")
+          f"({result.seconds:.1f} s); run folder {result.out_dir}")
     return 0
+
+
+# --------------------------------------------------------------------------- summary, plan, profile, check
 
 
 def _add_summary(sub: argparse._SubParsersAction) -> None:
@@ -82,24 +193,15 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from .geometry import GeometryError  # noqa: PLC0415
-    from .spec import SpecError  # noqa: PLC0415
     from .zoo import get_model  # noqa: PLC0415
 
-    try:
-        net = get_model(args.model)
-    except (GeometryError, SpecError, KeyError) as exc:
-        print(f"gpuconv summary: {exc}", file=sys.stderr)
-        return 2
-    print(net.summary())
+    print(get_model(args.model).summary())
     return 0
 
 
 def _add_memory(sub: argparse._SubParsersAction) -> None:
-    try:
-        from .memory import report  # noqa: PLC0415
-    except ImportError:
-        return
+    from .memory import report  # noqa: PLC0415
+
     p = sub.add_parser("plan", help="memory plan: where every byte goes, fits or not, --max-batch")
     report.add_plan_arguments(p)
     p.set_defaults(func=report.plan_command)
@@ -113,6 +215,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", default="small")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
     p.set_defaults(func=_check)
 
 
@@ -120,6 +223,9 @@ def _check(args: argparse.Namespace) -> int:
     from .check import check_command  # noqa: PLC0415
 
     return check_command(args)
+
+
+# --------------------------------------------------------------------------- kernels
 
 
 def _add_kernels(sub: argparse._SubParsersAction) -> None:
@@ -133,12 +239,31 @@ def _add_kernels(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", default="", metavar="REGEX", help="with --resources: only entries matching")
     p.add_argument("--load", action="store_true", help="instead, load every module on this GPU through "
                    "cupy.RawModule (uses and fills CuPy's on-disk cache) and time it")
+    _add_device(p)
     p.set_defaults(func=_kernels)
+
+
+_ARCH = re.compile(r"(compute|sm)_\d+a?")
 
 
 def _kernels(args: argparse.Namespace) -> int:
     import time  # noqa: PLC0415
 
+    archs = args.arch or (["sm_90"] if args.resources else None)
+    for a in archs or []:
+        if not _ARCH.fullmatch(a):
+            raise UsageError(f"--arch {a!r}: write compute_NN (PTX) or sm_NN / sm_NNa (SASS), e.g. sm_90")
+    if args.resources and not all(a.startswith("sm_") for a in archs or []):
+        raise UsageError("--resources needs a real target (--arch sm_80, sm_90, sm_90a): ptxas reports "
+                         "resources, and it runs only for those")
+    try:
+        entry_filter = re.compile(args.filter)
+    except re.error as exc:
+        raise UsageError(f"--filter {args.filter!r}: {exc}") from None
+    if args.load:
+        if resolve_device(args.device) != "cuda":
+            raise UsageError("--load loads the kernels on a GPU, and the device here is the CPU "
+                             "(--device / $GPUCONV_DEVICE): without --load, kernels compiles them without one")
     from . import cuda  # noqa: PLC0415
 
     if args.load:
@@ -149,16 +274,7 @@ def _kernels(args: argparse.Namespace) -> int:
             print(f"{name:12s} loaded in {time.perf_counter() - t:.3f} s")
         print(f"all kernels loaded in {time.perf_counter() - t_all:.3f} s")
         return 0
-    archs = args.arch or (["sm_90"] if args.resources else list(cuda.TARGET_ARCHS))
-    if args.resources and not all(a.startswith("sm_") for a in archs):
-        print("gpuconv kernels: --resources needs a real target (--arch sm_80, sm_90, sm_90a): "
-              "ptxas reports resources, and it runs only for those", file=sys.stderr)
-        return 2
-    try:
-        entry_filter = re.compile(args.filter)
-    except re.error as exc:
-        print(f"gpuconv kernels: --filter {args.filter!r}: {exc}", file=sys.stderr)
-        return 2
+    archs = archs or list(cuda.TARGET_ARCHS)
     portable = [(name, ()) for name in cuda.kernel_names()]
     portable += [(name, d) for name, variants in cuda.MODULE_VARIANTS.items() for d in variants]  # conv+GEMM_ASYNC
     failed = 0
@@ -183,7 +299,7 @@ def _kernels(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001  (report every failure, then exit non-zero)
                 failed += 1
                 print(f"{label:16s} {arch}: FAILED\n{exc}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def _print_resources(build: Any, entry_filter: re.Pattern[str]) -> None:
@@ -194,10 +310,15 @@ def _print_resources(build: Any, entry_filter: re.Pattern[str]) -> None:
                   f"{r.spill_loads:<4d}  smem {r.smem:6d}")
 
 
+# --------------------------------------------------------------------------- the command
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuconv", description="A GPU-native ConvNet framework.")
+    parser = _Parser(prog="gpuconv", description="A GPU-native ConvNet framework.")
     parser.add_argument("--version", action="version", version=f"gpuconv {__version__}")
-    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors "
+                        "(accepted anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _add_train(sub)
     _add_summary(sub)
     _add_memory(sub)
@@ -208,12 +329,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_status(exc: BaseException) -> int | None:
+    """EXIT_USAGE or EXIT_FAILED for an error that is the user's to fix; None for a bug (traceback)."""
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+    from .data import DataError  # noqa: PLC0415
+    from .device import DeviceError  # noqa: PLC0415
+    from .memory.budget import BudgetError  # noqa: PLC0415
+
+    failed: tuple[type[BaseException], ...] = (CheckpointError, MemoryError, OSError)
+    try:
+        from .train import PlanExceedsBudget, TrainingDiverged  # noqa: PLC0415
+        failed += (PlanExceedsBudget, TrainingDiverged)
+    except ImportError:
+        pass
+    if isinstance(exc, failed):   # it ran and failed (PlanDoesNotFit is a MemoryError)
+        return EXIT_FAILED
+    if isinstance(exc, (UsageError, DeviceError, BudgetError, DataError, ValueError, KeyError)):
+        return EXIT_USAGE
+    return None
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    text = str(text)
+    if type(exc).__name__ == "PlanDoesNotFit":
+        text = text.split("\n\n")[0]   # the plan's table follows; `gpuconv plan` prints it
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["train", *argv]   # the main job: `gpuconv [train flags]` trains (the default model)
     args = parser.parse_args(argv)
-    if args.command is None:  # the main job: `gpuconv` alone trains the default model
-        args = parser.parse_args(["train", *(argv or [])])
-    return int(args.func(args))
+    prog = f"gpuconv {args.command or 'train'}"
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001  (every error ends as one message; --debug shows the traceback)
+        if debug:
+            raise
+        status = _exit_status(exc)
+        if status is None:
+            print(f"{prog}: internal error: {type(exc).__name__}: {_message(exc)} "
+                  f"(run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{prog}: {_message(exc)}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -24,23 +26,27 @@ import numpy as np
 from . import cuda
 from . import device as devmod
 from .augment import augment as augment_batch
+from .augment import augment_into, draw as augment_draws
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, BatchIterator, Dataset
 from .curves import CURVES, draw_curves
 from .net import CONV_ALGOS, Net
 from .ops import loss as loss_ops
-from .optim import Optimizer, Schedule
+from .optim import STATE_SLOTS, Optimizer, Schedule
 from .predict import write_run_classes
 from .progress import MetricsWriter, Progress
 from .step import TrainStep
-from .zoo import get_model
+from .zoo import MODELS, get_model
+from . import run as runmod
+
+SCHEDULES = ("constant", "step", "cosine")
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint, if one was saved, is kept."""
 
 
 @dataclass
@@ -56,8 +62,9 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     data_dir: str | None = None
-    out_dir: str = "runs/latest"
-    resume: bool = False
+    out_dir: str | None = None      # the run folder; None: a new runs/<model>-<n>
+    resume: bool = False            # continue the run in out_dir (its saved settings must match)
+    overwrite: bool = False         # start over in an out_dir that holds a run (its files are deleted)
     augment: bool = False
     log_every: int = 50
     limit_train: int | None = None
@@ -84,6 +91,24 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if self.cuda_graph and not self.planned:
             raise ValueError("--cuda-graph replays the planned step: it cannot run with --unplanned")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in STATE_SLOTS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(STATE_SLOTS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.device not in devmod.VALID_DEVICES:
+            raise ValueError(f"unknown device {self.device!r}: choose one of {', '.join(devmod.VALID_DEVICES)}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in its folder and --overwrite deletes it: give one of them")
+        if not self.model.strip().upper().startswith("INPUT") and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)} or give a pattern "
+                             f"like 'INPUT[28x28x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10'")
 
 
 @dataclass
@@ -95,6 +120,8 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     net: Net | None = None
+    out_dir: str = ""               # the run folder
+    finished_before: bool = False   # the resumed run had already reached its epochs: nothing was trained
 
 
 def load_dataset(cfg: TrainConfig) -> Dataset:
@@ -111,32 +138,106 @@ class PlanExceedsBudget(RuntimeError):
     """The memory plan does not fit the device budget; the message gives a batch that would."""
 
 
-def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device, Any]:
-    """Net, optimizer, device and (when planned) the executor whose arena everything runs in."""
-    dev = devmod.get_device(cfg.device)
-    net = get_model(cfg.model, input_shape=ds.input_shape, classes=ds.num_classes) \
-        if not cfg.model.strip().upper().startswith("INPUT") else get_model(cfg.model)
-    if net.input_shape != ds.input_shape:
-        raise ValueError(f"model {cfg.model!r} takes {net.input_shape} inputs, dataset {ds.name} has {ds.input_shape}")
+#: (C, H, W) and number of classes of each built-in dataset: known before its files are read, so the
+#: net can be built and its memory plan checked before anything slow happens.
+DATASET_GEOMETRY: dict[str, tuple[tuple[int, int, int], int]] = {
+    "fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10), "synthetic": ((3, 32, 32), 10)}
+
+
+def dataset_geometry(cfg: TrainConfig) -> tuple[tuple[int, int, int], int] | None:
+    """(input shape, classes) of cfg's data without reading it; None where only the data can say."""
+    if getattr(cfg, "data", None) is not None:
+        return None
+    return DATASET_GEOMETRY.get(cfg.dataset)
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """Fail fast (DataError) when the data is not where it should be: before the net or data is built."""
+    from .data import DataError, find_data_dir  # noqa: PLC0415
+
+    folder = getattr(cfg, "data", None)
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise DataError(f"--data {folder}: no such folder (give a folder with one sub-folder of images per class)")
+    elif cfg.dataset != "synthetic":
+        find_data_dir(cfg.dataset, cfg.data_dir)
+
+
+def make_net(cfg: TrainConfig, input_shape: tuple[int, ...], classes: int) -> Net:
+    """The run's net for data of ``input_shape`` and ``classes`` (a pattern must match the data's shape)."""
+    pattern = cfg.model.strip().upper().startswith("INPUT")
+    net = get_model(cfg.model) if pattern else get_model(cfg.model, input_shape=tuple(input_shape), classes=classes)
+    if tuple(net.input_shape) != tuple(input_shape):
+        raise ValueError(f"model {cfg.model!r} takes {_hwc(net.input_shape)} inputs, the data has "
+                         f"{_hwc(input_shape)}")
+    return net
+
+
+def _hwc(shape: tuple[int, ...]) -> str:
+    c, h, w = shape
+    return f"{h}x{w}x{c}"
+
+
+def check_budget(cfg: TrainConfig, net: Net, dev: devmod.Device, plan: Any = None) -> None:
+    """Refuse a run whose memory plan does not fit the budget, before anything is allocated.
+
+    On the GPU the budget is the card's memory (default: what is free now); on the CPU it is
+    this machine's memory (default: MemAvailable): a given budget is never ignored.
+    """
+    from .memory import fits, make_plan, max_batch  # noqa: PLC0415
+    from .memory.budget import BudgetError  # noqa: PLC0415
+
+    where = "cuda" if dev.is_gpu else "cpu"
+    plan = plan or make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
+    try:
+        ok, detail = fits(plan, cfg.budget, device=where)
+    except BudgetError:
+        if cfg.budget is None and where == "cpu":
+            return  # no budget given and the machine does not say what it has: nothing to check against
+        raise
+    if ok:
+        return
+    best = max_batch(net, cfg.budget, cfg.optimizer, device=where)
+    budget = f"the budget {cfg.budget}" if cfg.budget is not None else (
+        "the GPU's free memory" if dev.is_gpu else "this machine's available memory")
+    advice = (f"The largest batch that fits is {best}: run with --batch-size {best}" if best > 0 else
+              f"Not even batch 1 fits {budget}: choose a smaller model or a larger budget")
+    plan_cmd = ["gpuconv", "plan", cfg.model]
+    if not cfg.model.strip().upper().startswith("INPUT"):
+        plan_cmd += ["--input", _hwc(net.input_shape), "--classes", str(net.layers[-1].out_shape[0])]
+    plan_cmd += ["--batch", str(cfg.batch_size), "--optimizer", cfg.optimizer, "--device", where]
+    if cfg.budget is not None:
+        plan_cmd += ["--budget", str(cfg.budget)]
+    raise PlanExceedsBudget(
+        f"{net.name} at batch {cfg.batch_size} does not fit {budget}: it {detail['summary']}. {advice}. "
+        f"Where the memory goes: {shlex.join(plan_cmd)}")
+
+
+def build(cfg: TrainConfig, ds: Dataset | None = None, dev: devmod.Device | None = None, *,
+          geometry: tuple[tuple[int, ...], int] | None = None) -> tuple[Net, Optimizer, devmod.Device, Any]:
+    """Net, optimizer, device and (when planned) the executor whose arena everything runs in.
+
+    The net is built for ``geometry`` (input shape, classes), else for ``ds``'s; the memory plan is
+    checked against the budget before anything is allocated.
+    """
+    dev = dev if dev is not None else devmod.get_device(cfg.device)
+    if geometry is None:
+        assert ds is not None, "build() needs the dataset or its geometry"
+        geometry = (ds.input_shape, ds.num_classes)
+    net = make_net(cfg, *geometry)
     net.set_precision(cfg.precision)
     if cfg.conv_algo is not None:
         net.set_conv_algo(cfg.conv_algo)
     schedule = Schedule(cfg.schedule, total_epochs=cfg.epochs, step_epochs=max(cfg.epochs // 3, 1))
     opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule)
+    from .memory import PlannedExecutor, make_plan  # noqa: PLC0415
+
+    plan = make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
+    check_budget(cfg, net, dev, plan)  # refuse before allocating anything if the plan cannot fit
     if not cfg.planned:
         net.bind(dev, seed=cfg.seed)
         return net, opt.bind(net), dev, None
-    from .memory import PlannedExecutor, fits, make_plan, max_batch  # noqa: PLC0415
-
-    plan = make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
-    if dev.is_gpu:  # refuse before allocating anything if the plan cannot fit
-        ok, detail = fits(plan, cfg.budget)
-        if not ok:
-            best = max_batch(net, cfg.budget, cfg.optimizer)
-            raise PlanExceedsBudget(
-                f"{net.name} at batch {cfg.batch_size} {detail['summary']}: it does not fit. "
-                f"The largest batch that fits is {best}; run with --batch-size {best} "
-                f"(see `gpuconv plan {cfg.model} --batch {cfg.batch_size}` for where the memory goes)")
     executor = PlannedExecutor(net, plan, dev, seed=cfg.seed)
     opt.bind(net, state_buffers=executor.state_views(), hyper=executor.hyper_view())
     return net, opt, dev, executor
@@ -145,59 +246,127 @@ def build(cfg: TrainConfig, ds: Dataset) -> tuple[Net, Optimizer, devmod.Device,
 def evaluate(net: Net, x: Any, y: Any, batch: int = 1000, executor: Any = None) -> tuple[float, float]:
     """(accuracy, mean loss) over a device-resident set; one host sync at the end.
 
-    With an executor, full batches run in its planned buffers (batch = the plan's);
-    a smaller remainder runs unplanned.
+    The inference step of :class:`~gpuconv.step.TrainStep`: with an executor, full batches
+    run in its planned memory (batch = the plan's); a smaller remainder runs unplanned.
     """
-    xp = devmod.array_module(x)
-    correct = xp.zeros((), dtype=np.int64)
-    loss_sum = xp.zeros((), dtype=np.float64)
-    bufs = executor.train_step_buffers() if executor is not None else None
-    if executor is not None:
-        batch = executor.plan.batch
-    for i in range(0, x.shape[0], batch):
-        yb = y[i:i + batch]
-        if bufs is not None and yb.shape[0] == batch:
-            executor.input_view()[...] = x[i:i + batch]
-            scores = net.forward(executor.input_view(), train=False, buffers=bufs)
-        else:
-            scores = net.forward(x[i:i + batch], train=False)
-        loss, _ = net.loss_and_grad(scores, yb)
-        loss_sum += loss * yb.shape[0]
-        correct += loss_ops.accuracy_count(scores, yb)
-    n = int(x.shape[0])
-    return float(devmod.to_host(correct)) / n, float(devmod.to_host(loss_sum)) / n
+    return TrainStep(net, None, executor).evaluate(x, y, batch)
 
 
 def _save(out: Path, net: Net, opt: Optimizer, cfg: TrainConfig, epoch: int, next_batch: int,
-          history: list[dict[str, Any]], norm: tuple[np.ndarray, np.ndarray]) -> None:
+          history: list[dict[str, Any]], norm: tuple[np.ndarray, np.ndarray], seconds: float = 0.0) -> None:
     arrays = {**net.state_arrays(), **opt.state_arrays(), "norm.mean": norm[0], "norm.std": norm[1]}
-    meta = {"config": dataclasses.asdict(cfg), "epoch": epoch, "next_batch": next_batch, "step": net.step,
-            "history": history, "model": cfg.model, "dataset": cfg.dataset, "format": 1}
+    meta = {"config": _settings(cfg), "epoch": epoch, "next_batch": next_batch,
+            "step": net.step, "history": history, "model": cfg.model, "dataset": cfg.dataset, "format": 1,
+            "seconds": round(seconds, 3)}
     save_checkpoint(out / CHECKPOINT, arrays, meta)
 
 
-def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
-    """Run (or resume) a training run; returns the final metrics."""
-    stream = stream if stream is not None else sys.stderr
-    cfg.validate()
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's settings as saved in run.json (the learning rate resolved: the default is a number too)."""
+    d = runmod.run_config(dataclasses.asdict(cfg))
+    if d.get("lr") is None:
+        from .optim import DEFAULT_LR  # noqa: PLC0415
+        d["lr"] = DEFAULT_LR.get(cfg.optimizer)
+    return d
+
+
+def check_run_folder(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Apply the run-folder rules without writing anything; the checkpoint's meta when resuming one.
+
+    A folder holding a run is refused unless resumed or overwritten; a resumed run's saved
+    settings must equal ``cfg``'s, except :data:`gpuconv.run.MAY_CHANGE` (``epochs`` may grow).
+    """
+    if cfg.out_dir is None:
+        if cfg.resume:
+            raise runmod.RunError("--resume needs the run's folder: gpuconv train --resume DIR")
+        return None
     out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise runmod.RunError(f"--out {out}: a file is in the way (a run folder is a directory)")
+    if not cfg.resume:
+        if runmod.holds_run(out) and not cfg.overwrite:
+            meta = _progress_or_none(out)
+            state = f" (epoch {meta.get('epoch')} done)" if meta else ""
+            raise runmod.RunError(
+                f"{out} already holds a run{state}. Continue it with: gpuconv train --resume {shlex.quote(str(out))}"
+                f" (add --epochs N to train it further), or start it over with --overwrite, or choose another --out")
+        return None
+    if not runmod.holds_run(out):
+        raise runmod.RunError(f"no run to resume in {out}" + ("" if out.is_dir() else " (no such folder)"))
+    saved = runmod.load_run_config(out)
+    diffs = runmod.differences(saved, _settings(cfg))
+    if diffs:
+        raise runmod.RunError(runmod.conflict_message(out, diffs))
+    return runmod.progress_of(out)
+
+
+def _progress_or_none(out: Path) -> dict[str, Any] | None:
+    try:
+        return runmod.progress_of(out)
+    except Exception:  # noqa: BLE001  (a corrupt checkpoint still makes the folder a run)
+        return None
+
+
+def _divergence_note(out: Path | None) -> str:
+    """What is left on disk after the loss diverged: the checkpoint and the epoch it holds, or none."""
+    meta = _progress_or_none(out) if out is not None else None
+    if meta is None:
+        return "No checkpoint was saved (the loss diverged before the end of the first epoch)"
+    where = f"end of epoch {meta['epoch']}" if not meta.get("next_batch") else \
+        f"epoch {int(meta['epoch']) + 1}, batch {meta['next_batch']}"
+    return f"The last good checkpoint, {out / CHECKPOINT} ({where}), is kept"
+
+
+def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns the final metrics.
+
+    The checks that can fail come first, cheapest first, and write nothing: settings, device,
+    run folder (see :mod:`gpuconv.run`), data on disk, the net and its memory plan against the
+    budget; only then is the data read and the run folder written.
+    """
+    stream = stream if stream is not None else sys.stderr
     t0 = time.perf_counter()
-    ds = load_dataset(cfg)
+    cfg.validate()
+    dev = devmod.get_device(cfg.device)
+    meta = check_run_folder(cfg)
+    if cfg.resume and meta is not None and not meta.get("next_batch") and int(meta["epoch"]) >= cfg.epochs:
+        h = list(meta.get("history") or [])
+        last = h[-1] if h else {}
+        return TrainResult(int(meta["epoch"]), float(last.get("test_acc", float("nan"))),
+                           float(last.get("test_loss", float("nan"))), float(last.get("train_loss", float("nan"))),
+                           float(meta.get("seconds", 0.0)), h, None, str(cfg.out_dir), finished_before=True)
+    check_data(cfg)
+    geometry = dataset_geometry(cfg)
+    ds = None if geometry is not None else load_dataset(cfg)
+    net, opt, dev, executor = build(cfg, ds, dev, geometry=geometry)
+    if ds is None:
+        ds = load_dataset(cfg)
+        if tuple(ds.input_shape) != tuple(net.input_shape):
+            raise ValueError(f"model {cfg.model!r} takes {_hwc(net.input_shape)} inputs, dataset {ds.name} has "
+                             f"{_hwc(ds.input_shape)}")
     if cfg.planned and len(ds.x_train) < cfg.batch_size:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} images)")
-    net, opt, dev, executor = build(cfg, ds)
     xp = dev.xp
-    start_epoch, start_batch, history = 0, 0, []
-    if cfg.resume:
+    start_epoch, start_batch, history, t_offset = 0, 0, [], 0.0
+    out = Path(cfg.out_dir) if cfg.out_dir is not None else None
+    if cfg.resume and meta is not None:
+        assert out is not None
         arrays, meta = load_checkpoint(out / CHECKPOINT)
-        if meta.get("model") != cfg.model or meta.get("dataset") != cfg.dataset:
-            raise ValueError(f"{out / CHECKPOINT} is a {meta.get('model')}/{meta.get('dataset')} run, "
-                             f"not {cfg.model}/{cfg.dataset}")
         net.load_state_arrays(arrays)
         opt.load_state_arrays(arrays)
         net.step = int(meta["step"])
         start_epoch, start_batch, history = int(meta["epoch"]), int(meta["next_batch"]), list(meta["history"])
+        t_offset = float(meta.get("seconds", history[-1]["seconds"] if history else 0.0))
         print(f"resuming {out / CHECKPOINT}: epoch {start_epoch + 1}, batch {start_batch}", file=stream)
+    if cfg.save:  # the checks passed: from here on the run folder is written
+        if out is None:
+            out = runmod.new_run_dir(cfg.model)
+            cfg.out_dir = str(out)
+        elif cfg.overwrite:
+            runmod.clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        runmod.save_run_config(out, _settings(cfg))
+    out = out if out is not None else Path(".")
     # Upload once; from here on batches are gathered on the device.
     x_train, y_train = xp.asarray(ds.x_train), xp.asarray(ds.y_train)
     x_test, y_test = xp.asarray(ds.x_test), xp.asarray(ds.y_test)
@@ -209,26 +378,28 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     if cfg.save:
         out.mkdir(parents=True, exist_ok=True)
         write_run_classes(out, ds)  # class names and input shape, for gpuconv predict/evaluate
-    metrics = MetricsWriter(out / METRICS, append=cfg.resume) if cfg.save else None
+    metrics = MetricsWriter(out / METRICS, append=True) if cfg.save else None   # never truncated
     graph = cfg.cuda_graph and dev.is_gpu
     note = ", CUDA graph" if graph else (" (no CUDA graph on the CPU)" if cfg.cuda_graph else "")
     print(f"gpuconv: training {net.name} ({net.num_params:,} params) on {ds.name} "
           f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}{note}, {cfg.optimizer} "
           f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs", file=stream)
-    step = TrainStep(net, opt, executor, cuda_graph=graph) if executor is not None else None
+    step = TrainStep(net, opt, executor, cuda_graph=graph)
     acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
     epoch = start_epoch
     # A graph is captured on, and replayed in, a stream of its own (the default stream cannot be).
     run_stream = cuda.capture_stream() if graph else contextlib.nullcontext()
     try:
-        with run_stream:
+        with run_stream, warnings.catch_warnings():
+            # A diverging loss makes NumPy warn on every op; the guard in the epoch loop says it once, clearly.
+            warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
             for epoch in range(start_epoch, cfg.epochs):
                 it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-                train_loss, train_acc = _train_epoch(net, opt, it, cfg, epoch, stream, xp, executor, step)
-                acc, test_loss = evaluate(net, x_test, y_test, cfg.eval_batch, executor)
+                train_loss, train_acc = _train_epoch(step, it, cfg, epoch, stream)
+                acc, test_loss = step.evaluate(x_test, y_test, cfg.eval_batch)
                 record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                           "test_loss": test_loss, "test_acc": acc,
-                          "lr": opt.lr(), "seconds": round(time.perf_counter() - t0, 3)}
+                          "lr": opt.lr(), "seconds": round(t_offset + time.perf_counter() - t0, 3)}
                 history.append(record)
                 if metrics:
                     metrics.write(record)
@@ -236,66 +407,67 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
                       f"test accuracy {acc * 100:.2f}%", file=stream)
                 if cfg.save:
-                    _save(out, net, opt, cfg, epoch + 1, 0, history, norm)
+                    _save(out, net, opt, cfg, epoch + 1, 0, history, norm, t_offset + time.perf_counter() - t0)
     except KeyboardInterrupt:
         if cfg.save and getattr(net, "_batches_done", None) is not None:
-            _save(out, net, opt, cfg, epoch, net._batches_done, history, norm)  # type: ignore[attr-defined]
-            print(f"\ninterrupted: saved {out / CHECKPOINT}; continue with --resume", file=stream)
+            done = net._batches_done  # type: ignore[attr-defined]
+            _save(out, net, opt, cfg, epoch, done, history, norm, t_offset + time.perf_counter() - t0)
+            print(f"\ninterrupted: saved {out / CHECKPOINT} (epoch {epoch + 1}, {done} batches done)", file=stream)
         raise
+    except TrainingDiverged as exc:
+        # The epoch loop says where the loss diverged; what is on disk is said here, from the disk.
+        where = str(exc).split(" The last good checkpoint")[0].rstrip()
+        raise TrainingDiverged(f"{where} {_divergence_note(out if cfg.save else None)}; try a lower --lr") from None
     finally:
         if metrics:
             metrics.close()
-    return TrainResult(len(history), acc, test_loss, train_loss, time.perf_counter() - t0, history, net)
+    return TrainResult(len(history), acc, test_loss, train_loss, t_offset + time.perf_counter() - t0, history, net,
+                       str(out) if cfg.save else "")
 
 
-def _batches(it: BatchIterator, executor: Any) -> Any:
-    """(xb, yb) per batch; with an executor they are gathered straight into its planned views."""
-    if executor is None:
-        yield from it
+def _batches(it: BatchIterator, step: TrainStep, augment: bool, epoch: int, seed: int) -> Any:
+    """(xb, yb) per batch, augmented when asked (random crop with pad 2 and horizontal flip, drawn
+    from ``default_rng([seed, epoch, batch])``).  Planned, each batch is gathered (and augmented)
+    straight into the plan's input/labels views: nothing is allocated per batch."""
+    pad = 2
+
+    def rng(b: int) -> np.random.Generator:
+        return np.random.default_rng([seed, epoch, b])
+
+    if not step.planned:
+        for b, (xb, yb) in enumerate(it, start=it.start_batch):
+            yield (augment_batch(xb, rng(b), pad=pad) if augment else xb), yb
         return
     xp = devmod.array_module(it.x)
-    x_in, y_in = executor.input_view(), executor.labels_view()
+    ex = step.executor
+    x_in, y_in = ex.input_view(), ex.labels_view()
     perm = xp.asarray(it.permutation())
     bs = it.batch_size
+    draws = xp.empty((bs, 3), dtype=np.int32) if augment else None   # the host's draws, per batch
     for b in range(it.start_batch, len(it)):
         idx = perm[b * bs:(b + 1) * bs]
-        xp.take(it.x, idx, axis=0, out=x_in)
+        if draws is not None:
+            devmod.copy_into(draws, augment_draws(rng(b), bs, pad=pad))
+            augment_into(x_in, it.x, idx, draws, pad=pad)
+        else:
+            xp.take(it.x, idx, axis=0, out=x_in)
         xp.take(it.y, idx, axis=0, out=y_in)
         yield x_in, y_in
 
 
-def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, epoch: int,
-                 stream: IO[str], xp: Any, executor: Any = None, step: TrainStep | None = None) -> tuple[float, float]:
-    """One epoch.  Planned runs go through ``step`` (whose loss/accuracy totals are planned
-    device scalars); unplanned ones run the layers directly with device temporaries.
-    Returns the epoch's mean training loss and accuracy."""
-    if step is not None:
-        step.reset_metrics()
-        loss_acc, correct_acc = step.loss_sum, step.correct   # device-side running sums since the last sync
-    else:
-        loss_acc, correct_acc = xp.zeros((), dtype=np.float64), xp.zeros((), dtype=np.int64)
+def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: int, stream: IO[str]) -> tuple[float, float]:
+    """One epoch of ``step`` (planned or not: its loss/accuracy totals are planned device scalars
+    or device temporaries).  Returns the epoch's mean training loss and accuracy."""
+    net = step.net
+    step.reset_metrics()
+    loss_acc, correct_acc = step.loss_sum, step.correct   # device-side running sums since the last sync
     images_acc = 0
     epoch_loss, epoch_images, epoch_correct = 0.0, 0, 0
     pending = 0
     progress = Progress(len(it), stream=stream, desc=f"epoch {epoch + 1}/{cfg.epochs}", start=it.start_batch)
     net._batches_done = it.start_batch  # type: ignore[attr-defined]
-    for b, (xb, yb) in enumerate(_batches(it, executor), start=it.start_batch):
-        if cfg.augment:
-            aug = augment_batch(xb, np.random.default_rng([cfg.seed, epoch, b]), pad=2)
-            if executor is not None:
-                xb[...] = aug
-            else:
-                xb = aug
-        if step is not None:
-            step.run()
-        else:
-            scores = net.forward(xb, train=True)
-            loss, dscores = net.loss_and_grad(scores, yb)
-            correct_acc += loss_ops.accuracy_count(scores, yb)
-            net.backward(dscores)
-            opt.step()
-            net.step += 1
-            loss_acc += loss * int(yb.shape[0])
+    for b, (xb, yb) in enumerate(_batches(it, step, cfg.augment, epoch, cfg.seed), start=it.start_batch):
+        step.run(xb, yb)
         images_acc += int(yb.shape[0])
         pending += 1
         net._batches_done = b + 1  # type: ignore[attr-defined]
@@ -311,8 +483,7 @@ def _train_epoch(net: Net, opt: Optimizer, it: BatchIterator, cfg: TrainConfig, 
             epoch_loss += loss_sum
             epoch_images += images_acc
             epoch_correct += correct
-            loss_acc[...] = 0
-            correct_acc[...] = 0
+            step.reset_metrics()
             images_acc, pending = 0, 0
     progress.close()
     return epoch_loss / max(epoch_images, 1), epoch_correct / max(epoch_images, 1)

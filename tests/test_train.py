@@ -53,18 +53,31 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     assert meta["epoch"] == 2 and resumed.test_accuracy == full.test_accuracy
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")  # the point of the test
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, recwarn):
+    from gpuconv.checkpoint import save_checkpoint
     train(_synthetic_cfg(tmp_path, epochs=1, optimizer="sgd", lr=0.01))
+    # Make the saved parameters blow up the next epoch's loss (the run's own settings, resumed).
+    arrays, meta = load_checkpoint(tmp_path / "checkpoint.npz")
+    arrays["params"] = arrays["params"] * np.float32(1e30)
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, meta)
     before = (tmp_path / "checkpoint.npz").read_bytes()
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        train(_synthetic_cfg(tmp_path, epochs=3, optimizer="sgd", lr=1e30, resume=True))
+    with pytest.raises(TrainingDiverged, match=r"The last good checkpoint, .*checkpoint.npz \(end of epoch 1\), is kept"):
+        train(_synthetic_cfg(tmp_path, epochs=3, optimizer="sgd", lr=0.01, resume=True))
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+def test_nan_loss_without_a_checkpoint_says_there_is_none(tmp_path, recwarn):
+    with pytest.raises(TrainingDiverged, match="No checkpoint was saved") as e:
+        train(_synthetic_cfg(tmp_path, epochs=1, optimizer="sgd", lr=1e30))
+    assert "last good checkpoint" not in str(e.value)
+    assert not (tmp_path / "checkpoint.npz").exists()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
 
 
 def test_resume_refuses_another_model(tmp_path):
     train(_synthetic_cfg(tmp_path, epochs=1))
-    with pytest.raises(ValueError, match="not"):
+    with pytest.raises(ValueError, match="--model: the run has"):
         train(_synthetic_cfg(tmp_path, model="INPUT[32x32x3] -> FC-10", resume=True))
 
 
@@ -126,3 +139,14 @@ def test_progress_accuracy_is_counted_before_backward_reuses_scores(tmp_path):
     last = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line.startswith("epoch 2/2 ")]
     acc = float(last[-1].split(" acc ")[1].split("%")[0])
     assert acc > 20.0, last[-1]  # chance is 10%; the bug this guards against read ~10%
+
+
+def test_augmented_planned_run_equals_unplanned_run(tmp_path):
+    # Planned, the augmented batch is gathered straight into the plan's input batch (augment_into);
+    # unplanned, augment() makes a new one: the same draws give the same batches, hence the same run.
+    a = train(_synthetic_cfg(tmp_path / "planned", epochs=1, augment=True))
+    b = train(_synthetic_cfg(tmp_path / "unplanned", epochs=1, augment=True, planned=False))
+    c = train(_synthetic_cfg(tmp_path / "plain", epochs=1))
+    np.testing.assert_array_equal(a.net.param_buffer, b.net.param_buffer)
+    assert a.test_accuracy == b.test_accuracy
+    assert not np.array_equal(a.net.param_buffer, c.net.param_buffer)   # augmentation did change the batches
