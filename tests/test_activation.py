@@ -164,3 +164,44 @@ def test_gpu_bad_inputs(cp) -> None:
         act.relu_backward(xg, np.zeros((2, 3), np.float32))
     with pytest.raises(OpArgumentError, match="shape"):
         act.relu_backward(xg, cp.zeros((3, 2), cp.float32))
+
+
+# ----------------------------------------------------------------- channel-slice views (concat buffers)
+
+def test_channel_slice_views_on_the_cpu(rng: np.random.Generator) -> None:
+    buf = rng.standard_normal((3, 9, 4, 5))
+    x = np.ascontiguousarray(buf[:, 2:6])
+    ybuf = np.full((3, 7, 4, 5), 7.0)
+    y = act.relu_forward(buf[:, 2:6], 0.1, out=ybuf[:, 3:7])
+    np.testing.assert_array_equal(y, loop_relu(x, 0.1))
+    assert (ybuf[:, :3] == 7.0).all()
+    expect = loop_relu_backward(np.ascontiguousarray(buf[:, 5:9]), y, 0.1)
+    dx = act.relu_backward(buf[:, 5:9], y, 0.1, out=buf[:, 5:9])   # in place on a slice
+    np.testing.assert_array_equal(dx, expect)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 1, 1, 1), (5, 3, 7, 9), (4, 70)])
+def test_gpu_channel_slice_views(shape, slope: float, cp, rng: np.random.Generator) -> None:
+    """x, y, dy, dx each a channel slice of its own bigger buffer; other channels untouched."""
+    n, c = shape[:2]
+    rest = shape[2:]
+    xbuf = rng.standard_normal((n, c + 3, *rest)).astype(np.float32)
+    dybuf = rng.standard_normal((n, c + 1, *rest)).astype(np.float32)
+    x, dy = np.ascontiguousarray(xbuf[:, 1:1 + c]), np.ascontiguousarray(dybuf[:, 1:])
+    y_ref = act.relu_forward(x, slope)
+    dx_ref = act.relu_backward(dy, y_ref, slope)
+    ybuf = poison(cp, (n, c + 2, *rest))
+    y = act.relu_forward(cp.asarray(xbuf)[:, 1:1 + c], slope, out=ybuf[:, 2:])
+    np.testing.assert_array_equal(cp.asnumpy(y), y_ref)
+    assert np.isnan(cp.asnumpy(ybuf)[:, :2]).all()
+    dxbuf = poison(cp, (n, c + 2, *rest))
+    dx = act.relu_backward(cp.asarray(dybuf)[:, 1:], y, slope, out=dxbuf[:, :c])
+    np.testing.assert_array_equal(cp.asnumpy(dx), dx_ref)
+    assert np.isnan(cp.asnumpy(dxbuf)[:, c:]).all()
+    xg = cp.asarray(xbuf)
+    act.relu_forward(xg[:, 1:1 + c], slope, out=xg[:, 1:1 + c])   # in place on a slice
+    got = cp.asnumpy(xg)
+    np.testing.assert_array_equal(got[:, 1:1 + c], y_ref)
+    np.testing.assert_array_equal(got[:, [0, c + 1, c + 2]], xbuf[:, [0, c + 1, c + 2]])

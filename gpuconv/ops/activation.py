@@ -4,6 +4,9 @@ The backward takes the layer's OUTPUT y rather than its input: for slope >= 0, y
 when x > 0, so the layer need not keep x (and may run in place: ``out=x`` forward,
 ``out=dy`` backward).  NaN inputs propagate forward; with slope == 0 the x <= 0 branch is an
 exact +0 (so relu(-inf) = 0 and the backward is a select, never 0 * inf).  Both paths agree.
+
+Every operand may be a batch-strided view as well as a C-contiguous array (``_views``): e.g. a
+channel slice ``buf[:, c0:c1]`` of a concat buffer, read and written in place.
 """
 from __future__ import annotations
 
@@ -13,20 +16,21 @@ from typing import Any
 import numpy as np
 
 from .. import cuda, device
-from ._checks import OpArgumentError, check_array, check_out
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_BLOCK = 256
-_UNROLL = 4  # elements per thread per grid-stride step, as in kernels/activation.cu
-_MAX_GRID = 65536  # grid-stride loop covers the rest; plenty of blocks to fill any GPU
+from . import _views
+from ._checks import OpArgumentError
 
 
-def _check_float(op: str, name: str, a: Any, *, like: Any = None) -> None:
-    check_array(op, name, a, dtype=None, shape=None if like is None else like.shape, like=like)
-    if a.dtype not in _FLOATS:
-        raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
-    if like is not None and a.dtype != like.dtype:
-        raise OpArgumentError(f"{op}: {name} must be {like.dtype} like the other operands, got {a.dtype}")
+def _check_float(op: str, name: str, a: Any, *, like: Any = None) -> _views.Layout:
+    """A float32/float64 array, C-contiguous or batch-strided (like ``like``: shape, dtype, device)."""
+    return _views.check_view(op, name, a, shape=None if like is None else like.shape, like=like)
+
+
+def _out(op: str, out: Any, like: Any) -> Any:
+    """``out`` checked (a view is fine), or a new C-contiguous array shaped like ``like``."""
+    if out is None:
+        return device.array_module(like).empty(tuple(like.shape), dtype=like.dtype)
+    _views.check_view(op, "out", out, shape=like.shape, like=like, dtype=like.dtype)
+    return out
 
 
 def _check_slope(op: str, slope: Any) -> float:
@@ -40,9 +44,17 @@ def _check_slope(op: str, slope: Any) -> float:
     return s
 
 
-def _launch(function: str, args: tuple, n: int) -> None:
-    grid = min(cuda.cdiv(n, _BLOCK * _UNROLL), _MAX_GRID)
-    cuda.launch("activation", function, (grid, 1, 1), (_BLOCK, 1, 1), args)
+def _launch(function: str, operands: tuple[Any, ...], slope: Any) -> None:
+    """One launch over operands of one shape, each passed as (span, batch stride)."""
+    lays = [_views.layout(function, f"operand {i}", a) for i, a in enumerate(operands)]
+    batches, inner, strides = _views.collapse(lays)
+    if batches * inner == 0:
+        return
+    args: list[Any] = []
+    for a, lay, bs in zip(operands, lays, strides):
+        args += [_views.span(a, lay), np.int64(bs)]
+    cuda.launch("activation", function, _views.elementwise_grid(batches, inner), (_views.BLOCK, 1, 1),
+                (*args, np.int64(inner), np.int64(batches), slope))
 
 
 def _suffix(dtype: np.dtype) -> str:
@@ -82,12 +94,12 @@ def relu_backward_cpu(dy: np.ndarray, y: np.ndarray, slope: float, dx: np.ndarra
 
 def relu_forward_gpu(x: Any, slope: float, y: Any) -> None:
     s = x.dtype.type(slope)  # the kernel takes a T-typed slope (float or double)
-    _launch(f"relu_fwd_{_suffix(x.dtype)}", (x, y, np.int64(x.size), s), x.size)
+    _launch(f"relu_fwd_{_suffix(x.dtype)}", (x, y), s)
 
 
 def relu_backward_gpu(dy: Any, y: Any, slope: float, dx: Any) -> None:
     s = dy.dtype.type(slope)
-    _launch(f"relu_bwd_{_suffix(dy.dtype)}", (dy, y, dx, np.int64(dy.size), s), dy.size)
+    _launch(f"relu_bwd_{_suffix(dy.dtype)}", (dy, y, dx), s)
 
 
 # ---------------------------------------------------------------------------- public ops
@@ -97,7 +109,7 @@ def relu_forward(x: Any, slope: float = 0.0, out: Any = None) -> Any:
     op = "relu_forward"
     _check_float(op, "x", x)
     slope = _check_slope(op, slope)
-    y = check_out(op, out, x.shape, x, dtype=x.dtype)
+    y = _out(op, out, x)
     if device.is_gpu_array(x):
         relu_forward_gpu(x, slope, y)
     else:
@@ -111,7 +123,7 @@ def relu_backward(dy: Any, y: Any, slope: float = 0.0, out: Any = None) -> Any:
     _check_float(op, "dy", dy)
     _check_float(op, "y", y, like=dy)
     slope = _check_slope(op, slope)
-    dx = check_out(op, out, dy.shape, dy, dtype=dy.dtype)
+    dx = _out(op, out, dy)
     if device.is_gpu_array(dy):
         relu_backward_gpu(dy, y, slope, dx)
     else:
