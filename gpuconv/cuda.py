@@ -32,7 +32,22 @@ import numpy as np
 
 from . import device
 
-KERNEL_DIR = Path(os.environ.get("GPUCONV_KERNEL_DIR", Path(__file__).resolve().parent.parent / "kernels"))
+
+def _kernel_dir() -> Path:
+    """$GPUCONV_KERNEL_DIR, else a checkout's kernels/ beside the package, else the installed copy.
+
+    A wheel or a non-editable install carries the sources as package data in ``gpuconv/_kernels``
+    (setup.py maps the top-level kernels/ there); an editable install or a plain checkout reads kernels/.
+    """
+    env = os.environ.get("GPUCONV_KERNEL_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "kernels"
+    return checkout if (checkout / "conv.cu").is_file() else package / "_kernels"
+
+
+KERNEL_DIR = _kernel_dir()
 # -std=c++17 for constexpr/if constexpr; CuPy adds -arch itself (and -ftz=true).
 NVRTC_OPTIONS: tuple[str, ...] = ("-std=c++17",)
 TARGET_ARCHS: tuple[str, ...] = ("compute_80", "compute_90")
