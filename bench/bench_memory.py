@@ -40,6 +40,7 @@ def _child(model: str, batch: int, mode: str, optimizer: str, steps: int, pool_l
     from gpuconv.memory.arena import PlannedExecutor
     from gpuconv.memory.budget import measure_context_bytes, process_used_bytes
     from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
 
     ctx = measure_context_bytes()  # cached JSON, or measured in a fresh subprocess: no context here yet
     dev = devmod.get_device("cuda")
@@ -50,17 +51,17 @@ def _child(model: str, batch: int, mode: str, optimizer: str, steps: int, pool_l
     inference = mode == "infer"
     plan = make_plan(net, batch, optimizer=optimizer, inference=inference)
     ex = PlannedExecutor(net, plan, dev, seed=0)
+    opt = None if inference else Optimizer(optimizer).bind(net, state_buffers=ex.state_views(),
+                                                           hyper=ex.hyper_view())
+    step = TrainStep(net, opt, ex)
     rng = np.random.default_rng(0)
-    ex.load_batch(rng.standard_normal((batch, *net.input_shape)).astype(np.float32),
-                  None if inference else rng.integers(0, net.output_shape[0], batch).astype(np.int32))
-    if not inference:
-        opt = Optimizer(optimizer).bind(net, state_buffers=ex.state_views())
+    step.load(rng.standard_normal((batch, *net.input_shape)).astype(np.float32),
+              None if inference else rng.integers(0, net.output_shape[0], batch).astype(np.int32))
     for _ in range(steps):
         if inference:
-            ex.infer()
+            step.infer()
         else:
-            ex.forward_backward()
-            opt.step()
+            step.run()
     dev.synchronize()
     used = process_used_bytes()
     pool = cp.get_default_memory_pool()

@@ -36,10 +36,10 @@ def _step(model: str, shape: tuple[int, ...], batch: int, optimizer: str, dev: d
     net = get_model(model, input_shape=shape, classes=10)
     ex = PlannedExecutor(net, make_plan(net, batch, optimizer=optimizer), dev, seed=1)
     opt = Optimizer(optimizer, 1e-3).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    step = TrainStep(net, opt, ex)
     rng = np.random.default_rng(0)
-    ex.load_batch(rng.standard_normal((batch, *shape)).astype(np.float32),
-                  rng.integers(0, 10, batch).astype(np.int32))
-    return TrainStep(net, opt, ex)
+    step.load(rng.standard_normal((batch, *shape)).astype(np.float32), rng.integers(0, 10, batch).astype(np.int32))
+    return step
 
 
 def host_cost(reps: int = 20) -> None:

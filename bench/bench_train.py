@@ -92,6 +92,7 @@ def cpu_epoch(batch: int = 128) -> list[Row]:
 def cpu_step_profile(batch: int = 128, steps: int = 10) -> None:
     """Per-layer milliseconds of one CPU training step of the benchmark net (synthetic batch, Adam)."""
     from gpuconv.optim import Optimizer  # noqa: PLC0415
+    from gpuconv.step import TrainStep  # noqa: PLC0415
 
     net = get_model("fmnist").bind("cpu")
     opt = Optimizer("adam", 1e-3).bind(net)
@@ -111,12 +112,11 @@ def cpu_step_profile(batch: int = 128, steps: int = 10) -> None:
     for i, layer in enumerate(net.layers):
         layer.forward = timed(f"{i}:{layer.describe()} fwd", layer.forward)
         layer.backward = timed(f"{i}:{layer.describe()} bwd", layer.backward)
-    step_opt = timed("optimizer step", opt.step)
+    opt.step = timed("optimizer step", opt.step)   # the unplanned step calls opt.step()
+    train_step = TrainStep(net, opt)
 
     def step() -> None:
-        loss, dscores = net.loss_and_grad(net.forward(x, train=True), y)
-        net.backward(dscores)
-        step_opt()
+        train_step.run(x, y)
 
     for _ in range(2):
         step()

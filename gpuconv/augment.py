@@ -4,6 +4,11 @@ All randomness is drawn on the host from a ``numpy.random.Generator`` (a few
 numbers per image), then applied with whole-batch array operations of the
 batch's own array module (NumPy or CuPy).  So the result depends only on the
 generator's state, not on the device, and no image leaves the device.
+
+:func:`augment` returns a new batch.  A planned training run uses
+:func:`augment_into` instead: the same draws (:func:`draw`), applied while the
+batch is gathered from the data set straight into the plan's input batch, so
+augmentation allocates nothing (on the GPU it is one kernel, ``kernels/augment.cu``).
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from gpuconv import device
+from gpuconv.ops.augment import augment_gather
 
-__all__ = ["random_flip", "random_crop", "augment"]
+__all__ = ["random_flip", "random_crop", "augment", "draw", "augment_into"]
 
 
 def _check_batch(x: Any, what: str) -> None:
@@ -72,3 +78,23 @@ def augment(x: Any, rng: np.random.Generator, pad: int = 4, flip: bool = True) -
     if flip:
         out = random_flip(out, rng)
     return out
+
+
+def draw(rng: np.random.Generator, n: int, pad: int = 4, flip: bool = True, p: float = 0.5) -> np.ndarray:
+    """The draws of :func:`augment` for ``n`` images, in its order, as an (n, 3) int32 host array:
+    per image the crop's row and column offsets in the padded image (``pad``: no shift) and
+    whether it is mirrored (0/1).  ``pad == 0`` draws no offsets, ``flip=False`` no flips."""
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    out = np.full((n, 3), pad, dtype=np.int32)
+    if pad > 0:
+        out[:, :2] = rng.integers(0, 2 * pad + 1, size=(2, n)).T
+    out[:, 2] = (rng.random(n) < p) if flip else 0
+    return out
+
+
+def augment_into(out: Any, src: Any, idx: Any, draws: Any, pad: int) -> Any:
+    """``out[i] = augment(src[idx[i]])`` with the crop offsets and flips of ``draws`` (see :func:`draw`),
+    gathered from ``src`` (N_src, C, H, W) straight into ``out`` (n, C, H, W): no other array is made on
+    the device.  ``idx`` (n,) and ``draws`` (n, 3) int32 live on the device of ``src`` and ``out``."""
+    return augment_gather(src, idx, draws, pad, out)

@@ -92,3 +92,72 @@ def test_augment_gpu_matches_cpu(cp):
     gpu = augment.augment(cp.asarray(x), np.random.default_rng(1), pad=4)
     assert isinstance(gpu, cp.ndarray)
     np.testing.assert_array_equal(cpu, gpu.get())
+
+
+# ---- augment_into: the planned run's gather + augment, one op (kernels/augment.cu)
+
+def _into(src, idx, draws, pad, xp=np):
+    out = xp.asarray(np.full((len(idx), *src.shape[1:]), np.nan, dtype=src.dtype))  # garbage: all must be written
+    return augment.augment_into(out, src, xp.asarray(idx), xp.asarray(draws), pad)
+
+
+def test_draw_is_augments_draws_in_its_order():
+    d = augment.draw(np.random.default_rng(7), 6, pad=3)
+    _, offs = ref_crop(batch(), 3, 7)
+    rng = np.random.default_rng(7)
+    rng.integers(0, 7, size=(2, 6))
+    assert d.dtype == np.int32 and d.shape == (6, 3)
+    np.testing.assert_array_equal(d[:, :2].T, offs)
+    np.testing.assert_array_equal(d[:, 2], rng.random(6) < 0.5)
+    assert (augment.draw(np.random.default_rng(0), 4, pad=0, flip=False) == 0).all()
+
+
+@pytest.mark.parametrize("pad,flip", [(0, True), (1, False), (2, True), (4, True), (9, True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_augment_into_equals_augment_of_the_gathered_batch(pad, flip, dtype):
+    src = batch(n=9, seed=3).astype(dtype)
+    idx = np.array([4, 0, 8, 4, 2, 7], dtype=np.int64)
+    draws = augment.draw(np.random.default_rng(11), len(idx), pad=pad, flip=flip)
+    want = augment.augment(src[idx], np.random.default_rng(11), pad=pad, flip=flip)
+    got = _into(src, idx, draws, pad)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_augment_into_refuses_bad_arguments():
+    from gpuconv.ops._checks import OpArgumentError
+
+    src, out = batch(n=4), np.empty((2, 2, 5, 7), np.float32)
+    idx, draws = np.array([0, 3]), augment.draw(np.random.default_rng(0), 2, pad=1)
+    with pytest.raises(OpArgumentError, match="idx must be int64"):
+        augment.augment_into(out, src, idx.astype(np.int32), draws, 1)
+    with pytest.raises(OpArgumentError, match=r"idx must be in \[0, 4\)"):
+        augment.augment_into(out, src, np.array([0, 4]), draws, 1)
+    with pytest.raises(OpArgumentError, match=r"offsets must be in \[0, 0\]"):
+        augment.augment_into(out, src, idx, draws, 0)
+    with pytest.raises(OpArgumentError, match="differ from src"):
+        augment.augment_into(np.empty((2, 2, 5, 6), np.float32), src, idx, draws, 1)
+    with pytest.raises(OpArgumentError, match="draws must have shape"):
+        augment.augment_into(out, src, idx, draws[:1], 1)
+
+
+@pytest.mark.emu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_augment_kernel_matches_numpy_and_allocates_nothing(dtype):
+    from gpuconv import cuda, emu
+
+    if not emu.available():
+        pytest.skip("no C++ compiler: the kernel emulator is unavailable")
+    src = batch(n=9, c=3, h=6, w=5, seed=4).astype(dtype)
+    idx = np.array([8, 1, 1, 5, 0, 3, 7], dtype=np.int64)
+    draws = augment.draw(np.random.default_rng(2), len(idx), pad=2)
+    want = augment.augment(src[idx], np.random.default_rng(2), pad=2)
+    with emu.emulated() as xp:
+        d_src, d_idx, d_draws = xp.asarray(src), xp.asarray(idx), xp.asarray(draws)
+        out = xp.asarray(np.full((len(idx), 3, 6, 5), np.nan, dtype=dtype))
+        # A capture refuses any allocation or host-side device operation: the op is one launch.
+        graph = cuda.capture(lambda: augment.augment_into(out, d_src, d_idx, d_draws, 2))
+        assert graph.num_nodes == 1
+        graph.launch()
+        got = np.asarray(out).copy()
+    np.testing.assert_array_equal(got, want)

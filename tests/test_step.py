@@ -56,8 +56,7 @@ def _train(spec: str, xp, optimizer: str, batches, graph: bool) -> dict:
     net, opt, ex = _setup(spec, xp, optimizer)
     step = TrainStep(net, opt, ex, cuda_graph=graph)
     for x, y in batches:
-        ex.load_batch(x, y)
-        step.run()
+        step.run(x, y)
     return {"params": device.to_host(net.param_buffer), "loss_sum": float(device.to_host(step.loss_sum)),
             "correct": int(device.to_host(step.correct)), "t": opt.t, "step": net.step,
             "state": [device.to_host(s) for s in opt.state], "eager_steps": step.eager_steps,
@@ -105,10 +104,9 @@ def test_a_frozen_step_scalar_would_be_caught(rng: np.random.Generator) -> None:
         net, opt, ex = _setup(SPLIT_K, xp, "sgd")
         step = TrainStep(net, opt, ex, cuda_graph=True)
         for i, (x, y) in enumerate(batches):
-            ex.load_batch(x, y)
             if i >= 2:   # from the first replay on, keep the hyperparameters of the captured step
                 opt.t = 1
-            step.run()
+            step.run(x, y)
         frozen = device.to_host(net.param_buffer)
     assert not np.array_equal(frozen, eager["params"])
 
@@ -125,8 +123,8 @@ def test_zoo_training_steps_allocate_nothing(model: str, precision: str, algo: s
     with emu.emulated() as xp:
         net, opt, ex = _setup(model, xp, "momentum", precision=precision, algo=algo)
         x = rng.standard_normal((BATCH, *net.input_shape)).astype(np.float32)
-        ex.load_batch(x, rng.integers(0, net.output_shape[0], BATCH).astype(np.int32))
         step = TrainStep(net, opt, ex, cuda_graph=True)
+        step.load(x, rng.integers(0, net.output_shape[0], BATCH).astype(np.int32))
         step.run()
         step.run()
         assert step.graph is not None
@@ -166,8 +164,8 @@ def test_capture_refuses_an_allocation_with_a_clear_error() -> None:
         plan = make_plan(net, 2)
         ex = PlannedExecutor(net, plan, device.Device("cuda", xp))
         opt = Optimizer("sgd").bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
-        ex.load_batch(np.ones((2, 4), np.float32), np.zeros(2, np.int32))
         step = TrainStep(net, opt, ex, cuda_graph=True)
+        step.load(np.ones((2, 4), np.float32), np.zeros(2, np.int32))
         step.run()                     # eager: fine
         with pytest.raises(emu.EmulatorError, match="allocating a device array"):
             step.run()                 # captured: the temporary is refused
@@ -208,8 +206,7 @@ def test_cpu_step_equals_the_unplanned_loop(rng: np.random.Generator) -> None:
     net, opt, ex = _setup(MIXED, np, "adam")
     step = TrainStep(net, opt, ex, cuda_graph=True)   # no GPU: eager
     for x, y in batches:
-        ex.load_batch(x, y)
-        step.run()
+        step.run(x, y)
     assert step.graph is None
     params, loss_sum, correct, _ = _unplanned_reference(MIXED, "adam", batches)
     np.testing.assert_array_equal(net.param_buffer, params)
@@ -242,3 +239,105 @@ def test_gpu_training_with_cuda_graph_matches_without(tmp_path) -> None:
     b = train(_synthetic_cfg(tmp_path / "graph", epochs=1, device="cuda", limit_train=32 * 12, cuda_graph=True))
     assert rel_error(a.net.param_buffer, b.net.param_buffer) < 1e-4
     assert b.test_accuracy == pytest.approx(a.test_accuracy, abs=0.02)
+
+
+# ---- one step, three modes: unplanned (ops allocate, scalars as arguments) and planned give the same step
+
+def _unplanned_setup(spec: str, xp, optimizer: str, seed: int = 3) -> tuple:
+    net = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
+    net.bind(device.CPU if xp is np else device.Device("cuda", xp), seed=seed)
+    opt = Optimizer(optimizer, 0.01, weight_decay=1e-3, schedule=Schedule("cosine", total_epochs=1)).bind(net)
+    opt.steps_per_epoch = STEPS
+    return net, opt
+
+
+def _modes(spec: str, xp, optimizer: str, batches) -> tuple[dict, dict]:
+    """(planned, unplanned): params, optimizer state and totals after the same steps."""
+    out = []
+    for planned in (True, False):
+        if planned:
+            net, opt, ex = _setup(spec, xp, optimizer)
+            step = TrainStep(net, opt, ex)
+        else:
+            net, opt = _unplanned_setup(spec, xp, optimizer)
+            step = TrainStep(net, opt)
+        assert step.planned is planned
+        for x, y in batches:
+            step.run(*((x, y) if planned or xp is np else (xp.asarray(x), xp.asarray(y))))
+        out.append({"params": device.to_host(net.param_buffer).copy(), "t": opt.t, "step": net.step,
+                    "state": [device.to_host(s).copy() for s in opt.state],
+                    "loss_sum": float(device.to_host(step.loss_sum)), "correct": int(device.to_host(step.correct))})
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "nesterov"), ("lenet5", "rmsprop")])
+def test_cpu_planned_and_unplanned_steps_are_identical(spec: str, optimizer: str, rng: np.random.Generator) -> None:
+    net = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
+    planned, unplanned = _modes(spec, np, optimizer, _batches(net, net.output_shape[0], rng))
+    np.testing.assert_array_equal(planned["params"], unplanned["params"])
+    for a, b in zip(planned["state"], unplanned["state"]):
+        np.testing.assert_array_equal(a, b)
+    assert planned["loss_sum"] == unplanned["loss_sum"] and planned["correct"] == unplanned["correct"]
+    assert (planned["t"], planned["step"]) == (unplanned["t"], unplanned["step"]) == (STEPS, STEPS)
+    # and the steps did something
+    ref = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
+    assert not np.array_equal(planned["params"], ref.bind("cpu", seed=3).param_buffer)
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "momentum")])
+def test_emulated_planned_and_unplanned_steps_are_identical(spec: str, optimizer: str,
+                                                            rng: np.random.Generator) -> None:
+    """The same kernels whether the scalars are arguments or read from planned memory, and
+    whether the scratch is planned or allocated: the same bits."""
+    net = parse_spec(spec)
+    batches = _batches(net, net.output_shape[0], rng)
+    with emu.emulated() as xp:
+        planned, unplanned = _modes(spec, xp, optimizer, batches)
+    np.testing.assert_array_equal(planned["params"], unplanned["params"])
+    for a, b in zip(planned["state"], unplanned["state"]):
+        np.testing.assert_array_equal(a, b)
+    assert planned["correct"] == unplanned["correct"]
+    assert planned["loss_sum"] == pytest.approx(unplanned["loss_sum"], rel=1e-6)
+
+
+def _reference_eval(spec: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean softmax cross-entropy of the freshly bound net, in float64 NumPy."""
+    ref = (parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)).bind("cpu", seed=3)
+    scores = np.concatenate([ref.forward(x[i:i + 3], train=False) for i in range(0, len(x), 3)]).astype(np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(np.mean(scores.argmax(axis=1) == y)), float(-logp[np.arange(len(y)), y].mean())
+
+
+@pytest.mark.parametrize("spec", [MIXED, "small"])
+def test_evaluate_through_the_step_equals_the_reference(spec: str, rng: np.random.Generator) -> None:
+    net = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
+    n = 3 * BATCH + 2   # full planned batches and an unplanned remainder
+    x = rng.standard_normal((n, *net.input_shape)).astype(np.float32)
+    y = rng.integers(0, net.output_shape[0], n).astype(np.int32)
+    want_acc, want_loss = _reference_eval(spec, x, y)
+    net, opt, ex = _setup(spec, np, "adam")
+    step = TrainStep(net, opt, ex)
+    step.loss_sum[...], step.correct[...] = 5.0, 7   # the training totals are not evaluate's
+    got_planned = step.evaluate(x, y, batch=1000)     # planned: batches of the plan's size
+    assert (float(step.loss_sum), int(step.correct)) == (5.0, 7)
+    unet, uopt = _unplanned_setup(spec, np, "adam")
+    got_unplanned = TrainStep(unet, uopt).evaluate(x, y, batch=BATCH)
+    for acc, loss in (got_planned, got_unplanned):
+        assert acc == want_acc
+        assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert got_planned == got_unplanned   # the same ops on the same batches
+
+
+def test_an_inference_step_on_an_inference_plan(rng: np.random.Generator) -> None:
+    net = get_model("small")
+    ex = PlannedExecutor(net, make_plan(net, BATCH, inference=True), "cpu", seed=3)
+    step = TrainStep(net, None, ex)
+    x = rng.standard_normal((BATCH, *net.input_shape)).astype(np.float32)
+    np.testing.assert_array_equal(step.infer(x), get_model("small").bind("cpu", seed=3).forward(x, train=False))
+    with pytest.raises(RuntimeError, match="optimizer"):
+        step.run()
+    with pytest.raises(ValueError, match="PlannedExecutor"):
+        TrainStep(get_model("small").bind("cpu"), None, cuda_graph=True)

@@ -7,7 +7,7 @@
   lifetimes never overlap in memory, others share bytes),
 - ONE param store of ``plan.param_store_bytes`` (params | grads | optimizer
   state), whose param/grad views the Net is bound to,
-- ONE misc region of ``plan.misc_bytes`` (input batch, labels, augmented copy),
+- ONE misc region of ``plan.misc_bytes`` (input batch, labels, the step's small state),
 
 and builds one :class:`~gpuconv.layers.base.Buffers` per layer from views into
 them, so a training step allocates nothing of its own: split-K and Winograd
@@ -16,6 +16,9 @@ scratch, the loss, the running loss/accuracy totals and the per-step scalars
 lets :class:`gpuconv.step.TrainStep` capture the step as a CUDA graph.  NumPy
 and CuPy work alike: every view is
 ``region[offset:offset + nbytes].view(dtype).reshape(shape)``.
+
+The executor only allocates and hands out views; it runs nothing.  Steps (training
+and inference) are :class:`gpuconv.step.TrainStep`'s.
 
 ``GPUCONV_DEBUG_ALLOC=1`` (or ``debug=True``) allocates every tensor
 separately instead, with the same views API, so compute-sanitizer can catch an
@@ -29,8 +32,6 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import device as devmod
-from ..ops.dropout import dropout_keys
-from ..ops.loss import LossBuffers
 from .plan import Plan, PlannedTensor, fmt_bytes
 
 DEBUG_ENV = "GPUCONV_DEBUG_ALLOC"
@@ -179,9 +180,6 @@ class PlannedExecutor:
     def labels_view(self) -> Any:
         return self.view("labels")
 
-    def augmented_view(self) -> Any:
-        return self.view("augmented")
-
     def dscores_view(self) -> Any:
         return self.view("dscores")
 
@@ -197,10 +195,10 @@ class PlannedExecutor:
         """The optimizer's state slots (flat, num_params each), for ``Optimizer.bind(net, state_buffers=...)``."""
         return [self._segments[f"state{j}"] for j in range(self.plan.state_slots)]
 
-    def loss_buffers(self, running_sum: bool = False) -> LossBuffers:
-        """The planned loss scratch; with ``running_sum`` the loss also adds into step.loss_sum."""
-        return LossBuffers(self.view("loss.rows"), self.view("loss.mean"),
-                           self.view("step.loss_sum") if running_sum else None)
+    def loss_views(self) -> tuple[Any, Any, Any]:
+        """(per-row losses [N], mean loss 0-d, running loss total 0-d float64): the planned loss
+        scratch and the total a training step's loss adds into (see ops.loss.LossBuffers)."""
+        return self.view("loss.rows"), self.view("loss.mean"), self.view("step.loss_sum")
 
     def correct_view(self) -> Any:
         """0-d int64: the running count of correct predictions (see ops.loss.accuracy_count)."""
@@ -217,15 +215,10 @@ class PlannedExecutor:
     def _dropout_layers(self) -> list[int]:
         return [i for i, layer in enumerate(self.net.layers) if getattr(layer, "kind", "") == "DROPOUT"]
 
-    def write_step_scalars(self, step: int, hyper: Any = None) -> None:
-        """Write what changes every step into planned memory, stream-ordered (no sync): the
-        dropout keys of step ``step`` and, when given, the optimizer's [lr, bc1, bc2]."""
-        drop = self._dropout_layers()
-        if drop:
-            keys = [k for i in drop for k in dropout_keys(self.net.layers[i].seed, step)]
-            devmod.copy_into(self.view("step.dropout_keys"), np.array(keys, dtype=np.uint32))
-        if hyper is not None:
-            devmod.copy_into(self.hyper_view(), np.asarray(hyper, dtype=self.plan.dtype))
+    def dropout_keys_view(self) -> Any:
+        """uint32 [2 * dropouts]: each dropout layer's (k0, k1) of the step about to run, in
+        layer order (each layer's Buffers.step["keys"] is its pair); None without dropout."""
+        return self.view("step.dropout_keys") if self._dropout_layers() else None
 
     @property
     def allocated_bytes(self) -> int:
@@ -257,34 +250,6 @@ class PlannedExecutor:
             self._infer = [_make_buffers(out=b.out, saved=dict(b.saved), workspace=dict(b.workspace))
                            for b in self._train]  # type: ignore[union-attr]
         return self._infer
-
-    # ---- steps -----------------------------------------------------------------------
-    def load_batch(self, x: Any = None, labels: Any = None) -> None:
-        """Copy a batch into the planned input (and labels) views."""
-        if x is not None:
-            devmod.copy_into(self.input_view(), x)   # host data: no temporary device copy
-        if labels is not None:
-            devmod.copy_into(self.labels_view(), labels)
-
-    def forward_backward(self, x: Any = None, labels: Any = None) -> Any:
-        """One training step's forward, loss and backward, entirely in planned memory; returns the loss.
-
-        ``x``/``labels`` are copied into the planned views when given (else the views already hold them).
-        """
-        bufs = self.train_step_buffers()
-        self.load_batch(x, labels)
-        net = self.net
-        self.write_step_scalars(net.step)
-        scores = net.forward(self.input_view(), train=True, buffers=bufs)
-        loss, dscores = net.loss_and_grad(scores, self.labels_view(), grad_out=self.dscores_view(),
-                                          buffers=self.loss_buffers())
-        net.backward(dscores, buffers=bufs)
-        return loss
-
-    def infer(self, x: Any = None) -> Any:
-        """Class scores of the planned batch in inference mode (a view into the arena: copy to keep)."""
-        self.load_batch(x)
-        return self.net.forward(self.input_view(), train=False, buffers=self.inference_buffers())
 
     def __repr__(self) -> str:
         mode = "debug: one allocation per tensor" if self.debug else "arena"

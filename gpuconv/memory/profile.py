@@ -1,4 +1,4 @@
-"""The per-layer memory profiler: real training steps inside the PlannedExecutor, planned vs measured.
+"""The per-layer memory profiler: real training steps (gpuconv.step.TrainStep) in the plan's memory, planned vs measured.
 
 For every layer and phase (forward, backward) it records
 
@@ -255,19 +255,22 @@ class _Timer:
 
 def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer: str = "sgd", *,
             seed: int = 0, warmup: int = 1, plan: Plan | None = None) -> ProfileReport:
-    """Run ``warmup + steps`` real training steps of ``net`` inside a PlannedExecutor and measure each layer."""
+    """Run ``warmup + steps`` real planned training steps of ``net`` and measure each layer."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     from ..optim import Optimizer  # noqa: PLC0415
+    from ..step import TrainStep  # noqa: PLC0415  (the step imports the ops; the planner does not)
 
     dev = device if isinstance(device, devmod.Device) else devmod.get_device(device)
     plan = plan or make_plan(net, batch, optimizer=optimizer)
     ex = PlannedExecutor(net, plan, dev, seed=seed)
-    opt = Optimizer(optimizer).bind(net, state_buffers=ex.state_views())
+    opt = Optimizer(optimizer).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    step = TrainStep(net, opt, ex)
     rng = np.random.default_rng(seed)
     n_classes = int(net.layers[-1].out_shape[0])
-    ex.load_batch(rng.standard_normal((batch, *net.input_shape)).astype(plan.dtype),
-                  rng.integers(0, n_classes, batch).astype(np.int32))
+    step.load(rng.standard_normal((batch, *net.input_shape)).astype(plan.dtype),
+              rng.integers(0, n_classes, batch).astype(np.int32))
+    loss_mean = ex.loss_views()[1]
 
     gpu = dev.is_gpu
     counter = _Counter(gpu)
@@ -325,6 +328,14 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
 
         originals.append((layer, f0, b0))
         layer.forward, layer.backward = fwd, bwd
+    update0 = opt.launch_update
+
+    def update() -> None:
+        t0 = timer.start()
+        update0()
+        timer.stop(t0, opt_ms.append)
+
+    opt.launch_update = update
 
     losses: list[float] = []
     peak: int | None = None
@@ -348,13 +359,9 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
                 recording["on"] = True
                 if gpu:
                     counter.hook.__enter__()
-            loss = ex.forward_backward()
-            t0 = timer.start()
-            opt.step()
-            timer.stop(t0, opt_ms.append)
-            net.step += 1
+            step.run()
             timer.flush()
-            losses.append(float(devmod.to_host(loss)))
+            losses.append(float(devmod.to_host(loss_mean)))
             if gpu and nvml_ok:
                 dev.synchronize()
                 from .budget import process_used_bytes  # noqa: PLC0415
@@ -368,6 +375,7 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
         for layer, f0, b0 in originals:
             # drop the instance attributes: the class methods show through again
             del layer.forward, layer.backward
+        del opt.launch_update
 
     rows = []
     for i, layer in enumerate(net.layers):
