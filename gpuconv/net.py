@@ -1,9 +1,22 @@
 """Net: a static graph of layers, built from the input shape before anything runs.
 
-Construction infers every shape and rejects bad geometry (no memory touched).
-``bind(device)`` then lays all parameters out in ONE flat buffer (weights first,
-then biases/BN parameters, so weight decay can skip the latter) with gradients in
-a second buffer of the same layout; each layer's params are views into it.
+A net is a directed acyclic graph of nodes: each node is a layer that reads the outputs
+of named nodes (``"input"`` is the data).  A chain is the special case where every layer
+reads the one before it, which is what ``Net(layers, input_shape)`` builds; a branching
+net (residual and Inception blocks) names each layer's inputs, usually through the
+functional builder :class:`gpuconv.graph.Graph`.  The layers are kept in topological
+order in ``layers``; ``sources[i]`` are the indices of the nodes layer i reads (-1: the
+input), the last layer's output is the class scores.
+
+Construction infers every shape and rejects bad geometry (no memory touched): a merge node
+whose inputs do not fit names both branches and their shapes.  ``bind(device)`` then lays
+all parameters out in ONE flat buffer (weights first, then biases/BN parameters, so weight
+decay can skip the latter) with gradients in a second buffer of the same layout; each
+layer's params are views into it.
+
+Backward runs the nodes in reverse topological order.  A tensor read by several nodes
+receives the sum of their gradients, accumulated in place into one of them where that is
+legal (see :meth:`Net.backward`), so a residual block adds no gradient copies.
 """
 from __future__ import annotations
 
@@ -19,9 +32,11 @@ from .geometry import GeometryError
 from .layers import FC, BatchNorm, Buffers, Conv, Dropout, Layer, ReLU
 from .ops import cpu_threads
 from .ops import loss as loss_ops
+from .ops.add import accumulate_, add_forward
 from .ops.winograd import ALGOS as CONV_ALGOS
 
 LOSSES = ("softmax", "svm")
+INPUT = "input"  # the name by which nodes read the data batch
 
 
 @dataclass(frozen=True)
@@ -38,10 +53,31 @@ class ParamSlot:
         return int(math.prod(self.shape))
 
 
+def is_merge(layer: Layer) -> bool:
+    """A node that reads several tensors (ADD, CONCAT): built from all their shapes."""
+    return hasattr(layer, "build_inputs")
+
+
+class _GradToken:
+    """The memory behind one gradient array, and how many pending gradients refer to it.
+
+    A backward that returns its dy (or a view of it) hands the same memory on: the
+    gradients of both inputs of an ADD, what a fused RELU or FLATTEN passes through.
+    Writing into such an array in place (accumulating into it, or a fused ReLU masking
+    its dy) is legal only while no other pending gradient refers to it."""
+
+    __slots__ = ("holders",)
+
+    def __init__(self) -> None:
+        self.holders = 0
+
+
 class Net:
     def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int], *, loss: str = "softmax",
                  dtype: Any = np.float32, name: str = "net", fuse: bool = True,
-                 vector_output: bool = True) -> None:
+                 vector_output: bool = True, inputs: Sequence[Sequence[str]] | None = None) -> None:
+        """``inputs[i]``: the names of the nodes layer i reads (``"input"`` for the data);
+        None builds a chain.  Layers must come in topological order (a node after its inputs)."""
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
         if not layers:
@@ -52,18 +88,27 @@ class Net:
         self.name, self.loss, self.dtype = name, loss, np.dtype(dtype)
         self.input_shape = input_shape
         self.layers = list(layers)
-        self._name_layers()
-        shape = input_shape
-        for layer in self.layers:
-            layer.dtype = self.dtype
-            shape = layer.build(shape)
+        self._name_layers(number=inputs is None)
+        self.sources = self._resolve_inputs(inputs)
+        self.is_chain = all(src == (i - 1,) for i, src in enumerate(self.sources))
+        self.consumers: list[list[int]] = [[] for _ in self.layers]
+        for i, src in enumerate(self.sources):
+            for p in src:
+                if p >= 0:
+                    self.consumers[p].append(i)
+        for i, layer in enumerate(self.layers[:-1]):
+            if not self.consumers[i]:
+                raise GeometryError(f"{name}: the output of {layer.name} is never read; every node but the "
+                                    f"last must feed another (the last one's output is the class scores)")
+        shape = self._build_shapes()
         self.output_shape = shape
         if vector_output and len(shape) != 1:
             raise GeometryError(f"{name}: the last layer must produce class scores (a vector), got volume {shape}; "
                                 f"end the net with an FC layer")
         if fuse:
             self._fuse_relus()
-        self.layers[0].input_grad = False  # the data's gradient is not needed (see backward)
+        for i in self._readers_of_input():
+            self.layers[i].input_grad = False  # the data's gradient is not needed (see backward)
         self.slots = self._layout()
         self.num_params = sum(s.size for s in self.slots)
         self.num_decayed = sum(s.size for s in self.slots if s.name == "w")
@@ -74,24 +119,79 @@ class Net:
         self.step = 0
 
     # ---- construction ---------------------------------------------------------------
-    def _name_layers(self) -> None:
+    def _name_layers(self, number: bool = True) -> None:
+        """A chain numbers default names (conv1, conv2, ...); a graph's names are what its inputs refer to."""
         counts: dict[str, int] = {}
         seen: set[str] = set()
         for layer in self.layers:
-            if layer.name == layer.kind.lower():  # default name: number it, conv1, conv2, ...
+            if number and layer.name == layer.kind.lower():  # default name: number it, conv1, conv2, ...
                 counts[layer.kind] = counts.get(layer.kind, 0) + 1
                 layer.name = f"{layer.kind.lower()}{counts[layer.kind]}"
-            if layer.name in seen:
-                raise ValueError(f"{self.name}: two layers are named {layer.name!r}")
+            if layer.name in seen or layer.name == INPUT:
+                raise ValueError(f"{self.name}: two nodes are named {layer.name!r}")
             seen.add(layer.name)
 
+    def _resolve_inputs(self, inputs: Sequence[Sequence[str]] | None) -> list[tuple[int, ...]]:
+        if inputs is None:
+            return [(i - 1,) for i in range(len(self.layers))]
+        if len(inputs) != len(self.layers):
+            raise ValueError(f"{self.name}: {len(inputs)} input lists for {len(self.layers)} layers")
+        index = {INPUT: -1}
+        sources: list[tuple[int, ...]] = []
+        for i, (layer, names) in enumerate(zip(self.layers, inputs)):
+            if isinstance(names, str):
+                names = (names,)
+            src = []
+            for n in names:
+                if n not in index:
+                    later = any(other.name == n for other in self.layers[i:])
+                    raise GeometryError(f"{self.name}: {layer.name} reads {n!r}, " + (
+                        "which comes after it: list the nodes in topological order" if later
+                        else "which is no node of this net"))
+                src.append(index[n])
+            want = "two or more inputs" if is_merge(layer) else "exactly one input"
+            if (len(src) >= 2) != is_merge(layer) or not src:
+                raise GeometryError(f"{self.name}: {layer.name} ({layer.kind}) takes {want}, got {list(names)}")
+            sources.append(tuple(src))
+            index[layer.name] = i
+        return sources
+
+    def node_name(self, index: int) -> str:
+        return INPUT if index < 0 else self.layers[index].name
+
+    def _build_shapes(self) -> tuple[int, ...]:
+        shapes: dict[int, tuple[int, ...]] = {-1: self.input_shape}
+        for i, layer in enumerate(self.layers):
+            layer.dtype = self.dtype
+            src = self.sources[i]
+            if is_merge(layer):
+                shapes[i] = layer.build_inputs([shapes[p] for p in src],  # type: ignore[attr-defined]
+                                               [self.node_name(p) for p in src])
+            else:
+                shapes[i] = layer.build(shapes[src[0]])
+        return shapes[len(self.layers) - 1]
+
     def _fuse_relus(self) -> None:
-        """CONV/FC followed by a plain RELU: the kernel epilogue applies it, no extra tensor."""
-        for prev, layer in zip(self.layers, self.layers[1:]):
-            if isinstance(layer, ReLU) and layer.slope == 0.0 and isinstance(prev, (Conv, FC)) \
-                    and not prev.fused_relu:
+        """CONV/FC (or ADD) followed by a plain RELU: the kernel epilogue applies it, no extra tensor.
+
+        Only where the RELU is the one reader of that output: another reader must see it unrectified."""
+        for i, layer in enumerate(self.layers):
+            if not (isinstance(layer, ReLU) and layer.slope == 0.0 and not layer.fused):
+                continue
+            p = self.sources[i][0]
+            if p < 0 or self.consumers[p] != [i]:
+                continue
+            prev = self.layers[p]
+            if isinstance(prev, (Conv, FC)) and not prev.fused_relu:
                 prev.fused_relu = True
                 layer.fused = True
+            elif getattr(prev, "kind", "") == "ADD" and not prev.relu:  # type: ignore[attr-defined]
+                prev.relu = True  # type: ignore[attr-defined]
+                layer.fused = True
+
+    def _readers_of_input(self) -> list[int]:
+        """Single-input layers that read the data: they can skip its gradient."""
+        return [i for i, src in enumerate(self.sources) if src == (-1,)]
 
     def _layout(self) -> list[ParamSlot]:
         slots: list[ParamSlot] = []
@@ -173,12 +273,26 @@ class Net:
         """Class scores for a batch; ``buffers`` (one per layer) come from the memory plan."""
         dev = self._require_bound()
         self.check_input(x)
+        values: dict[int, Any] = {-1: x}
+        last = self._last_reader()
         with self._engine(dev):
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, Dropout):
                     layer.step = self.step
-                x = layer.forward(x, train, buffers[i] if buffers is not None else Buffers())
-        return x
+                src = self.sources[i]
+                arg = [values[p] for p in src] if is_merge(layer) else values[src[0]]
+                values[i] = layer.forward(arg, train, buffers[i] if buffers is not None else Buffers())
+                for p in src:  # nobody reads it after this node (the layers keep what backward needs)
+                    if last[p] == i:
+                        values.pop(p, None)
+        return values[len(self.layers) - 1]
+
+    def _last_reader(self) -> dict[int, int]:
+        last: dict[int, int] = {}
+        for i, src in enumerate(self.sources):
+            for p in src:
+                last[p] = i
+        return last
 
     @staticmethod
     def _engine(dev: devmod.Device) -> Any:
@@ -194,24 +308,49 @@ class Net:
 
     def backward(self, dscores: Any, buffers: Sequence[Buffers] | None = None, *,
                  input_grad: bool = False) -> Any:
-        """Fill every layer's grads (views into grad_buffer).
+        """Fill every layer's grads (views into grad_buffer), nodes in reverse topological order.
+
+        A node's output gradient is the sum of what its readers' backwards return; the sum is
+        accumulated in place into one of them (``ops.add.accumulate_``) when nothing else refers
+        to its memory (see ``_GradToken``), else into a new array.  A layer that overwrites its
+        dy (a fused ReLU's mask) gets a copy only while another pending gradient shares it.
 
         Returns the gradient of the input batch when ``input_grad`` (else None where the
-        first layer can skip it: training never needs it, and for a first CONV with few
-        channels it is the most expensive kernel of the step).
+        layers reading the data can skip it: training never needs it, and for a first CONV with
+        few channels it is the most expensive kernel of the step).
         """
         dev = self._require_bound()
-        self.layers[0].input_grad = input_grad
-        dy = dscores
+        readers = self._readers_of_input()
+        for i in readers:
+            self.layers[i].input_grad = input_grad
+        top = _GradToken()
+        top.holders = 1
+        grads: dict[int, tuple[Any, _GradToken]] = {len(self.layers) - 1: (dscores, top)}
         try:
             with self._engine(dev):
                 for i in range(len(self.layers) - 1, -1, -1):
-                    dy = self.layers[i].backward(dy, buffers[i] if buffers is not None else Buffers())
+                    layer = self.layers[i]
+                    dy, tok = grads.pop(i)
+                    if tok.holders > 1 and _overwrites_dy(layer):
+                        tok.holders -= 1
+                        dy, tok = dy.copy(), _GradToken()
+                        tok.holders = 1
+                    out = layer.backward(dy, buffers[i] if buffers is not None else Buffers())
+                    dxs = out if is_merge(layer) else [out]
+                    aliases = _grad_aliases_dy(layer)
+                    for p, dx in zip(self.sources[i], dxs):
+                        if dx is None:
+                            continue
+                        t = tok if aliases else _GradToken()
+                        t.holders += 1
+                        _deposit(grads, p, dx, t)
+                    tok.holders -= 1
         finally:
             for layer in self.layers:
                 layer.clear_cache()
-            self.layers[0].input_grad = False
-        return dy
+            for i in readers:
+                self.layers[i].input_grad = False
+        return grads[-1][0] if -1 in grads else None
 
     def predict(self, x: Any, batch_size: int = 1024) -> Any:
         """Scores for any number of examples, in inference mode, batch by batch."""
@@ -256,3 +395,35 @@ class Net:
 
     def __repr__(self) -> str:
         return f"Net({self.name!r}, {len(self.layers)} layers, {self.num_params:,} params)"
+
+
+def _overwrites_dy(layer: Layer) -> bool:
+    """Whether the layer's backward writes into the dy it is given (a fused ReLU's mask)."""
+    return bool(getattr(layer, "overwrites_dy", getattr(layer, "fused_relu", False)))
+
+
+def _grad_aliases_dy(layer: Layer) -> bool:
+    """Whether what the layer's backward returns may be dy itself or a view of it."""
+    return bool(getattr(layer, "grad_aliases_dy", layer.inplace))
+
+
+def _deposit(grads: dict[int, tuple[Any, _GradToken]], p: int, dx: Any, t: _GradToken) -> None:
+    """Add ``dx`` to node p's pending gradient: in place where one side's memory is not shared."""
+    if p not in grads:
+        grads[p] = (dx, t)
+        return
+    a, ta = grads[p]
+    if ta.holders == 1:
+        accumulate_(a, dx)
+        t.holders -= 1
+    elif t.holders == 1:
+        accumulate_(dx, a)
+        ta.holders -= 1
+        grads[p] = (dx, t)
+    else:  # both shared (e.g. ADD(x, x)): the sum needs memory of its own
+        s = add_forward(a, dx)
+        ta.holders -= 1
+        t.holders -= 1
+        fresh = _GradToken()
+        fresh.holders = 1
+        grads[p] = (s, fresh)

@@ -1,0 +1,135 @@
+"""CONV and max POOL whose output size rounds down, as PyTorch's and Caffe's layers do.
+
+The notes' rule, which every other layer enforces, is that ``(W - F + 2P)/S + 1`` must
+be an integer.  The nets of the ResNet and GoogLeNet papers break it everywhere: a 3x3
+stride-2 convolution (or a 1x1 stride-2 projection, or a 7x7/2 stem) over an even width
+has no integer answer.  Those nets round down: the windows start at -P, -P+S, ... and the
+last one that fits within the padded input is the last output.  That is the same as
+padding P before and ``P - r`` after (``r = (W - F + 2P) mod S``; a negative pad crops),
+then sliding with no padding, which is what these layers do: where the division is not
+exact they copy the input once into that asymmetrically padded volume (zeros for CONV,
+-inf for max POOL) and run the ordinary op on it with P=0, then crop the gradient back.
+Where it is exact they are the ordinary layers.  The output sizes, and the values, are
+PyTorch's.  The padded copy is a temporary of the layer, not in the memory plan.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import device as devmod
+from ..geometry import GeometryError, effective_filter
+from .base import NO_BUFFERS, Buffers, Shape
+from .conv import Conv
+from .pool import MaxPool
+
+
+def _floor_size(layer: Any, n: int, f: int, s: int, p: int, d: int, axis: str) -> tuple[int, int]:
+    """(outputs, pad after) along one axis, rounding down."""
+    fe = effective_filter(f, d)
+    num = n - fe + 2 * p
+    if num < 0:
+        raise GeometryError(f"{layer.name}: filter does not fit the input {axis}: W={n}, F={fe}, P={p}, S={s} "
+                            f"gives (W - F + 2P) = {num} < 0")
+    return num // s + 1, p - num % s
+
+
+class _RoundDown:
+    """The padding logic shared by the CONV and POOL variants (a mixin ahead of the layer class)."""
+
+    pad_value = 0.0
+    _pads: tuple[int, int] = (0, 0)  # pad after, height and width (before is P)
+
+    def _floor_shape(self, in_shape: Shape, dilation: int = 1) -> Shape:
+        if len(in_shape) != 3:
+            raise GeometryError(f"{self.name}: {self.kind} needs a 3-D input volume (C, H, W), got {in_shape}")  # type: ignore[attr-defined]
+        c, h, w = in_shape
+        ho, after_h = _floor_size(self, h, self.F, self.S, self.P, dilation, "height")  # type: ignore[attr-defined]
+        wo, after_w = _floor_size(self, w, self.F, self.S, self.P, dilation, "width")  # type: ignore[attr-defined]
+        self._pads = (after_h, after_w)
+        return (c, ho, wo)
+
+    @property
+    def exact(self) -> bool:
+        """True where (W - F + 2P)/S + 1 is an integer: the ordinary layer, no padded copy."""
+        return self._pads == (self.P, self.P)  # type: ignore[attr-defined]
+
+    def _region(self, h: int, w: int) -> tuple[int, int]:
+        """Rows and columns of the input that the padded volume holds (a negative pad crops)."""
+        return h + min(self._pads[0], 0), w + min(self._pads[1], 0)
+
+    def _pad(self, x: Any) -> Any:
+        n, c, h, w = x.shape
+        p = self.P  # type: ignore[attr-defined]
+        hh, ww = self._region(h, w)
+        xp = devmod.array_module(x)
+        out = xp.full((n, c, p + hh + max(self._pads[0], 0), p + ww + max(self._pads[1], 0)), self.pad_value,
+                      dtype=x.dtype)
+        out[:, :, p:p + hh, p:p + ww] = x[:, :, :hh, :ww]
+        return out
+
+    def _crop_grad(self, dxp: Any, x_shape: tuple[int, ...], out: Any) -> Any:
+        n, c, h, w = x_shape
+        p = self.P  # type: ignore[attr-defined]
+        hh, ww = self._region(h, w)
+        xp = devmod.array_module(dxp)
+        dx = out if out is not None else xp.empty(x_shape, dtype=dxp.dtype)
+        if (hh, ww) != (h, w):
+            dx[...] = 0
+        dx[:, :, :hh, :ww] = dxp[:, :, p:p + hh, p:p + ww]
+        return dx
+
+    def _unpadded(self, fn: Any, *args: Any) -> Any:
+        """Run the ordinary layer's method on the padded volume: P=0 for the call."""
+        p = self.P  # type: ignore[attr-defined]
+        self.P = 0  # type: ignore[attr-defined]
+        try:
+            return fn(*args)
+        finally:
+            self.P = p  # type: ignore[attr-defined]
+
+
+class ConvFloor(_RoundDown, Conv):
+    """CONV with PyTorch's output size: floor((W - F + 2P)/S) + 1 (see the module docstring)."""
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        _, ho, wo = self._floor_shape(in_shape, self.dilation)
+        return (self.K, ho, wo)
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        if self.exact:
+            return super().forward(x, train, buf)
+        if train:
+            self._cache["x_shape"] = tuple(x.shape)
+        return self._unpadded(super().forward, self._pad(x), train, buf)
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        if self.exact:
+            return super().backward(dy, buf)
+        x_shape = self._cache["x_shape"]
+        dxp = self._unpadded(super().backward, dy, Buffers(workspace=buf.workspace))
+        return None if dxp is None else self._crop_grad(dxp, x_shape, buf.dx)
+
+
+class MaxPoolFloor(_RoundDown, MaxPool):
+    """Max POOL with PyTorch's output size: floor((W - F + 2P)/S) + 1; padding counts as -inf."""
+
+    pad_value = -np.inf
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        return self._floor_shape(in_shape)
+
+    def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
+        if self.exact:
+            return super().forward(x, train, buf)
+        if train:
+            self._cache["x_shape_in"] = tuple(x.shape)
+        return self._unpadded(super().forward, self._pad(x), train, buf)
+
+    def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
+        if self.exact:
+            return super().backward(dy, buf)
+        x_shape = self._cache["x_shape_in"]
+        dxp = self._unpadded(super().backward, dy, Buffers(saved=buf.saved))
+        return self._crop_grad(dxp, x_shape, buf.dx)

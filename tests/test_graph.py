@@ -1,0 +1,256 @@
+"""Branching nets: the functional builder, float64 gradient checks of whole blocks, a residual
+block against explicit loop code, gradient accumulation where a tensor has several readers,
+declaration-time errors that name both branches, and chains built either way being the same."""
+import numpy as np
+import pytest
+
+from gpuconv.geometry import GeometryError
+from gpuconv.graph import Graph
+from gpuconv.layers import FC, Add, Conv, MaxPool, ReLU
+from gpuconv.net import Net
+from tests.helpers import numeric_grad, rel_error
+
+
+def _grad_check(net, rng, x, samples=40, tol=1e-5):
+    """Analytic parameter and input gradients of the softmax loss vs central differences (float64)."""
+    y = rng.integers(0, net.output_shape[0], size=x.shape[0]).astype(np.int32)
+    # Biases and BN parameters off their initial 0/1: a zero bias over an all-zero (ReLU'd) pixel puts
+    # a conv output exactly on the ReLU's kink, where finite differences are meaningless.
+    net.param_buffer[net.num_decayed:] += 0.1 * rng.standard_normal(net.num_params - net.num_decayed)
+
+    def loss():
+        s = net.forward(x, train=True)
+        v, _ = net.loss_and_grad(s, y)
+        for layer in net.layers:
+            layer.clear_cache()
+        return float(v)
+
+    scores = net.forward(x, train=True)
+    _, ds = net.loss_and_grad(scores, y)
+    dx = net.backward(ds, input_grad=True)
+    analytic = net.grad_buffer.copy()
+    p = net.param_buffer
+    for i in rng.choice(p.size, size=min(samples, p.size), replace=False):
+        old = p[i]
+        p[i] = old + 1e-6
+        fp = loss()
+        p[i] = old - 1e-6
+        fm = loss()
+        p[i] = old
+        num = (fp - fm) / 2e-6
+        assert abs(num - analytic[i]) <= tol * max(1.0, abs(num)), (net.slots, i, num, analytic[i])
+    assert rel_error(numeric_grad(loss, x), dx) < tol
+    return analytic
+
+
+def _stem(g, K=4):
+    x = g.input()
+    return g.relu(g.bn(g.conv(x, 3, K, bias=False)))
+
+
+def test_basic_block_gradient_check_float64(rng):
+    for stride, K in ((1, 4), (2, 6)):  # identity shortcut, then projection (1x1/2 CONV + BN)
+        g = Graph((3, 6, 6))
+        g.basic_block(_stem(g), K, stride)
+        net = g.build(classes=3, dtype=np.float64).bind("cpu", seed=int(rng.integers(1000)))
+        if stride == 2:
+            assert any(layer.name.endswith("proj") for layer in net.layers)
+        _grad_check(net, rng, rng.standard_normal((2, 3, 6, 6)))
+
+
+def test_bottleneck_block_gradient_check_float64(rng):
+    g = Graph((3, 6, 6))
+    g.bottleneck(_stem(g), 2, 2)  # 1x1-2 -> 3x3-2/2 -> 1x1-8, projection shortcut
+    net = g.build(classes=3, dtype=np.float64).bind("cpu", seed=int(rng.integers(1000)))
+    assert net.layers[-3].out_shape == (8, 3, 3)
+    _grad_check(net, rng, rng.standard_normal((2, 3, 6, 6)))
+
+
+def test_inception_module_gradient_check_float64(rng):
+    g = Graph((3, 5, 5))
+    g.inception(_stem(g), 2, 2, 3, 1, 2, 2)
+    net = g.build(classes=3, dtype=np.float64).bind("cpu", seed=int(rng.integers(1000)))
+    concat = next(layer for layer in net.layers if layer.kind == "CONCAT")
+    assert concat.out_shape == (2 + 3 + 2 + 2, 5, 5)
+    _grad_check(net, rng, rng.standard_normal((2, 3, 5, 5)))
+
+
+def _conv_loops(x, w, b, pad):
+    """Stride-1 convolution, one output at a time (the notes' definition)."""
+    n, c, h, wd = x.shape
+    k, _, f, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - f + 1, wd + 2 * pad - f + 1
+    y = np.zeros((n, k, ho, wo))
+    for i in range(n):
+        for o in range(k):
+            for r in range(ho):
+                for s in range(wo):
+                    y[i, o, r, s] = np.sum(xp[i, :, r:r + f, s:s + f] * w[o]) + b[o]
+    return y
+
+
+def _conv_loops_backward(x, w, dy, pad):
+    n, c, h, wd = x.shape
+    k, _, f, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for i in range(n):
+        for o in range(k):
+            for r in range(dy.shape[2]):
+                for s in range(dy.shape[3]):
+                    dxp[i, :, r:r + f, s:s + f] += w[o] * dy[i, o, r, s]
+                    dw[o] += xp[i, :, r:r + f, s:s + f] * dy[i, o, r, s]
+    return dxp[:, :, pad:pad + h, pad:pad + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
+def test_residual_block_against_loop_code(rng):
+    # x -> CONV3-C -> RELU -> CONV3-C -> ADD(x, .) -> RELU -> GAP -> FC-3: a block without BN,
+    # every step written out below with loops and NumPy.
+    g = Graph((2, 4, 4))
+    x = g.input()
+    y = g.relu(g.conv(x, 3, 2))
+    y = g.conv(y, 3, 2)
+    g.add(x, y, relu=True)
+    net = g.build(classes=3, dtype=np.float64).bind("cpu", seed=5)
+    c1, r1, c2, add, gap, fc = net.layers
+    assert c1.fused_relu and r1.fused and add.relu
+    x0 = rng.standard_normal((2, 2, 4, 4))
+    labels = np.array([0, 2], np.int32)
+    w1, b1, w2, b2 = c1.params["w"], c1.params["b"] + 0.1, c2.params["w"], c2.params["b"] - 0.1
+    c1.params["b"][...], c2.params["b"][...] = b1, b2
+    wf, bf = fc.params["w"], fc.params["b"]
+
+    h1 = np.maximum(_conv_loops(x0, w1, b1, 1), 0)
+    h2 = _conv_loops(h1, w2, b2, 1)
+    z = np.maximum(x0 + h2, 0)
+    pooled = z.mean(axis=(2, 3))
+    scores = pooled @ wf.T + bf
+    scores_net = net.forward(x0, train=True)
+    assert rel_error(scores_net, scores) < 1e-12
+
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    dscores = p.copy()
+    dscores[np.arange(2), labels] -= 1
+    dscores /= 2
+    _, ds = net.loss_and_grad(scores_net, labels)
+    assert rel_error(ds, dscores) < 1e-12
+    dx_net = net.backward(ds, input_grad=True)
+
+    dwf, dbf = dscores.T @ pooled, dscores.sum(axis=0)
+    dz = np.repeat(np.repeat((dscores @ wf)[:, :, None, None], 4, axis=2), 4, axis=3) / 16
+    dsum = dz * (z > 0)
+    dh1, dw2, db2 = _conv_loops_backward(h1, w2, dsum, 1)
+    dh1 = dh1 * (h1 > 0)
+    dx_branch, dw1, db1 = _conv_loops_backward(x0, w1, dh1, 1)
+    dx = dsum + dx_branch  # x is read by the first conv and by the add: the gradients sum
+    for got, want in ((fc.grads["w"], dwf), (fc.grads["b"], dbf), (c2.grads["w"], dw2), (c2.grads["b"], db2),
+                      (c1.grads["w"], dw1), (c1.grads["b"], db1), (dx_net, dx)):
+        assert rel_error(got, want) < 1e-12
+
+
+def test_shared_gradient_is_not_overwritten_by_a_fused_relu(rng):
+    # a = RELU(CONV(x)) (fused: its backward masks its dy in place) and b = CONV(x) are summed: the
+    # ADD hands both the same gradient, so the fused ReLU must not mask b's copy; and x sums three.
+    g = Graph((2, 4, 4))
+    x = g.input()
+    b = g.conv(x, 1, 3)  # declared first, so its backward runs after the fused ReLU's
+    a = g.relu(g.conv(x, 3, 3))
+    s = g.add(a, b)
+    g.add(s, g.conv(x, 3, 3))
+    net = g.build(classes=3, dtype=np.float64).bind("cpu", seed=int(rng.integers(1000)))
+    assert net.layers[1].fused_relu
+    _grad_check(net, rng, rng.standard_normal((2, 2, 4, 4)))
+
+
+def test_add_of_a_tensor_with_itself(rng):
+    g = Graph((3, 4, 4))
+    x = g.input()
+    y = g.conv(x, 3, 3)
+    g.add(y, y)
+    net = g.build(classes=2, dtype=np.float64).bind("cpu", seed=1)
+    _grad_check(net, rng, rng.standard_normal((2, 3, 4, 4)))
+
+
+def test_relu_not_fused_into_a_conv_with_other_readers():
+    g = Graph((3, 4, 4))
+    y = g.conv(g.input(), 3, 3)
+    r = g.relu(y)
+    g.add(y, r)
+    net = g.build(classes=2)
+    conv, relu = net.layers[0], net.layers[1]
+    assert not conv.fused_relu and not relu.fused  # the ADD must see the unrectified conv output
+
+
+def test_shape_mismatch_names_both_branches_before_allocation():
+    g = Graph((3, 8, 8))
+    x = g.input()
+    a = g.conv(x, 3, 16, name="left")
+    b = g.conv(x, 3, 8, stride=2, pad=1, floor=True, name="right")
+    with pytest.raises(GeometryError) as e:
+        g.add(a, b)
+    msg = str(e.value)
+    assert "left" in msg and "right" in msg and "(16, 8, 8)" in msg and "(8, 4, 4)" in msg
+    with pytest.raises(GeometryError) as e:
+        g.concat(a, b)
+    assert "left" in str(e.value) and "right" in str(e.value)
+    # The same check when a Net is declared directly from layers and input names.
+    with pytest.raises(GeometryError, match="left.*right|right.*left"):
+        Net([Conv(16, 3, P=1, name="left"), Conv(8, 1, name="right"), Add(name="sum"), FC(2)], (3, 8, 8),
+            inputs=[["input"], ["input"], ["left", "right"], ["sum"]])
+
+
+def test_declaration_errors():
+    with pytest.raises(GeometryError, match="after it"):
+        Net([Add(name="sum"), Conv(3, 3, P=1, name="c"), FC(2)], (3, 4, 4),
+            inputs=[["input", "c"], ["input"], ["sum"]])
+    with pytest.raises(GeometryError, match="never read"):
+        Net([Conv(3, 3, P=1, name="dead"), FC(2, name="fc")], (3, 4, 4), inputs=[["input"], ["input"]])
+    with pytest.raises(GeometryError, match="no node"):
+        Net([FC(2, name="fc")], (3, 4, 4), inputs=[["nowhere"]])
+    with pytest.raises(GeometryError, match="two or more inputs"):
+        Net([Add(name="a"), FC(2)], (3, 4, 4), inputs=[["input"], ["a"]])
+    g = Graph((3, 4, 4))
+    y = g.conv(g.input(), 3, 3)
+    g.conv(g.input(), 3, 3)
+    with pytest.raises(GeometryError, match="never read"):
+        g.build(classes=2, out=None)
+
+
+def test_chain_built_by_the_graph_is_the_chain(rng):
+    chain = Net([Conv(4, 3, P=1), ReLU(), MaxPool(2), FC(5)], (2, 6, 6), dtype=np.float64).bind("cpu", seed=7)
+    g = Graph((2, 6, 6))
+    y = g.relu(g.conv(g.input(), 3, 4))
+    y = g.pool(y, 2)
+    g.fc(y, 5)
+    net = g.build(dtype=np.float64).bind("cpu", seed=7)
+    assert chain.is_chain and net.is_chain
+    assert [layer.name for layer in net.layers] == [layer.name for layer in chain.layers]
+    x = rng.standard_normal((3, 2, 6, 6))
+    labels = np.array([0, 1, 4], np.int32)
+    for n in (chain, net):
+        s = n.forward(x, train=True)
+        _, ds = n.loss_and_grad(s, labels)
+        n.backward(ds)
+    assert rel_error(net.forward(x), chain.forward(x)) == 0.0
+    assert rel_error(net.grad_buffer, chain.grad_buffer) == 0.0
+
+
+def test_graph_net_trains_on_the_cpu(rng):
+    g = Graph((1, 8, 8), name="tiny-resnet")
+    y = g.basic_block(_stem(g, 4), 4)
+    g.basic_block(y, 8, 2)
+    net = g.build(classes=2).bind("cpu", seed=0)
+    from gpuconv.optim import Optimizer
+    opt = Optimizer("adam", 1e-2).bind(net)
+    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    labels = (x[:, 0, :4].mean(axis=(1, 2)) > x[:, 0, 4:].mean(axis=(1, 2))).astype(np.int32)
+    losses = []
+    for _ in range(30):
+        s = net.forward(x, train=True)
+        loss, ds = net.loss_and_grad(s, labels)
+        net.backward(ds)
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
