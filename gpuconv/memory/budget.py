@@ -327,8 +327,8 @@ def max_batch(net: Any, budget: Any, optimizer: str = "sgd", safety: float = DEF
     the result fits and result + 1 does not, whatever the plan's shape.
     """
     safety = validate_safety(safety)
+    budget_bytes = parse_budget(budget, device=device)   # first: its message says what to give instead
     ctx, extra, _ = resolve_overheads(budget, context_bytes, overhead_bytes, device)
-    budget_bytes = parse_budget(budget, device=device)
 
     def ok(b: int) -> bool:
         plan = make_plan(net, b, optimizer=optimizer, inference=inference, _other_mode=False)
