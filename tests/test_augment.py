@@ -161,3 +161,14 @@ def test_augment_kernel_matches_numpy_and_allocates_nothing(dtype):
         graph.launch()
         got = np.asarray(out).copy()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
+def test_augment_into_gpu_matches_cpu(cp):
+    src = batch(n=10, c=3, h=9, w=8, seed=6)
+    idx = np.array([9, 0, 3, 3, 7, 1, 2, 5], dtype=np.int64)
+    draws = augment.draw(np.random.default_rng(4), len(idx), pad=3)
+    want = _into(src, idx, draws, 3)
+    got = _into(cp.asarray(src), idx, draws, 3, xp=cp)
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_array_equal(got.get(), want)

@@ -150,3 +150,43 @@ def test_augmented_planned_run_equals_unplanned_run(tmp_path):
     np.testing.assert_array_equal(a.net.param_buffer, b.net.param_buffer)
     assert a.test_accuracy == b.test_accuracy
     assert not np.array_equal(a.net.param_buffer, c.net.param_buffer)   # augmentation did change the batches
+
+
+@pytest.mark.emu
+def test_planned_augmented_batches_are_made_in_the_input_batch(monkeypatch):
+    """On the (emulated) device: each augmented batch is gathered into the plan's input view by one
+    kernel, with no device allocation after the epoch's permutation and draws buffer, and equals
+    augment() of the gathered batch with the same draws."""
+    from gpuconv import augment, device, emu
+    from gpuconv.data import BatchIterator
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.spec import net_from_spec
+    from gpuconv.step import TrainStep
+    from gpuconv.train import _batches
+
+    if not emu.available():
+        pytest.skip("no C++ compiler: the kernel emulator is unavailable")
+    rng = np.random.default_rng(0)
+    xh = rng.standard_normal((20, 3, 6, 6)).astype(np.float32)
+    yh = rng.integers(0, 4, 20).astype(np.int32)
+    allocs: list[str] = []
+    with emu.emulated() as xp:
+        for name in ("empty", "zeros", "ones", "asarray"):
+            real = getattr(type(xp), name)
+            monkeypatch.setattr(type(xp), name, lambda self, *a, _r=real, _n=name, **k: (allocs.append(_n), _r(self, *a, **k))[1])
+        net = net_from_spec("INPUT[6x6x3] -> FC-4")
+        ex = PlannedExecutor(net, make_plan(net, 4), device.Device("cuda", xp), seed=1)
+        step = TrainStep(net, None, ex)
+        it = BatchIterator(emu.asarray(xh), emu.asarray(yh), 4, shuffle=True, seed=5, drop_last=True).for_epoch(2)
+        perm = it.permutation()
+        got = []
+        for b, (xb, yb) in enumerate(_batches(it, step, True, epoch=2, seed=7)):
+            assert xb is ex.input_view() and yb is ex.labels_view()
+            if b == 0:
+                allocs.clear()   # the epoch's permutation and draws buffer are made once
+            got.append((np.asarray(xb).copy(), np.asarray(yb).copy()))
+    assert allocs == [] and len(got) == 5
+    for b, (xb, yb) in enumerate(got):
+        idx = perm[4 * b:4 * b + 4]
+        np.testing.assert_array_equal(xb, augment.augment(xh[idx], np.random.default_rng([7, 2, b]), pad=2))
+        np.testing.assert_array_equal(yb, yh[idx])
