@@ -22,7 +22,8 @@ from bench.harness import HEADER, Row, comma_choices  # noqa: E402
 # Each is bench/bench_<suite>.py with run(quick) -> rows.  bench_memory.py (planned vs measured
 # memory, one process per configuration) and bench_step.py (host cost of a step) print tables of
 # their own columns and run by themselves.
-SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim"]
+SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
+          "add", "gap", "concat"]
 
 
 def _describe_device() -> str:

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from bench import (bench_activation, bench_batchnorm, bench_conv, bench_dropout, bench_fc, bench_local, bench_loss,
-                   bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd, harness, run_all)
+from bench import (bench_activation, bench_add, bench_batchnorm, bench_concat, bench_conv, bench_dropout, bench_fc,
+                   bench_gap, bench_local, bench_loss, bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd,
+                   harness, run_all)
 from bench.harness import Row
 from gpuconv import cuda, device, emu
 from gpuconv.ops import conv as conv_ops
@@ -28,8 +29,8 @@ from gpuconv.ops import winograd
 
 pytestmark = [pytest.mark.emu, pytest.mark.skipif(not emu.available(), reason="no C++ compiler: no emulator")]
 
-BENCHES = (bench_activation, bench_batchnorm, bench_conv, bench_dropout, bench_fc, bench_local, bench_loss, bench_lrn,
-           bench_optim, bench_pool, bench_train, bench_winograd)
+BENCHES = (bench_activation, bench_add, bench_batchnorm, bench_concat, bench_conv, bench_dropout, bench_fc, bench_gap,
+           bench_local, bench_loss, bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd)
 ROOT = Path(__file__).resolve().parent.parent
 REPLAY = "(CUDA-graph replay)"
 CONV_OPS = {"fwd": conv_ops.conv_forward, "bwdd": conv_ops.conv_backward_data, "bwdf": conv_ops.conv_backward_filter}
@@ -404,6 +405,9 @@ def test_fc_bench_rows_and_their_kernels(timed: Timed, monkeypatch: pytest.Monke
     (bench_local, {"QUICK_SHAPES": [(2, 4, 6, 6, 5, 3, 1, 1)]}),
     (bench_loss, {"SHAPES": [(8, 10), (16, 7)]}),
     (bench_optim, {"SIZES": [1000]}),
+    (bench_add, {"QUICK_SHAPE": (2, 3, 5, 5)}),
+    (bench_gap, {"QUICK_SHAPES": [(2, 3, 5, 5), (3, 2, 1, 1)]}),
+    (bench_concat, {"QUICK_SHAPES": [(2, (2, 3), 3, 3)]}),
 ], ids=lambda v: v.__name__.split(".")[-1] if hasattr(v, "__name__") else "")
 def test_op_benches_run(bench: Any, shapes: dict[str, Any], timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in shapes.items():
@@ -412,6 +416,7 @@ def test_op_benches_run(bench: Any, shapes: dict[str, Any], timed: Timed, monkey
     rows = bench.run(quick=True)
     no_errors(rows)
     assert rows and all(r.ours_ms is not None and timed.of(r) for r in rows), [r.name for r in rows]
+    assert not any("invalid" in r.extra for r in rows), [(r.name, r.extra) for r in rows if "invalid" in r.extra]
 
 
 TINY_NET = "INPUT[12x12x3] -> CONV3-8 -> RELU -> POOL2 -> CONV3-8 -> RELU -> FC-10"
