@@ -171,3 +171,43 @@ def test_gpu_bad_inputs(cp) -> None:
         concat.concat_forward([xg, np.zeros((2, 3, 4, 4), np.float32)])
     with pytest.raises(OpArgumentError, match="out is on cpu"):
         concat.concat_forward([xg, xg], out=np.zeros((2, 6, 4, 4), np.float32))
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not __import__("gpuconv").emu.available(), reason="no C++ compiler: no emulator")
+def test_strided_ops_capture_and_replay(rng: np.random.Generator) -> None:
+    """A branching step's merge ops on channel slices capture into a CUDA graph (no allocation,
+    no host work while capturing) and replay to the eager results."""
+    from gpuconv import emu  # noqa: PLC0415
+    from gpuconv.ops import activation as act  # noqa: PLC0415
+    from gpuconv.ops import add as addop  # noqa: PLC0415
+    from gpuconv.ops import gap  # noqa: PLC0415
+
+    a = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((2, 4, 4, 5)).astype(np.float32)
+    with emu.emulated() as xp:
+        buf = xp.zeros((2, 7, 4, 5), np.float32)
+        ga, gb = xp.asarray(a), xp.asarray(b)
+        pooled = xp.zeros((2, 7), np.float32)
+        dx = xp.zeros((2, 7, 4, 5), np.float32)
+        acc = xp.zeros((2, 3, 4, 5), np.float32)
+        first, second = concat.channel_slices(buf, [3, 4])
+
+        def step() -> None:
+            act.relu_forward(ga, out=first)
+            addop.add_forward(gb, gb, relu=True, out=second)
+            concat.concat_forward([first, second], out=buf)     # in place: nothing to launch
+            gap.gap_forward(buf, out=pooled)
+            gap.gap_backward(pooled, buf.shape, out=dx)
+            addop.accumulate_(acc, concat.concat_backward(dx, [3, 4], copy=False)[0])
+        graph = cuda.capture(step)
+        graph.launch()
+        graph.launch()
+        got = (buf.get(), pooled.get(), dx.get(), acc.get())
+    want_buf = np.concatenate([np.maximum(a, 0), np.maximum(2 * b, 0)], axis=1)
+    want_pooled = want_buf.mean(axis=(2, 3))
+    want_dx = np.broadcast_to((want_pooled / 20)[:, :, None, None], want_buf.shape)
+    np.testing.assert_allclose(got[0], want_buf, rtol=1e-6)
+    np.testing.assert_allclose(got[1], want_pooled, rtol=1e-5)
+    np.testing.assert_allclose(got[2], want_dx, rtol=1e-5)
+    np.testing.assert_allclose(got[3], 2 * want_dx[:, :3], rtol=1e-5)   # two replays accumulated
