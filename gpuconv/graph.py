@@ -14,9 +14,10 @@ anything is allocated.  Node names are numbered per kind as in a chain (conv1, b
 ``with g.scope("res2a"):`` prefixes them ("res2a.conv1") so summaries read by block.
 
 Conventions follow the pattern language: ``conv(x, F, K)`` is CONV<F>-<K> with 'same'
-padding unless ``pad`` is given.  ``floor=True`` (used by the blocks for their strided
+padding unless ``pad`` is given.  ``rounding="floor"`` (used by the blocks for their strided
 layers) rounds the output size down as PyTorch does, where the notes' integer rule has
-no answer (a stride-2 window over an even width): see :mod:`gpuconv.layers.floor`.
+no answer (a stride-2 window over an even width); "ceil" rounds up as Caffe's pooling:
+see :mod:`gpuconv.layers.rounding`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 from .geometry import GeometryError
 from .layers import FC, LRN, Add, AvgPool, BatchNorm, Concat, Conv, Dropout, Flatten, GlobalAvgPool, Layer, \
     MaxPool, ReLU
-from .layers.floor import ConvFloor, MaxPoolFloor
+from .layers.rounding import ConvRounded, MaxPoolRounded
 from .layers.merge import _Merge
 from .net import INPUT, Net
 
@@ -115,11 +116,13 @@ class Graph:
 
     # ---- layers -------------------------------------------------------------------
     def conv(self, x: Node, F: int, K: int, *, stride: int = 1, pad: int | None = None, dilation: int = 1,
-             bias: bool = True, floor: bool = False, name: str | None = None) -> Node:
-        """CONV<F>-<K>[/stride]; ``pad`` defaults to 'same' ((F-1)/2, dilated: D*(F-1)/2)."""
+             bias: bool = True, rounding: str | None = None, name: str | None = None) -> Node:
+        """CONV<F>-<K>[/stride]; ``pad`` defaults to 'same' ((F-1)/2, dilated: D*(F-1)/2).
+        ``rounding`` 'floor'/'ceil': the output size where (W - F + 2P)/S is not an integer."""
         P = (dilation * (F - 1)) // 2 if pad is None else pad
-        cls = ConvFloor if floor else Conv
-        return self.layer(cls(K, F, stride, P, dilation, bias=bias), x, name=name)
+        if rounding is None:
+            return self.layer(Conv(K, F, stride, P, dilation, bias=bias), x, name=name)
+        return self.layer(ConvRounded(K, F, stride, P, dilation, bias=bias, rounding=rounding), x, name=name)
 
     def bn(self, x: Node, *, name: str | None = None) -> Node:
         return self.layer(BatchNorm(), x, name=name)
@@ -127,11 +130,12 @@ class Graph:
     def relu(self, x: Node, slope: float = 0.0, *, name: str | None = None) -> Node:
         return self.layer(ReLU(slope), x, name=name)
 
-    def pool(self, x: Node, F: int = 2, stride: int | None = None, *, pad: int = 0, floor: bool = False,
+    def pool(self, x: Node, F: int = 2, stride: int | None = None, *, pad: int = 0, rounding: str | None = None,
              name: str | None = None) -> Node:
-        """Max POOL<F>[/stride]."""
-        cls = MaxPoolFloor if floor else MaxPool
-        return self.layer(cls(F, stride, pad), x, name=name)
+        """Max POOL<F>[/stride]; ``rounding`` as for :meth:`conv`."""
+        if rounding is None:
+            return self.layer(MaxPool(F, stride, pad), x, name=name)
+        return self.layer(MaxPoolRounded(F, stride, pad, rounding=rounding), x, name=name)
 
     def avgpool(self, x: Node, F: int = 2, stride: int | None = None, *, pad: int = 0,
                 name: str | None = None) -> Node:
@@ -165,7 +169,7 @@ class Graph:
     def conv_bn(self, x: Node, F: int, K: int, *, stride: int = 1, relu: bool = True, name: str = "conv") -> Node:
         """CONV (no bias: BN's beta is the bias) -> BN [-> RELU]; strided layers round down."""
         idx = name[len("conv"):] if name.startswith("conv") else ""
-        y = self.conv(x, F, K, stride=stride, bias=False, floor=stride > 1, name=name)
+        y = self.conv(x, F, K, stride=stride, bias=False, rounding=_strided(stride), name=name)
         y = self.bn(y, name=f"bn{idx}" if idx else None)
         return self.relu(y, name=f"relu{idx}" if idx else None) if relu else y
 
@@ -175,7 +179,7 @@ class Graph:
             projection = stride != 1 or x.shape[0] != K
         if not projection:
             return x
-        y = self.conv(x, 1, K, stride=stride, pad=0, bias=False, floor=stride > 1, name="proj")
+        y = self.conv(x, 1, K, stride=stride, pad=0, bias=False, rounding=_strided(stride), name="proj")
         return self.bn(y, name="proj_bn")
 
     def _block_scope(self, kind: str, name: str | None) -> Any:
@@ -248,6 +252,11 @@ class Graph:
                                 f"nodes after it would be computed for nothing")
         return Net(self.layers, self.input_shape, inputs=self.inputs, loss=loss, dtype=dtype, name=self.name,
                    fuse=fuse)
+
+
+def _strided(stride: int) -> str | None:
+    """The blocks' strided layers round down (PyTorch's geometry), the others keep the notes' rule."""
+    return "floor" if stride > 1 else None
 
 
 def _require_volume(g: Graph, x: Node, what: str) -> None:

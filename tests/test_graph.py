@@ -187,7 +187,7 @@ def test_shape_mismatch_names_both_branches_before_allocation():
     g = Graph((3, 8, 8))
     x = g.input()
     a = g.conv(x, 3, 16, name="left")
-    b = g.conv(x, 3, 8, stride=2, pad=1, floor=True, name="right")
+    b = g.conv(x, 3, 8, stride=2, pad=1, rounding="floor", name="right")
     with pytest.raises(GeometryError) as e:
         g.add(a, b)
     msg = str(e.value)

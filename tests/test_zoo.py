@@ -1,6 +1,8 @@
 """Model zoo shapes and counts, checked against the notes and the papers."""
 import math
 
+import numpy as np
+
 import pytest
 
 from gpuconv.layers import FC, Conv, MaxPool
@@ -83,3 +85,89 @@ def test_unknown_model_lists_choices():
 def test_pattern_as_model():
     net = get_model("INPUT[28x28x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10")
     assert net.output_shape == (10,)
+
+
+# ---- branching nets -----------------------------------------------------------------------------
+
+def _conv(c, k, f, bias=False):
+    return c * k * f * f + (k if bias else 0)
+
+
+def _torchvision_resnet(block, depths):
+    """Parameters of torchvision's resnet18/34/50, counted from the architecture (no biases in the
+    convs, BN gamma+beta, FC with bias)."""
+    n, c = _conv(3, 64, 7) + 2 * 64, 64
+    for stage, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
+        for i in range(depth):
+            out = width * (4 if block == "bottleneck" else 1)
+            if block == "basic":
+                n += _conv(c, width, 3) + 2 * width + _conv(width, width, 3) + 2 * width
+            else:
+                n += _conv(c, width, 1) + _conv(width, width, 3) + _conv(width, out, 1) + 2 * (2 * width + out)
+            if i == 0 and (stage > 0 or c != out):
+                n += _conv(c, out, 1) + 2 * out
+            c = out
+    return n + c * 1000 + 1000
+
+
+def test_resnet_parameter_counts_are_torchvisions():
+    assert get_model("resnet18").num_params == 11_689_512 == _torchvision_resnet("basic", [2, 2, 2, 2])
+    assert get_model("resnet34").num_params == 21_797_672 == _torchvision_resnet("basic", [3, 4, 6, 3])
+    assert get_model("resnet50").num_params == 25_557_032 == _torchvision_resnet("bottleneck", [3, 4, 6, 3])
+
+
+def test_cifar_resnets_option_b():
+    # 6n+2 layers; option A (zero-padded identity) has 269,722 / 853,018; option B adds two projections.
+    projections = (_conv(16, 32, 1) + 64) + (_conv(32, 64, 1) + 128)
+    assert get_model("resnet20").num_params == 269_722 + projections == 272_474
+    assert get_model("resnet56").num_params == 853_018 + projections == 855_770
+    net = get_model("resnet20")
+    assert sum(1 for layer in net.layers if isinstance(layer, (Conv, FC)) and not layer.name.endswith("proj")) == 20
+    assert [layer.out_shape for layer in net.layers if layer.kind == "ADD"][2::3] == [
+        (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_googlenet_is_table_1():
+    from gpuconv.zoo import GOOGLENET_TABLE1
+    n, c = _conv(3, 64, 7, True) + _conv(64, 64, 1, True) + _conv(64, 192, 3, True), 192
+    for row in GOOGLENET_TABLE1:
+        if row != "M":
+            _, c1, c3r, c3, c5r, c5, pp = row
+            n += (_conv(c, c1, 1, True) + _conv(c, c3r, 1, True) + _conv(c3r, c3, 3, True)
+                  + _conv(c, c5r, 1, True) + _conv(c5r, c5, 5, True) + _conv(c, pp, 1, True))
+            c = c1 + c3 + c5 + pp
+    net = get_model("googlenet")
+    assert net.num_params == n + 1024 * 1000 + 1000 == 6_998_552
+    concats = {layer.name: layer.out_shape for layer in net.layers if layer.kind == "CONCAT"}
+    # Table 1's output sizes
+    assert concats["inception3a.concat"] == (256, 28, 28) and concats["inception3b.concat"] == (480, 28, 28)
+    assert concats["inception4e.concat"] == (832, 14, 14) and concats["inception5b.concat"] == (1024, 7, 7)
+    assert not any(layer.kind == "BATCHNORM" for layer in net.layers)
+
+
+def test_resnet_output_sizes_round_down_as_pytorch():
+    net = get_model("resnet18")
+    shapes = {layer.name: layer.out_shape for layer in net.layers}
+    assert shapes["conv1"] == (64, 112, 112) and shapes["maxpool"] == (64, 56, 56)
+    assert shapes["layer2.0.add"] == (128, 28, 28) and shapes["layer4.1.add"] == (512, 7, 7)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet20", "resnet56", "resnet50"])
+def test_resnets_build_on_fashion_mnist(name):
+    net = get_model(name, input_shape=(1, 28, 28), classes=10)
+    assert net.output_shape == (10,) and not net.is_chain
+
+
+def test_resnet20_trains_a_step_on_28x28(rng):
+    from gpuconv.optim import Optimizer
+    net = get_model("resnet20", input_shape=(1, 28, 28), classes=10).bind("cpu", seed=0)
+    opt = Optimizer("sgd", 0.05).bind(net)
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = np.array([0, 1, 2, 3], np.int32)
+    first = None
+    for _ in range(3):
+        loss, ds = net.loss_and_grad(net.forward(x, train=True), y)
+        net.backward(ds)
+        opt.step()
+        first = float(loss) if first is None else first
+    assert np.isfinite(float(loss)) and float(loss) < first

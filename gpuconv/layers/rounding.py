@@ -1,16 +1,18 @@
-"""CONV and max POOL whose output size rounds down, as PyTorch's and Caffe's layers do.
+"""CONV and max POOL whose output size rounds down (PyTorch) or up (Caffe's pooling).
 
 The notes' rule, which every other layer enforces, is that ``(W - F + 2P)/S + 1`` must
 be an integer.  The nets of the ResNet and GoogLeNet papers break it everywhere: a 3x3
 stride-2 convolution (or a 1x1 stride-2 projection, or a 7x7/2 stem) over an even width
-has no integer answer.  Those nets round down: the windows start at -P, -P+S, ... and the
-last one that fits within the padded input is the last output.  That is the same as
-padding P before and ``P - r`` after (``r = (W - F + 2P) mod S``; a negative pad crops),
-then sliding with no padding, which is what these layers do: where the division is not
-exact they copy the input once into that asymmetrically padded volume (zeros for CONV,
--inf for max POOL) and run the ordinary op on it with P=0, then crop the gradient back.
-Where it is exact they are the ordinary layers.  The output sizes, and the values, are
-PyTorch's.  The padded copy is a temporary of the layer, not in the memory plan.
+has no integer answer.  Those nets round.  PyTorch rounds down (``rounding="floor"``: the
+windows start at -P, -P+S, ... and the last one that fits within the padded input is the
+last output); Caffe's pooling, which GoogLeNet used, rounds up (``"ceil"``: one more window,
+reaching past the input).  Either is the same as padding P before and another amount after
+(``P - r`` for floor, with ``r = (W - F + 2P) mod S``, a negative pad cropping; ``P + S - r``
+for ceil), then sliding with no padding, which is what these layers do: where the division
+is not exact they copy the input once into that asymmetrically padded volume (zeros for
+CONV, -inf for max POOL), run the ordinary op on it with P=0, and crop the gradient back.
+Where it is exact they are the ordinary layers.  Output sizes and values are PyTorch's
+(floor, and ceil_mode=True).  The padded copy is a temporary of the layer, not in the plan.
 """
 from __future__ import annotations
 
@@ -25,28 +27,40 @@ from .conv import Conv
 from .pool import MaxPool
 
 
-def _floor_size(layer: Any, n: int, f: int, s: int, p: int, d: int, axis: str) -> tuple[int, int]:
-    """(outputs, pad after) along one axis, rounding down."""
+ROUNDINGS = ("floor", "ceil")
+
+
+def _rounded_size(layer: Any, n: int, f: int, s: int, p: int, d: int, axis: str, rounding: str) -> tuple[int, int]:
+    """(outputs, pad after) along one axis."""
     fe = effective_filter(f, d)
     num = n - fe + 2 * p
     if num < 0:
         raise GeometryError(f"{layer.name}: filter does not fit the input {axis}: W={n}, F={fe}, P={p}, S={s} "
                             f"gives (W - F + 2P) = {num} < 0")
-    return num // s + 1, p - num % s
+    r = num % s
+    if rounding == "ceil" and r:
+        return num // s + 2, p + s - r
+    return num // s + 1, p - r
 
 
-class _RoundDown:
+class _Rounding:
     """The padding logic shared by the CONV and POOL variants (a mixin ahead of the layer class)."""
 
     pad_value = 0.0
+    rounding = "floor"
     _pads: tuple[int, int] = (0, 0)  # pad after, height and width (before is P)
 
-    def _floor_shape(self, in_shape: Shape, dilation: int = 1) -> Shape:
+    def _set_rounding(self, rounding: str) -> None:
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"{self.name}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")  # type: ignore[attr-defined]
+        self.rounding = rounding
+
+    def _rounded_shape(self, in_shape: Shape, dilation: int = 1) -> Shape:
         if len(in_shape) != 3:
             raise GeometryError(f"{self.name}: {self.kind} needs a 3-D input volume (C, H, W), got {in_shape}")  # type: ignore[attr-defined]
         c, h, w = in_shape
-        ho, after_h = _floor_size(self, h, self.F, self.S, self.P, dilation, "height")  # type: ignore[attr-defined]
-        wo, after_w = _floor_size(self, w, self.F, self.S, self.P, dilation, "width")  # type: ignore[attr-defined]
+        ho, after_h = _rounded_size(self, h, self.F, self.S, self.P, dilation, "height", self.rounding)  # type: ignore[attr-defined]
+        wo, after_w = _rounded_size(self, w, self.F, self.S, self.P, dilation, "width", self.rounding)  # type: ignore[attr-defined]
         self._pads = (after_h, after_w)
         return (c, ho, wo)
 
@@ -54,6 +68,9 @@ class _RoundDown:
     def exact(self) -> bool:
         """True where (W - F + 2P)/S + 1 is an integer: the ordinary layer, no padded copy."""
         return self._pads == (self.P, self.P)  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        return super().describe() + ("" if self.rounding == "floor" else " ceil")  # type: ignore[misc]
 
     def _region(self, h: int, w: int) -> tuple[int, int]:
         """Rows and columns of the input that the padded volume holds (a negative pad crops)."""
@@ -90,11 +107,15 @@ class _RoundDown:
             self.P = p  # type: ignore[attr-defined]
 
 
-class ConvFloor(_RoundDown, Conv):
-    """CONV with PyTorch's output size: floor((W - F + 2P)/S) + 1 (see the module docstring)."""
+class ConvRounded(_Rounding, Conv):
+    """CONV whose output size is floor((W - F + 2P)/S) + 1 (PyTorch's), or ceil with rounding="ceil"."""
+
+    def __init__(self, *args: Any, rounding: str = "floor", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_rounding(rounding)
 
     def infer_shape(self, in_shape: Shape) -> Shape:
-        _, ho, wo = self._floor_shape(in_shape, self.dilation)
+        _, ho, wo = self._rounded_shape(in_shape, self.dilation)
         return (self.K, ho, wo)
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
@@ -112,13 +133,18 @@ class ConvFloor(_RoundDown, Conv):
         return None if dxp is None else self._crop_grad(dxp, x_shape, buf.dx)
 
 
-class MaxPoolFloor(_RoundDown, MaxPool):
-    """Max POOL with PyTorch's output size: floor((W - F + 2P)/S) + 1; padding counts as -inf."""
+class MaxPoolRounded(_Rounding, MaxPool):
+    """Max POOL whose output size is floor((W - F + 2P)/S) + 1, or ceil (Caffe's, PyTorch's ceil_mode)
+    with rounding="ceil"; padding counts as -inf."""
 
     pad_value = -np.inf
 
+    def __init__(self, *args: Any, rounding: str = "floor", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_rounding(rounding)
+
     def infer_shape(self, in_shape: Shape) -> Shape:
-        return self._floor_shape(in_shape)
+        return self._rounded_shape(in_shape)
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:
