@@ -140,7 +140,8 @@ def _show(v: Any) -> str:
 def conflict_message(folder: str | os.PathLike[str], diffs: list[str]) -> str:
     lines = "\n".join(f"  {d}" for d in diffs)
     return (f"cannot resume {folder} with other settings ({len(diffs)} differ from the saved run):\n{lines}\n"
-            f"Resume without them (only --epochs may grow the run), or train into a new folder")
+            f"Resume without them (--epochs may grow the run; --log-every, --data-dir, --budget and --device may "
+            f"change), or train into a new folder")
 
 
 def progress_of(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

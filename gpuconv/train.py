@@ -416,7 +416,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
         raise
     except TrainingDiverged as exc:
         # The epoch loop says where the loss diverged; what is on disk is said here, from the disk.
-        where = str(exc).split(" The last good checkpoint")[0].rstrip()
+        text = str(exc)
+        where = text[:text.index("stopping.") + len("stopping.")] if "stopping." in text else text.split(". ")[0] + "."
         raise TrainingDiverged(f"{where} {_divergence_note(out if cfg.save else None)}; try a lower --lr") from None
     finally:
         if metrics:
