@@ -43,6 +43,8 @@ class TrainStep:
         if planned and opt is not None and opt.hyper is None:
             raise ValueError("TrainStep: bind the optimizer with hyper=executor.hyper_view() so its "
                              "per-step scalars live in planned memory")
+        if planned and executor.net is not net:
+            raise ValueError("TrainStep: the executor's views are bound to another net")
         if cuda_graph and not planned:
             raise ValueError("TrainStep: a CUDA graph replays the planned step: give it a PlannedExecutor")
         if net.device is None:
@@ -53,10 +55,12 @@ class TrainStep:
         self.use_graph = bool(cuda_graph) and net.device.is_gpu
         self.graph: Any = None
         self.eager_steps = 0
-        self._dropout = [layer for layer in net.layers if getattr(layer, "kind", "") == "DROPOUT"]
+        self._dropout: list[Any] = []
         self._train_bufs: list[Any] | None = None
         self._loss: loss_ops.LossBuffers | None = None
         if planned and opt is not None and not executor.plan.inference:
+            # in the order of the plan's step.dropout_keys
+            self._dropout = [net.layers[i] for i in executor.dropout_layers()]
             self._train_bufs = executor.train_step_buffers()
             rows, mean, running = executor.loss_views()
             self._loss = loss_ops.LossBuffers(rows, mean, running)
@@ -86,8 +90,7 @@ class TrainStep:
     # ---- training --------------------------------------------------------------------------
     def _write_step_scalars(self) -> None:
         """What changes every step, into planned memory, stream-ordered (no sync): the dropout
-        keys of step ``net.step`` (in the order of the plan's ``step.dropout_keys``) and the
-        optimizer's [lr, bc1, bc2]."""
+        keys of step ``net.step`` and the optimizer's [lr, bc1, bc2]."""
         ex = self.executor
         if self._dropout:
             keys = [k for layer in self._dropout for k in dropout_keys(layer.seed, self.net.step)]

@@ -212,13 +212,14 @@ class PlannedExecutor:
         """[lr, bc1, bc2]: the optimizer's per-step scalars (see ops.optim.hyper_values)."""
         return self.view("step.hyper")
 
-    def _dropout_layers(self) -> list[int]:
+    def dropout_layers(self) -> list[int]:
+        """Indices of the dropout layers, in the order their keys sit in :meth:`dropout_keys_view`."""
         return [i for i, layer in enumerate(self.net.layers) if getattr(layer, "kind", "") == "DROPOUT"]
 
     def dropout_keys_view(self) -> Any:
-        """uint32 [2 * dropouts]: each dropout layer's (k0, k1) of the step about to run, in
-        layer order (each layer's Buffers.step["keys"] is its pair); None without dropout."""
-        return self.view("step.dropout_keys") if self._dropout_layers() else None
+        """uint32 [2 * dropouts]: the (k0, k1) of each layer of :meth:`dropout_layers` for the step
+        about to run (each layer's Buffers.step["keys"] is its pair); None without dropout."""
+        return self.view("step.dropout_keys") if self.dropout_layers() else None
 
     @property
     def allocated_bytes(self) -> int:
@@ -226,9 +227,9 @@ class PlannedExecutor:
 
     def _build_buffers(self, train: bool) -> list[Any]:
         keys = {}
-        if train and self._dropout_layers():
+        if train and self.dropout_layers():
             all_keys = self.view("step.dropout_keys")
-            keys = {i: all_keys[2 * j:2 * j + 2] for j, i in enumerate(self._dropout_layers())}
+            keys = {i: all_keys[2 * j:2 * j + 2] for j, i in enumerate(self.dropout_layers())}
         out = []
         for i, names in enumerate(self.plan.layer_tensors):
             out.append(_make_buffers(
