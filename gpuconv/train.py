@@ -280,6 +280,8 @@ def check_run_folder(cfg: TrainConfig) -> dict[str, Any] | None:
         if cfg.resume:
             raise runmod.RunError("--resume needs the run's folder: gpuconv train --resume DIR")
         return None
+    if not cfg.save and not cfg.resume:
+        return None   # nothing will be written
     out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():
         raise runmod.RunError(f"--out {out}: a file is in the way (a run folder is a directory)")

@@ -304,3 +304,23 @@ def test_real_cuda_request_without_gpu_is_one_line(tmp_path):
     assert p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr
     p = _subprocess(["profile", "small"], tmp_path, {devmod.DEVICE_ENV: "cuda"})
     assert p.returncode == 2 and "Traceback" not in p.stderr and "cuda" in p.stderr, p.stderr
+
+
+def test_real_sigint_exits_130_without_a_traceback(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(devmod.DEVICE_ENV, None)
+    args = ["train", "--dataset", "synthetic", "--model", TINY, "--limit-train", "4096", "--limit-test", "32",
+            "--batch-size", "32", "--epochs", "1000", "--device", "cpu", "--out", "r"]
+    p = subprocess.Popen([sys.executable, "-m", "gpuconv.cli", *args], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "r" / "checkpoint.npz").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)   # wait for a saved epoch, so the interrupt lands inside training
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "continue with: gpuconv train --resume r" in err, err
