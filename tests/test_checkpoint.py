@@ -164,3 +164,21 @@ def test_gpu_arrays_saved(tmp_path, cp):
     arrays, _ = load_checkpoint(p)
     assert isinstance(arrays["w"], np.ndarray)
     np.testing.assert_array_equal(arrays["w"], np.arange(6, dtype=np.float32))
+
+
+def test_meta_alone_matches_the_full_load_and_fails_the_same_way(tmp_path):
+    p = tmp_path / "c.npz"
+    meta = {"epoch": 3, "history": [{"epoch": 1, "test_acc": 0.5}], "config": {"model": "small"}}
+    save_checkpoint(p, {"w": np.arange(6, dtype=np.float32)}, meta)
+    assert checkpoint.read_checkpoint_meta(p) == load_checkpoint(p)[1] == meta
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        checkpoint.read_checkpoint_meta(tmp_path / "missing.npz")
+    p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        checkpoint.read_checkpoint_meta(p)
+    np.savez(p, w=np.zeros(2))
+    with pytest.raises(CheckpointError, match="not a gpuconv checkpoint"):
+        checkpoint.read_checkpoint_meta(p)
+    np.savez(p, __meta__=np.frombuffer(b"[1, 2]", dtype=np.uint8))
+    with pytest.raises(CheckpointError, match="bad metadata"):
+        checkpoint.read_checkpoint_meta(p)
