@@ -270,3 +270,18 @@ def test_gpu_bad_inputs(cp) -> None:
         addop.add_forward(cp.zeros((2, 6), cp.float32)[:, ::2], ag)
     with pytest.raises(OpArgumentError, match="a must be float32 or float64"):
         addop.add_forward(ag.astype(cp.float16), ag.astype(cp.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 33, 9, 11)])
+def test_gpu_fused_add_relu_equals_the_unfused_pair(shape, cp, rng: np.random.Generator) -> None:
+    """The fused kernel is a drop-in for add -> relu (the unfused reference), bit for bit, both passes."""
+    from gpuconv.ops import activation as act  # noqa: PLC0415
+
+    a, b, dy = (cp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(3))
+    fused = addop.add_forward(a, b, relu=True)
+    unfused = act.relu_forward(addop.add_forward(a, b))
+    np.testing.assert_array_equal(cp.asnumpy(fused), cp.asnumpy(unfused))
+    g_fused = addop.add_backward(dy, y=fused, relu=True)
+    g_unfused = addop.add_backward(act.relu_backward(dy, unfused))
+    np.testing.assert_array_equal(cp.asnumpy(g_fused), cp.asnumpy(g_unfused))
