@@ -188,15 +188,14 @@ class Graph:
             name = f"{kind}{self._counts[kind]}"
         return self.scope(name)
 
-    def basic_block(self, x: Node, K: int, stride: int = 1, *, projection: bool | None = None,
+    def basic_block(self, x: Node, K: int, stride: int = 1, *, F: int = 3, projection: bool | None = None,
                     name: str | None = None) -> Node:
-        """ResNet's basic block: [CONV3-K/stride -> BN -> RELU -> CONV3-K -> BN] + shortcut -> RELU.
-
-        Its nodes are named '<name>.conv1', ... (default name: res1, res2, ...)."""
+        """ResNet's basic block: [CONV<F>-K/stride -> BN -> RELU -> CONV<F>-K -> BN] + shortcut -> RELU
+        (F = 3 in the paper).  Its nodes are named '<name>.conv1', ... (default name: res1, res2, ...)."""
         _require_volume(self, x, "a residual block")
         with self._block_scope("res", name):
-            y = self.conv_bn(x, 3, K, stride=stride, name="conv1")
-            y = self.conv_bn(y, 3, K, relu=False, name="conv2")
+            y = self.conv_bn(x, F, K, stride=stride, name="conv1")
+            y = self.conv_bn(y, F, K, relu=False, name="conv2")
             return self.add(self.shortcut(x, K, stride, projection=projection), y, relu=True, name="add")
 
     def bottleneck(self, x: Node, K: int, stride: int = 1, *, expansion: int = 4,
