@@ -82,6 +82,8 @@ class TrainStep:
     def load(self, xb: Any = None, yb: Any = None) -> None:
         """Planned: copy a batch (host or device) into the plan's input/labels views, unless it is them."""
         ex = self.executor
+        if ex is None:
+            raise RuntimeError("TrainStep.load: an unplanned step has no planned views; pass the batch to run()")
         if xb is not None and xb is not ex.input_view():
             devmod.copy_into(ex.input_view(), xb)   # host data: no temporary device copy
         if yb is not None and yb is not ex.labels_view():

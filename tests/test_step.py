@@ -341,3 +341,7 @@ def test_an_inference_step_on_an_inference_plan(rng: np.random.Generator) -> Non
         step.run()
     with pytest.raises(ValueError, match="PlannedExecutor"):
         TrainStep(get_model("small").bind("cpu"), None, cuda_graph=True)
+    with pytest.raises(RuntimeError, match="no planned views"):
+        TrainStep(get_model("small").bind("cpu"), None).load(x)
+    with pytest.raises(ValueError, match="another net"):
+        TrainStep(get_model("small").bind("cpu"), None, ex)
