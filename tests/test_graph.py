@@ -254,3 +254,21 @@ def test_graph_net_trains_on_the_cpu(rng):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_summary_shows_branches():
+    g = Graph((3, 8, 8), name="two-branch")
+    x = g.relu(g.conv(g.input(), 3, 4), name="stem")
+    g.inception(x, 2, 2, 3, 1, 2, 2)
+    text = g.build(classes=5).summary()
+    lines = text.splitlines()
+    assert "reads" in lines[0]
+    row = next(line for line in lines if line.startswith("inception1.concat"))
+    assert "<- b1.relu1, b2.relu2, b3.relu2, b4.relu1" in row and "[8x8x9]" in row and "8*8*9 = 576" in row
+    row = next(line for line in lines if line.startswith("inception1.b2.conv1"))
+    assert "<- stem" in row and "[8x8x2]" in row and "8*8*2 = 128" in row
+    assert row.split()[-1] == f"{4 * 2 + 2:,}"  # params of the 1x1 conv: 4*2 weights + 2 biases
+    assert "1 CONCAT merge nodes" in text
+    # a chain's table has no such column
+    chain = Net([Conv(4, 3, P=1), ReLU(), FC(5)], (2, 6, 6))
+    assert "reads" not in chain.summary().splitlines()[0]
