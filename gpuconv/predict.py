@@ -30,8 +30,8 @@ CLASSES_FILE = "classes.json"
 _CHECKPOINT = "checkpoint.npz"   # the name gpuconv.train saves under
 
 
-class RunError(RuntimeError):
-    """A folder is not a usable run (no checkpoint, unreadable, inconsistent)."""
+class RunError(ValueError):
+    """The folder given is not a run that can be used (missing, no checkpoint, no class names)."""
 
 
 def write_run_classes(folder: str | os.PathLike[str], ds: Dataset) -> None:
@@ -91,21 +91,18 @@ def load_run(folder: str | os.PathLike[str], device: str | None = None) -> Run:
     ckpt = folder / _CHECKPOINT
     if not ckpt.is_file():
         raise RunError(f"{folder}: not a run folder (no {_CHECKPOINT}; train one with gpuconv train --out {folder})")
-    try:
-        arrays, meta = load_checkpoint(ckpt)
-    except CheckpointError as e:
-        raise RunError(str(e)) from None
-    config = dict(meta.get("config") or {})
+    arrays, meta = load_checkpoint(ckpt)   # CheckpointError: a corrupt file (it ran and failed)
+    config = _run_config(folder, meta)
     model = config.get("model") or meta.get("model")
     if not model:
-        raise RunError(f"{ckpt}: the checkpoint does not say which model it holds")
+        raise CheckpointError(f"{ckpt}: the checkpoint does not say which model it holds")
     info_path = folder / CLASSES_FILE
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_text())
             classes, shape = list(info["classes"]), tuple(int(v) for v in info["input_shape"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise RunError(f"{info_path}: unreadable ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{info_path}: unreadable ({type(e).__name__}: {e})") from None
     else:  # a run from before classes.json: a built-in dataset names its classes
         name = config.get("dataset") or meta.get("dataset")
         if config.get("data") or name not in DATASETS:
@@ -120,17 +117,30 @@ def load_run(folder: str | os.PathLike[str], device: str | None = None) -> Run:
         else:
             net = get_model(model, classes=len(classes))
     except (KeyError, ValueError) as e:
-        raise RunError(f"{ckpt}: cannot rebuild its model {model!r}: {e}") from None
+        raise CheckpointError(f"{ckpt}: cannot rebuild its model {model!r}: {e}") from None
     if "norm.mean" not in arrays or "norm.std" not in arrays:
-        raise RunError(f"{ckpt}: no saved normalization (norm.mean / norm.std)")
+        raise CheckpointError(f"{ckpt}: no saved normalization (norm.mean / norm.std)")
     dev = get_device(_device_name(device))
     net.bind(dev, seed=0)
     try:
         net.load_state_arrays(arrays)
     except (KeyError, ValueError) as e:
-        raise RunError(f"{ckpt}: {e}") from None
+        raise CheckpointError(f"{ckpt}: {e}") from None
     return Run(folder, net, classes, tuple(net.input_shape), np.asarray(arrays["norm.mean"]),
                np.asarray(arrays["norm.std"]), config)
+
+
+def _run_config(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings: its ``run.json`` where there is one, else the checkpoint's copy."""
+    path = folder / "run.json"
+    if path.is_file():
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(cfg, dict):
+                return cfg
+        except (OSError, ValueError):
+            pass  # fall back to the checkpoint's copy
+    return dict(meta.get("config") or {})
 
 
 def image_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -252,31 +262,41 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate_command)
 
 
-def _fail(command: str, exc: BaseException, code: int) -> int:
+def _fail(command: str, exc: BaseException) -> int:
+    """One line on stderr; exit 2 when the command cannot work as given (a path that is not a run or
+    an image, a bad flag, a device that is not there), 1 when it ran and failed (a corrupt checkpoint)."""
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+
     print(f"gpuconv {command}: {exc}", file=sys.stderr)
-    return code
+    return 1 if isinstance(exc, (CheckpointError, OSError)) else 2
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        return _fail("predict", ValueError(f"--top-k must be >= 1, got {args.top_k}"), 2)
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+    from .device import DeviceError  # noqa: PLC0415
+
     try:
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
         paths = image_paths(args.images)
         run = load_run(args.run, args.device)
         results = predict_images(run, paths, args.top_k)
-    except (RunError, DataError, ValueError, RuntimeError) as exc:
-        return _fail("predict", exc, 1)
+    except (ValueError, DataError, DeviceError, CheckpointError, OSError) as exc:
+        return _fail("predict", exc)
     for path, top in zip(paths, results):
         print(f"{path}: " + ", ".join(f"{name} {p * 100:.1f}%" for name, p in top))
     return 0
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError  # noqa: PLC0415
+    from .device import DeviceError  # noqa: PLC0415
+
     try:
         run = load_run(args.run, args.device)
         what, acc, cm = evaluate_run(run, args.data)
-    except (RunError, DataError, ValueError, RuntimeError) as exc:
-        return _fail("evaluate", exc, 1)
+    except (ValueError, DataError, DeviceError, CheckpointError, OSError) as exc:
+        return _fail("evaluate", exc)
     print(f"{what}: accuracy {acc * 100:.2f}% ({int(np.trace(cm))}/{int(cm.sum())})")
     print(format_confusion(cm, run.classes))
     return 0

@@ -128,21 +128,27 @@ def _image(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["predict", "{tmp}/nowhere", "{img}"], 1, "no such run folder"),
-    (["predict", "{tmp}", "{img}"], 1, "not a run folder (no checkpoint.npz"),
-    (["predict", "{run}", "{tmp}/missing.png"], 1, "missing.png: no such file or folder"),
-    (["predict", "{run}", "{bad}"], 1, "bad.png: cannot read this image"),
-    (["predict", "{run}", "{empty}"], 1, "no .png, .jpg, .jpeg images in this folder"),
+    (["predict", "{tmp}/nowhere", "{img}"], 2, "no such run folder"),
+    (["predict", "{tmp}", "{img}"], 2, "not a run folder (no checkpoint.npz"),
+    (["predict", "{run}", "{tmp}/missing.png"], 2, "missing.png: no such file or folder"),
+    (["predict", "{run}", "{bad}"], 2, "bad.png: cannot read this image"),
+    (["predict", "{run}", "{empty}"], 2, "no .png, .jpg, .jpeg images in this folder"),
     (["predict", "{run}", "{img}", "--top-k", "0"], 2, "--top-k must be >= 1"),
-    (["evaluate", "{tmp}"], 1, "not a run folder"),
-    (["evaluate", "{run}", "--data", "{unknown}"], 1, "are not classes of this run"),
-    (["evaluate", "{run}", "--data", "{tmp}/none"], 1, "no such folder"),
+    (["evaluate", "{tmp}"], 2, "not a run folder"),
+    (["evaluate", "{run}", "--data", "{unknown}"], 2, "are not classes of this run"),
+    (["evaluate", "{run}", "--data", "{tmp}/none"], 2, "no such folder"),
     (["evaluate", "{corrupt}"], 1, "checkpoint.npz"),
+    (["evaluate", "{run}", "--device", "cuda"], 2, "cuda"),
 ])
 def test_errors_are_one_line_without_traceback(trained: tuple[Path, Path, list[dict]], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str], argv: list[str], code: int,
                                                message: str) -> None:
     run_dir, _, _ = trained
+    if "cuda" in argv:
+        from gpuconv.device import gpu_available
+
+        if gpu_available():
+            pytest.skip("a GPU is here: --device cuda works")
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.png").write_bytes(b"not an image")
     for c in ("cyan", "red"):
