@@ -8,6 +8,7 @@ run folder after every epoch, from the same records as ``metrics.jsonl``.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -114,8 +115,14 @@ def render_curves(history: Sequence[dict[str, Any]]) -> Any:
     return img
 
 
-def draw_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write the picture to ``path`` atomically (a viewer never sees half a file); returns the path."""
+def draw_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path | None:
+    """Write the picture to ``path`` atomically (a viewer never sees half a file); returns the path.
+
+    Without Pillow it draws nothing and returns None: the picture is a convenience, and a
+    training run must not stop (before its checkpoint is saved) for want of it.
+    """
+    if importlib.util.find_spec("PIL") is None:
+        return None
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     render_curves(history).save(tmp, format="PNG")

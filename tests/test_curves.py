@@ -63,3 +63,13 @@ def test_nice_ticks_are_round_and_cover_the_range() -> None:
         assert np.allclose(steps, steps[0])
         mant = steps[0] / 10 ** math.floor(math.log10(steps[0]))
         assert any(abs(mant - m) < 1e-9 for m in (1, 2, 2.5, 5))
+
+
+def test_without_pillow_nothing_is_drawn_and_nothing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PIL" else real(name, *a))
+    assert curves.draw_curves([{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5}],
+                              tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()
