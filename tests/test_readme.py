@@ -12,13 +12,14 @@ Lines that need a GPU (``--device cuda``) are skipped without one.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import struct
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,10 @@ def _key(command: str) -> str:
 # --------------------------------------------------------------------------- fixtures
 
 
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _write_idx(path: Path, a: np.ndarray) -> None:
     path.write_bytes(bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes())
 
@@ -142,18 +147,12 @@ def _image_folder(folder: Path, per_class: int, seed: int) -> None:
 def workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A folder with the data the README's commands name, and the environment to run them in."""
     _fake_fashion_mnist(tmp_path / "data" / "fashion-mnist")
-    if importlib_util_find("PIL"):
+    if _have("PIL"):
         _image_folder(tmp_path / "photos", per_class=10, seed=0)
         _image_folder(tmp_path / "more-photos", per_class=3, seed=1)
     env = {k: v for k, v in os.environ.items() if k not in ("GPUCONV_DEVICE", "GPUCONV_DATA")}
     env.update(GPUCONV_DATA=str(tmp_path / "data"), GPUCONV_CACHE_DIR=str(tmp_path / "cache"))
     return tmp_path, env
-
-
-def importlib_util_find(name: str) -> bool:
-    import importlib.util  # noqa: PLC0415
-
-    return importlib.util.find_spec(name) is not None
 
 
 def _gpu() -> bool:
@@ -201,7 +200,7 @@ def test_command_runs(command: str, workdir: tuple[Path, dict[str, str]]) -> Non
     argv = shlex.split(command)[1:]
     if "cuda" in argv and not _gpu():
         pytest.skip("needs a CUDA GPU")
-    if any(a.startswith("photos") or a.endswith("photos") for a in argv) and not importlib_util_find("PIL"):
+    if any(a.startswith("photos") or a.endswith("photos") for a in argv) and not _have("PIL"):
         pytest.skip("needs Pillow")
     cwd, env = workdir
     for setup in how.setup:
