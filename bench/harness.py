@@ -8,7 +8,6 @@ and 'tf32' (TF32 on both sides).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -109,18 +108,20 @@ def validation(mode: str, errors: dict[str, float]) -> dict[str, Any]:
 
 
 def kernel_tag() -> str:
-    """' [algo=auto, wgmma]': the kernel choices this process's environment makes, '' for the
-    defaults, so rows timed under different settings (one process each) keep distinct names."""
-    from gpuconv.ops import autotune, winograd  # noqa: PLC0415
+    """' [algo=auto, wgmma]': the kernel choices the kernel configuration in force makes
+    (``gpuconv.kernel_config.current()``: a ``using`` scope, else this process's environment),
+    '' for the defaults, so rows timed under different settings keep distinct names."""
+    from gpuconv.kernel_config import current  # noqa: PLC0415
 
+    cfg = current()
     parts = []
-    if winograd.chosen_algo(None) != "gemm":
-        parts.append(f"algo={winograd.chosen_algo(None)}")
-    if autotune.schedule() != "reg":
-        parts.append(autotune.schedule())
-    if autotune.wgmma_enabled():
+    if cfg.conv_algo != "gemm":
+        parts.append(f"algo={cfg.conv_algo}")
+    if cfg.gemm_schedule != "reg":
+        parts.append(cfg.gemm_schedule)
+    if cfg.wgmma:
         parts.append("wgmma")
-    if autotune.enabled():
+    if cfg.autotune:
         parts.append("autotune")
     return f" [{', '.join(parts)}]" if parts else ""
 
@@ -186,30 +187,22 @@ def main_quick(run: Callable[..., list[Row]], doc: str | None) -> None:
     print_rows(run(quick=ap.parse_args().quick))
 
 
-def with_env(var: str, value: str, fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with environment variable ``var`` set to ``value`` for the call (restored after)."""
+def with_config(fn: Callable[[], None], **overrides: Any) -> Callable[[], None]:
+    """fn run inside ``kernel_config.using(**overrides)``: the kernel configuration in force with
+    ``overrides`` for the call (the previous one restored after)."""
+    from gpuconv.kernel_config import using  # noqa: PLC0415
+
     def call() -> None:
-        old = os.environ.get(var)
-        os.environ[var] = value
-        try:
+        with using(**overrides):
             fn()
-        finally:
-            if old is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = old
     return call
 
 
 def with_schedule(schedule: str, fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with our GEMM kernels' main-loop schedule forced ($GPUCONV_GEMM_SCHEDULE: reg or async)."""
-    from gpuconv.ops import autotune  # noqa: PLC0415
-
-    return with_env(autotune.SCHEDULE_ENV, schedule, fn)
+    """fn with our GEMM kernels' main-loop schedule forced (KernelConfig.gemm_schedule: reg or async)."""
+    return with_config(fn, gemm_schedule=schedule)
 
 
 def with_wgmma(fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with TF32 FC and conv GEMMs on the Hopper wgmma kernels ($GPUCONV_GEMM_WGMMA=1)."""
-    from gpuconv.ops import autotune  # noqa: PLC0415
-
-    return with_env(autotune.WGMMA_ENV, "1", fn)
+    """fn with TF32 FC and conv GEMMs on the Hopper wgmma kernels (KernelConfig.wgmma)."""
+    return with_config(fn, wgmma=True)

@@ -367,7 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     prog = f"gpuconv {args.command or 'train'}"
     try:
-        return int(args.func(args))
+        # Which kernels run is decided here, once: flags, then GPUCONV_* variables, then defaults.
+        from .kernel_config import KernelConfig, using  # noqa: PLC0415
+        kernels = KernelConfig.resolve(precision=getattr(args, "precision", None),
+                                       conv_algo=getattr(args, "conv_algo", None))
+        with using(kernels):
+            return int(args.func(args))
     except KeyboardInterrupt:
         if debug:
             raise

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import device
+from .kernel_config import current
 
 
 def _kernel_dir() -> Path:
@@ -245,8 +246,7 @@ def _cached_cubin(name: str, arch: str, defines: Sequence[str]) -> bytes:
 
     opts = [*NVRTC_OPTIONS, *_define_options(defines), arch]
     key = hashlib.sha256("\0".join([kernel_source(name), *opts, str(nvrtc.getVersion())]).encode()).hexdigest()[:24]
-    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
-    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "kernels" / f"{name}-{key}.cubin"
+    path = current().cache_dir / "kernels" / f"{name}-{key}.cubin"
     if path.is_file():
         return path.read_bytes()
     cubin = compile_cubin(name, arch, defines)
@@ -301,7 +301,7 @@ def get_module(name: str, defines: Sequence[str] = ()) -> Any:
     return mod
 
 
-def wgmma_capable(dev_id: int | None = None) -> bool:
+def _cuda_wgmma_capable(dev_id: int | None = None) -> bool:
     """Whether the sm_90a variants run on GPU ``dev_id`` (None: the current one, where launches
     go): compute capability 9.0 exactly (H100, H200)."""
     cp = device._cupy()
@@ -351,8 +351,8 @@ def _as_kernel_arg(a: Any) -> Any:
     return a
 
 
-def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
-           args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
+def _cuda_launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
+                 args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
     """Launch a kernel on the current stream, converting Python scalars to int32/float32.
 
     ``defines`` picks a module variant (see MODULE_VARIANTS)."""
@@ -366,7 +366,7 @@ def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int]
     fn(grid, block, tuple(_as_kernel_arg(a) for a in args), shared_mem=shared_mem)
 
 
-def time_ms(fn: Any, reps: int = 5, warmup: int = 1) -> float:
+def _cuda_time_ms(fn: Any, reps: int = 5, warmup: int = 1) -> float:
     """Median milliseconds of ``fn()`` on the current stream, timed with CUDA events."""
     cp = device._cupy()
     for _ in range(warmup):
@@ -383,7 +383,7 @@ def time_ms(fn: Any, reps: int = 5, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
-def device_key() -> str:
+def _cuda_device_key() -> str:
     """Which GPU this is, for caches of tuned choices: name and compute capability."""
     cp = device._cupy()
     dev = cp.cuda.Device()
@@ -397,20 +397,13 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def use_debug_allocation() -> None:
-    """One cudaMalloc per tensor (no pool), so compute-sanitizer sees every overrun."""
-    cp = device._cupy()
-    if cp is not None:
-        cp.cuda.set_allocator(None)
-
-
 # ---------------------------------------------------------------- CUDA graphs
 # A training step in the planned arena allocates nothing and launches only our kernels
 # (and memsets), always with the same pointers: it can be captured once as a CUDA graph
-# and replayed, one launch per step instead of dozens.  The emulator replaces these three
-# functions with a model of the same semantics (gpuconv.emu), which is how CI tests them.
+# and replayed, one launch per step instead of dozens.  The emulator's backend models the same
+# semantics (gpuconv.emu), which is how CI tests them.
 
-def zero(a: Any) -> None:
+def _cuda_zero(a: Any) -> None:
     """Clear a C-contiguous device array on the current stream (a memset node when captured)."""
     cp = device._cupy()
     if not a.flags.c_contiguous:
@@ -429,7 +422,7 @@ class CapturedGraph:
         self._graph.launch()
 
 
-def capture(fn: Any) -> CapturedGraph:
+def _cuda_capture(fn: Any) -> CapturedGraph:
     """Capture what ``fn()`` enqueues on the current stream as a CUDA graph, without running it.
 
     The stream must not be the legacy default stream (see :func:`capture_stream`).  ``fn``
@@ -457,7 +450,7 @@ def capture(fn: Any) -> CapturedGraph:
 
 
 @contextlib.contextmanager
-def capture_stream() -> Iterator[Any]:
+def _cuda_capture_stream() -> Iterator[Any]:
     """Within: a fresh non-blocking stream is current (capturable).  The device is synchronized
     on entry (work queued on the default stream is done) and the stream on exit."""
     cp = device._cupy()
@@ -466,3 +459,106 @@ def capture_stream() -> Iterator[Any]:
     with stream:
         yield stream
     stream.synchronize()
+
+
+@functools.lru_cache(maxsize=16)
+def _cuda_sm_count(dev_id: int) -> int:
+    try:
+        return int(device._cupy().cuda.Device(dev_id).attributes["MultiProcessorCount"])
+    except Exception:  # noqa: BLE001  (a heuristic input only)
+        return device.SM_COUNT_HINT
+
+
+# ---------------------------------------------------------------- the backend
+class CudaBackend(device.Backend):
+    """The GPU through CuPy: NVRTC-compiled modules, the current stream, CuPy's allocator."""
+
+    name = "cuda"
+
+    @property
+    def xp(self) -> Any:
+        return device.get_device("cuda").xp
+
+    def owns(self, a: Any) -> bool:
+        cp = device._cupy()
+        return cp is not None and isinstance(a, cp.ndarray)
+
+    def launch(self, module: str, function: str, grid: Sequence[int], block: Sequence[int],
+               args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
+        _cuda_launch(module, function, grid, block, args, shared_mem, defines)
+
+    def zero(self, a: Any) -> None:
+        _cuda_zero(a)
+
+    def capture(self, fn: Any) -> CapturedGraph:
+        return _cuda_capture(fn)
+
+    def capture_stream(self) -> Any:
+        return _cuda_capture_stream()
+
+    def sm_count(self, dev_id: int | None = None) -> int:
+        cp = device._cupy()
+        if cp is None:
+            return device.SM_COUNT_HINT
+        try:
+            return _cuda_sm_count(cp.cuda.runtime.getDevice() if dev_id is None else dev_id)
+        except Exception:  # noqa: BLE001  (no usable device: the hint)
+            return device.SM_COUNT_HINT
+
+    def wgmma_capable(self, dev_id: int | None = None) -> bool:
+        return _cuda_wgmma_capable(dev_id)
+
+    def time_ms(self, fn: Any, reps: int = 5, warmup: int = 1) -> float:
+        return _cuda_time_ms(fn, reps, warmup)
+
+    def device_key(self) -> str:
+        return _cuda_device_key()
+
+
+CUDA = CudaBackend()
+
+
+# ---------------------------------------------------------------- what the ops call
+# Each goes to the backend in force (device.backend(): CUDA, or a scoped one like the emulator).
+
+def launch(module: str, function: str, grid: Sequence[int], block: Sequence[int],
+           args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
+    """Launch a kernel (Python ints/floats become int32/float32; ``defines`` picks a module
+    variant, see MODULE_VARIANTS)."""
+    device.backend().launch(module, function, grid, block, args, shared_mem, defines)
+
+
+def zero(a: Any) -> None:
+    """Clear a C-contiguous device array on the current stream (a memset node when captured)."""
+    device.backend().zero(a)
+
+
+def capture(fn: Any) -> Any:
+    """Capture what ``fn()`` enqueues as a graph, without running it (see ``_cuda_capture``:
+    the stream must be capturable and ``fn`` must not synchronize, copy to the host or allocate)."""
+    return device.backend().capture(fn)
+
+
+def capture_stream() -> Any:
+    """A context in which a capturable stream is current (see ``_cuda_capture_stream``)."""
+    return device.backend().capture_stream()
+
+
+def time_ms(fn: Any, reps: int = 5, warmup: int = 1) -> float:
+    """Median milliseconds of ``fn()`` on the device."""
+    return device.backend().time_ms(fn, reps=reps, warmup=warmup)
+
+
+def device_key() -> str:
+    """Which GPU this is, for caches of tuned choices: name and compute capability."""
+    return device.backend().device_key()
+
+
+def wgmma_capable(dev_id: int | None = None) -> bool:
+    """Whether the sm_90a variants (Hopper wgmma) run on the device (compute capability 9.0)."""
+    return device.backend().wgmma_capable(dev_id)
+
+
+def sm_count(dev_id: int | None = None) -> int:
+    """Streaming multiprocessors of the device (the launch heuristics' input)."""
+    return device.backend().sm_count(dev_id)

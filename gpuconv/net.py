@@ -247,8 +247,7 @@ class Net:
         if precision not in ("fp32", "tf32"):
             raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
         for layer in self.layers:
-            if hasattr(layer, "precision"):
-                layer.precision = precision  # type: ignore[attr-defined]
+            layer.set_kernel_options(precision=precision)
 
     def set_conv_algo(self, algo: str | None) -> None:
         """The GPU algorithm of every CONV layer: 'gemm', 'winograd' (3x3 stride-1 layers;

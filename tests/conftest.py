@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from gpuconv import device, emu
+from gpuconv import device, emu, kernel_config
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -36,6 +36,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(no_cxx)
         elif "gpu" in item.keywords and not gpu:
             item.add_marker(no_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_config():
+    """Each test starts from the kernel configuration its environment gives (resolved on first
+    use inside the test, so a monkeypatched GPUCONV_* variable applies) and leaks none."""
+    kernel_config.reset_default()
+    yield
+    kernel_config.reset_default()
 
 
 SEED_ENV = "GPUCONV_TEST_SEED"
@@ -62,7 +71,8 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 
 @pytest.fixture
 def cp(request: pytest.FixtureRequest):
-    """The device array module for tests marked gpu: cupy, or the emulator's within emu.emulated()."""
+    """The device array module for tests marked gpu: cupy, or the emulator's within emu.emulated()
+    (its device backend, ``emu.BACKEND``, in force for the test)."""
     if getattr(request, "param", "cuda") == "emu":
         with emu.emulated() as xp:
             yield xp

@@ -71,3 +71,13 @@ def device_tf32(cp: Any, x: np.ndarray) -> np.ndarray:
     if getattr(cp, "__name__", "") == "cupy" and int(cp.cuda.Device().compute_capability) < 90:
         return tf32_rna(x)
     return tf32_rne(x)
+
+
+def configure(**overrides: Any) -> Any:
+    """Set the kernel configuration for the rest of a test: the current one with ``overrides``
+    (the conftest fixture restores the environment's default after the test)."""
+    from gpuconv import kernel_config  # noqa: PLC0415
+
+    cfg = kernel_config.current().replace(**overrides)
+    kernel_config.reset_default(cfg)
+    return cfg

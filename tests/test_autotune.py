@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 
 from gpuconv import cuda
+from gpuconv.kernel_config import KernelConfig, using
 from gpuconv.ops import autotune, conv
+from gpuconv.ops import conv_variants as CV
+from helpers import configure
 
 
 def fake_timer(costs: dict) -> autotune.Timer:
@@ -59,30 +62,30 @@ def test_unwritable_cache_keeps_choices_in_memory(tmp_path: Path) -> None:
     assert tuner.choose("k", [1, 2], timer.ran.append) == 2 and tuner.trials == 2
 
 
-def test_enabled_and_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
-    assert not autotune.enabled()
-    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
-    assert autotune.enabled()
-    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path))
-    assert autotune.cache_path() == tmp_path / "autotune.json"
+def test_enabled_and_cache_dir_from_the_configuration(tmp_path: Path) -> None:
+    with using(KernelConfig.resolve(env={})):
+        assert not autotune.enabled()
+    with using(KernelConfig.resolve(env={"GPUCONV_AUTOTUNE": "1", "GPUCONV_CACHE_DIR": str(tmp_path)})):
+        assert autotune.enabled()
+        assert autotune.cache_path() == tmp_path / "autotune.json"
 
 
 def test_conv_tile_is_the_heuristic_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
-    ran: list = []
-    assert conv._tuned_tile("fwd", "fp32", [1, 2, 3], (128, 64, "reg"), ran.append) == (128, 64, "reg")
-    assert ran == []
+    # without autotune the GEMM variant is the heuristic's, and nothing is timed
+    p = conv.problem("fwd", (4, 40, 12, 12), (72, 40, 3, 3), 1, 1, 1, cfg=KernelConfig())
+    assert conv.select(p, KernelConfig()).variant == "gemm"
+    tuned = conv.select(p, KernelConfig(autotune=True))
+    assert tuned.variant == "gemm-autotune" and tuned.kernels == ()   # chosen on first use
 
 
 def test_conv_tile_tuned_over_every_compiled_tile(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    configure(autotune=True)
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
     costs = {(128, 128): 4.0, (128, 64): 3.0, (64, 128): 0.5, (64, 64): 2.0}
     costs = {(*t, sc): c * (0.9 if sc == "async" else 1.0) for t, c in costs.items() for sc in autotune.SCHEDULES}
     timer = fake_timer(costs)
     monkeypatch.setattr(autotune, "_tuner", autotune.Autotuner(timer, tmp_path / "autotune.json"))
-    assert conv._tuned_tile("bwdd", "tf32", [8, 3, 32, 32], (128, 64, "reg"), timer.ran.append) == (64, 128, "async")
+    assert CV._tuned_tile("bwdd", "tf32", [8, 3, 32, 32], (128, 64, "reg"), timer.ran.append) == (64, 128, "async")
     assert timer.ran[0] == (128, 64, "reg") and sorted(timer.ran) == sorted(costs)   # heuristic first
     assert "Fake GPU sm_90|conv_bwdd|tf32|8,3,32,32" in (tmp_path / "autotune.json").read_text()
 
@@ -93,7 +96,7 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
     """The GPU launchers' wiring, checked on the CPU: cuda.launch is faked (no kernel runs)."""
     import numpy as np  # noqa: PLC0415
 
-    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    configure(autotune=True)
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
     launched: list[tuple[str, tuple]] = []
     monkeypatch.setattr(conv.cuda, "launch", lambda module, fn, grid, *a, **k: launched.append((fn, grid)))
@@ -124,13 +127,12 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
     assert len(names) == 1
 
 
-def test_schedule_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(autotune.SCHEDULE_ENV, raising=False)
-    assert autotune.schedule() == "reg"
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, "Async")
-    assert autotune.schedule() == "async"
+def test_schedule_from_the_configuration() -> None:
+    with using(KernelConfig.resolve(env={})):
+        assert autotune.schedule() == "reg"
+    with using(KernelConfig.resolve(env={autotune.SCHEDULE_ENV: "Async"})):
+        assert autotune.schedule() == "async"
     assert conv._kernel("bwdf", (64, 128, "async"), "tf32") == "conv_bwdf_f32_64x128_tf32_async"
     assert conv._kernel("fwd", (128, 64, "reg"), "fp32") == "conv_fwd_f32_128x64_fp32"
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, "fast")
     with pytest.raises(ValueError, match="GPUCONV_GEMM_SCHEDULE='fast': choose one of reg, async"):
-        autotune.schedule()
+        KernelConfig.resolve(env={autotune.SCHEDULE_ENV: "fast"})

@@ -154,12 +154,19 @@ def test_wgmma_rows_can_be_left_out(timed: Timed, monkeypatch: pytest.MonkeyPatc
     assert len(rows) == 4 + 9 and not any("wgmma" in r.name or "wgmma" in k for r in rows for k in timed.of(r))
 
 
+def process_env(**env: str) -> None:
+    """The kernel configuration of a gpu_session.sh step run as ``env VAR=... python3 bench/...``:
+    a process resolves it once from its environment (here: for the rest of the test)."""
+    from gpuconv import kernel_config  # noqa: PLC0415
+
+    kernel_config.reset_default(kernel_config.KernelConfig.resolve(env=env))
+
+
 def _fresh_tuner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """GPUCONV_AUTOTUNE=1 with an empty cache in tmp_path (the process-wide tuner made anew)."""
     from gpuconv.ops import autotune  # noqa: PLC0415
 
-    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
-    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path))
+    process_env(GPUCONV_AUTOTUNE="1", GPUCONV_CACHE_DIR=str(tmp_path))
     monkeypatch.setattr(autotune, "_tuner", None)
     monkeypatch.setattr(cuda, "device_key", lambda: "Emulated sm_90")
     return tmp_path / "autotune.json"
@@ -195,8 +202,7 @@ def test_training_step_bench_with_winograd(algo: str, timed: Timed, monkeypatch:
     """gpu_session.sh winograd-vgg: the step bench with GPUCONV_CONV_ALGO=winograd / auto (the
     Winograd workspace in the plan; auto times both algorithms on the first step)."""
     _fresh_tuner(monkeypatch, tmp_path)
-    monkeypatch.delenv("GPUCONV_AUTOTUNE")          # only the algorithm is tuned here, as in that step
-    monkeypatch.setenv("GPUCONV_CONV_ALGO", algo)
+    process_env(GPUCONV_CONV_ALGO=algo, GPUCONV_CACHE_DIR=str(tmp_path))   # only the algorithm is tuned here
     handed: list[bool] = []   # per Winograd pass: did it run in a workspace it was given (the plan's)?
     take_workspace = winograd._workspace
 
@@ -330,8 +336,7 @@ def test_budget_logs_feed_the_verdict(timed: Timed, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(bench_conv, "reference", numpy_conv_reference)
     monkeypatch.setattr(bench_conv, "LAYERS", [tiny_layer(L) for L in bench_conv.LAYERS])
     bench_conv.main(["--json", "--only", "L5,1x1", "--precision", "fp32", "--wgmma", "off"])
-    monkeypatch.setenv("GPUCONV_CONV_ALGO", "winograd")
-    monkeypatch.setenv("GPUCONV_GEMM_WGMMA", "1")
+    process_env(GPUCONV_CONV_ALGO="winograd", GPUCONV_GEMM_WGMMA="1")
     train_rows = bench_train.gpu_vgg16_step(4, "tf32", model=TINY_NET)
     out = capsys.readouterr().out
     rows = targets.parse_rows(out + "\n".join(r.to_json() for r in train_rows))

@@ -1,6 +1,7 @@
 """conv: NumPy path vs plain loops, float64 gradient checks, edge cases, errors; GPU vs NumPy."""
 from __future__ import annotations
 
+from dataclasses import replace
 from math import gcd
 
 import numpy as np
@@ -11,7 +12,7 @@ from gpuconv.geometry import GeometryError
 from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
 from gpuconv.ops._checks import OpArgumentError
-from helpers import device_tf32, numeric_grad, poison, rel_error, tf32_truncate
+from helpers import configure, device_tf32, numeric_grad, poison, rel_error, tf32_truncate
 
 # (N, Cin, H, W, K, FH, FW, stride, pad, dilation): odd sizes, batch 1, stride > 1,
 # dilation, 1x1, non-square filters, strides that skip input pixels.
@@ -398,7 +399,7 @@ def _gpu_case(cp, rng, g, dtype=np.float32, precision="fp32"):
 @pytest.mark.parametrize("precision", C.PRECISIONS)
 @pytest.mark.parametrize("g", GPU_GEOMS, ids=_geom_id)
 def test_gpu_matches_cpu_fp32(cp, rng, monkeypatch, g, precision, schedule):
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
     yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
     for relu in (False, True):
@@ -433,7 +434,7 @@ def test_gpu_tf32_rounds_inputs(cp, rng, monkeypatch, schedule):
     # cvt: ties to even on sm_90) and accumulate in fp32.  Against a reference on rounded
     # operands that leaves accumulation error only; against the unrounded fp64 result, TF32
     # error (it is TF32).
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, (2, 16, 9, 9, 24, 3, 3, 1, 1, 1))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     xr, wr = device_tf32(cp, x).astype(np.float64), device_tf32(cp, w).astype(np.float64)
@@ -457,7 +458,7 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
     The second geometry has more than 96 rows in every GEMM (K = 110 filters, C = 100
     channels): a 128-row tile's last quarter of A rows is then partly valid, partly not.
     """
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # small C would pick the direct kernel
     for g, split_counts in (((2, 21, 11, 13, 75, 3, 3, 1, 1, 1), (1, 2, 7, 50)),
                             ((1, 100, 5, 5, 110, 3, 3, 1, 1, 1), (1, 7))):
@@ -479,10 +480,10 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
 
 
 # ---------------------------------------------------------------- the wgmma kernels (sm_90a)
-# GPUCONV_GEMM_WGMMA=1: TF32 implicit GEMMs run conv_*_tf32_wgmma (on the emulator, which
+# KernelConfig(wgmma=True): TF32 implicit GEMMs run conv_*_tf32_wgmma (on the emulator, which
 # models wgmma from the PTX ISA; on a GPU only an sm_90 one).  Their tensor cores truncate.
 def _use_wgmma(cp, monkeypatch):
-    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
+    configure(wgmma=True)
     if not isinstance(cp.zeros(1), np.ndarray) and not cuda.wgmma_capable():
         pytest.skip("the wgmma kernels need a compute-capability-9.0 GPU")
 
@@ -598,19 +599,27 @@ def test_gpu_wgmma_truncates_to_tf32(cp, rng, monkeypatch):
 
 
 def test_wgmma_choice_and_names(monkeypatch):
-    # The switch picks the wgmma schedule for TF32 on an sm_90 GPU only; fp32 never.
+    # The switch picks the wgmma variant for TF32 on an sm_90 GPU only; fp32 never.
+    from gpuconv.kernel_config import KernelConfig
+    from gpuconv.ops import conv_variants as CV
+
+    on, off = KernelConfig(wgmma=True), KernelConfig()
     monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: True)
-    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
-    assert C._heuristic(128, 64, "tf32") == (128, 64, "wgmma")
-    assert C._heuristic(128, 64, "fp32") == (128, 64, autotune.schedule())
+    assert CV._heuristic(128, 64, "tf32", on) == (128, 64, "wgmma")
+    assert CV._heuristic(128, 64, "fp32", on) == (128, 64, "reg")
+    p = C.problem("fwd", (8, 64, 16, 16), (128, 64, 3, 3), 1, 1, 1, np.float32, "tf32", "gemm", cfg=on)
+    choice = C.select(p, on)
+    assert choice.variant == "gemm-wgmma" and choice.kernels[0].endswith("_tf32_wgmma")
+    assert C.select(p, off).variant == "gemm" and C.select(p, off).kernels[0].endswith("_tf32")
+    assert C.select(replace(p, precision="fp32"), on).variant == "gemm"
     assert C._kernel("bwdf", (64, 128, "wgmma"), "tf32") == "conv_bwdf_f32_64x128_tf32_wgmma"
     assert C._kernel("bwdf", (64, 128, "reg"), "tf32") == "conv_bwdf_f32_64x128_tf32"
     assert C._launch_opts((64, 128, "wgmma")) == {"defines": ("GEMM_WGMMA",), "shared_mem": C.wgmma_smem(64, 128)}
     monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: False)
-    assert C._heuristic(128, 64, "tf32")[2] != "wgmma"
+    assert CV._heuristic(128, 64, "tf32", on)[2] != "wgmma"
+    assert C.select(p, on).variant == "gemm"
     monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: True)
-    monkeypatch.setenv(autotune.WGMMA_ENV, "0")
-    assert C._heuristic(128, 64, "tf32")[2] != "wgmma"
+    assert CV._heuristic(128, 64, "tf32", off)[2] != "wgmma"
 
 
 def test_wgmma_shared_memory_size_matches_the_kernel():

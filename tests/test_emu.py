@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from gpuconv import cuda, emu
+from gpuconv import cuda, device, emu
 from tests.helpers import tf32_rne, tf32_truncate
 
 pytestmark = pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
@@ -474,9 +474,29 @@ def test_emulated_arrays_look_like_device_arrays(rng):
 def test_cache_dir_falls_back_when_unwritable(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(blocker))  # a file: no folder can be made below it
-    path = emu.cache_dir()
+    from gpuconv.kernel_config import using
+    with using(cache_dir=blocker):  # a file: no folder can be made below it
+        path = emu.cache_dir()
     assert path.is_dir() and not str(path).startswith(str(blocker))
-    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path / "c"))
-    assert emu.cache_dir() == tmp_path / "c" / "emu"
+    with using(cache_dir=tmp_path / "c"):
+        assert emu.cache_dir() == tmp_path / "c" / "emu"
+
+
+def test_the_emulator_is_a_device_backend(monkeypatch):
+    """emulated() puts the emulator's backend in front (no module attribute is patched): the
+    ops' launches, zeroing, capture, SM count and wgmma capability go to it, and it is gone after."""
+    from gpuconv import cuda
+    launch_before = cuda.launch
+    assert device.backend() is not emu.BACKEND
+    with emu.emulated() as xp:
+        assert device.backend() is emu.BACKEND and isinstance(emu.BACKEND, device.Backend)
+        assert cuda.launch is launch_before
+        assert cuda.sm_count() == device.SM_COUNT_HINT and cuda.wgmma_capable()
+        a = xp.ones(5, dtype=np.float32)
+        assert device.is_gpu_array(a) and device.array_module(a) is xp and device.device_of(a).is_gpu
+        cuda.zero(a)
+        assert (a.get() == 0).all()
+        graph = cuda.capture(lambda: cuda.zero(a))
+        assert isinstance(graph, emu.Graph) and graph.num_nodes == 1
+    assert device.backend() is not emu.BACKEND and not device.is_gpu_array(a)
 

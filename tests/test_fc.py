@@ -7,7 +7,7 @@ import pytest
 from gpuconv import cuda
 from gpuconv.ops import autotune, fc
 from gpuconv.ops._checks import OpArgumentError
-from tests.helpers import numeric_grad, poison, rel_error
+from tests.helpers import configure, numeric_grad, poison, rel_error
 from tests.helpers import tf32_truncate as to_tf32
 
 TRANS = [(False, False), (False, True), (True, False), (True, True)]
@@ -263,7 +263,7 @@ def _check_tf32_exact_inputs(cp, rng, ta, tb, misalign, shapes):
 def test_gemm_gpu_tf32_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign, schedule):
     # Inputs already representable in TF32: the tensor-core path must then match an
     # fp64 reference to fp32-accumulation accuracy, which pins down the fragment layout.
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     _check_tf32_exact_inputs(cp, rng, ta, tb, misalign, GPU_SHAPES)
 
 
@@ -271,7 +271,7 @@ def test_gemm_gpu_tf32_exact_inputs(cp, rng, monkeypatch, ta, tb, misalign, sche
 @pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 def test_gemm_gpu_tf32_rounding(cp, rng, monkeypatch, schedule):
     # Arbitrary fp32 inputs: TF32 rounding error only (10-bit mantissa).
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     a, b = operands(rng, 150, 70, 1500, False, True, np.float32)
     got = fc.gemm(cp.asarray(a), cp.asarray(b), trans_b=True, precision="tf32")
     want = a.astype(np.float64) @ b.astype(np.float64).T
@@ -283,7 +283,7 @@ def test_gemm_gpu_tf32_rounding(cp, rng, monkeypatch, schedule):
 @pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 def test_gemm_gpu_beta_accumulates(cp, rng, monkeypatch, precision, schedule):
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     for m, n, k in [(37, 45, 19), (3, 200, 2051)]:  # direct and split-K epilogues
         a, b = operands(rng, m, n, k, False, False, np.float32)
         a, b = to_tf32(a), to_tf32(b)
@@ -299,7 +299,7 @@ def test_gemm_gpu_beta_accumulates(cp, rng, monkeypatch, precision, schedule):
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
 @pytest.mark.parametrize("relu", [False, True])
 def test_fc_gpu_matches_cpu(cp, rng, monkeypatch, precision, relu, schedule):
-    monkeypatch.setenv(autotune.SCHEDULE_ENV, schedule)
+    configure(gemm_schedule=schedule)
     for n, d, m in [(1, 1, 1), (1, 37, 10), (7, 129, 65), (128, 300, 130), (20, 2050, 6), (130, 8, 1029)]:
         x = rng.standard_normal((n, d)).astype(np.float32)
         w = (rng.standard_normal((m, d)) / np.sqrt(d)).astype(np.float32)
@@ -325,7 +325,7 @@ def test_fc_gpu_matches_cpu(cp, rng, monkeypatch, precision, relu, schedule):
 # GPUCONV_GEMM_WGMMA=1: TF32 GEMMs run gemm_tf32_wgmma_* (on the emulator, which models
 # wgmma from the PTX ISA; on a GPU only an sm_90 one).  Its tensor cores truncate operands.
 def _use_wgmma(cp, monkeypatch):
-    monkeypatch.setenv(autotune.WGMMA_ENV, "1")
+    configure(wgmma=True)
     if not isinstance(cp.zeros(1), np.ndarray) and not cuda.wgmma_capable(cp.cuda.Device().id):
         pytest.skip("the wgmma kernel needs a compute-capability-9.0 GPU")
 
@@ -400,16 +400,23 @@ def test_wgmma_shared_memory_size_matches_the_kernel():
 
 
 def test_wgmma_switch(monkeypatch):
-    monkeypatch.delenv(autotune.WGMMA_ENV, raising=False)
-    assert not autotune.wgmma_enabled()
+    from gpuconv.kernel_config import KernelConfig
+    assert not KernelConfig.resolve(env={}).wgmma
     for on, off in (("1", "0"), ("yes", "no"), ("ON", "off")):
-        monkeypatch.setenv(autotune.WGMMA_ENV, on)
-        assert autotune.wgmma_enabled()
-        monkeypatch.setenv(autotune.WGMMA_ENV, off)
-        assert not autotune.wgmma_enabled()
-    monkeypatch.setenv(autotune.WGMMA_ENV, "fast")
+        assert KernelConfig.resolve(env={autotune.WGMMA_ENV: on}).wgmma
+        assert not KernelConfig.resolve(env={autotune.WGMMA_ENV: off}).wgmma
     with pytest.raises(ValueError, match="GPUCONV_GEMM_WGMMA"):
-        autotune.wgmma_enabled()
+        KernelConfig.resolve(env={autotune.WGMMA_ENV: "fast"})
+    # the selector: wgmma only for TF32, with the switch on, on an sm_90 device
+    monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: True)
+    p = fc.GemmProblem(64, 64, 64, "nt", "float32", "tf32")
+    assert fc.GEMM.select(p, KernelConfig(wgmma=True))[1].kernels == ("gemm_tf32_wgmma_nt",)
+    assert fc.GEMM.select(p, KernelConfig())[1].kernels == ("gemm_tf32_nt",)
+    assert fc.GEMM.select(p, KernelConfig(gemm_schedule="async"))[1].kernels == ("gemm_tf32_async_nt",)
+    p32 = fc.GemmProblem(64, 64, 64, "nt", "float32", "fp32")
+    assert fc.GEMM.select(p32, KernelConfig(wgmma=True, gemm_schedule="async"))[1].kernels == ("gemm_f32_nt",)
+    monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: False)
+    assert fc.GEMM.select(p, KernelConfig(wgmma=True))[1].kernels == ("gemm_tf32_nt",)
 
 
 @pytest.mark.gpu

@@ -185,3 +185,44 @@ def test_state_slots_match_optimizer() -> None:
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"gpuconv.optim not importable yet: {e}")
     assert STATE_SLOTS == OPT_SLOTS
+
+
+# ---------------------------------------------------------------- the kernels the plan records
+@pytest.mark.gpu
+@pytest.mark.parametrize("algo", ["gemm", "winograd"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_plan_records_the_kernels_that_run(cp, rng, monkeypatch, precision, algo):
+    """The plan's KernelChoice per layer and pass is what a training step launches: every
+    recorded kernel runs, and every conv/GEMM kernel that runs was recorded (spied launches)."""
+    from gpuconv import cuda, device
+    from gpuconv.spec import net_from_spec
+
+    # conv2 has C = 32: a GEMM backward-data (fewer channels take the direct kernel); FC-10 after
+    net = net_from_spec("INPUT[6x6x3] -> CONV3-32p1 -> RELU -> CONV3-8p1 -> RELU -> FC-10")
+    net.set_precision(precision)
+    net.set_conv_algo(algo)
+    plan = make_plan(net, 2)
+    assert [(k.layer, k.pass_) for k in plan.kernels] == [
+        ("conv1", "fwd"), ("conv2", "fwd"), ("fc1", "fwd"), ("fc1", "bwdw"), ("fc1", "bwdd"),
+        ("conv2", "bwdf"), ("conv2", "bwdd"), ("conv1", "bwdf")]
+    assert {k.precision for k in plan.kernels} == {precision}
+    conv_variants = {k.variant for k in plan.kernels if k.layer.startswith("conv")}
+    assert conv_variants == ({"winograd"} if algo == "winograd" else {"gemm"})
+    ws = {t.name: t.nbytes for t in plan.tensors if t.kind == "workspace"}
+    for layer in ("conv1", "conv2"):
+        recorded = max(k.workspace_bytes for k in plan.kernels if k.layer == layer)
+        assert recorded == ws.get(f"{layer}.winograd", 0) and (recorded > 0) == (algo == "winograd")
+    assert "Kernels" in plan.kernel_table() and "conv2" in plan.kernel_table()
+
+    launched: list[str] = []
+    real = cuda.launch
+    monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (launched.append(f), real(m, f, *a, **k))[1])
+    net.bind(device.Device("cuda", cp), seed=0)
+    x = cp.asarray(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    y = cp.asarray(rng.integers(0, 10, 2).astype(np.int32))
+    scores = net.forward(x, train=True)
+    _, dscores = net.loss_and_grad(scores, y)
+    net.backward(dscores)
+    recorded = {name for k in plan.kernels for name in k.kernel.split(" + ")}
+    ran = {f for f in launched if f.startswith(("conv_", "gemm_", "wino_", "splitk_", "colsum_"))}
+    assert recorded == ran

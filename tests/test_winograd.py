@@ -14,7 +14,8 @@ from gpuconv.net import Net
 from gpuconv.ops import conv as C
 from gpuconv.ops import fc, winograd as W
 from gpuconv.ops._checks import OpArgumentError
-from tests.helpers import device_tf32, poison, rel_error, tf32_truncate
+from gpuconv.kernel_config import KernelConfig, using
+from tests.helpers import configure, device_tf32, poison, rel_error, tf32_truncate
 
 # (N, C, H, W, K, pad): odd and even outputs, every pad the algorithm takes, 1-pixel outputs
 GEOS = [(2, 3, 7, 6, 4, 1), (1, 5, 5, 8, 3, 0), (2, 4, 6, 6, 5, 2), (1, 2, 3, 3, 2, 0), (3, 1, 4, 9, 1, 1)]
@@ -60,9 +61,9 @@ def test_eligibility_and_algo_choice(monkeypatch):
     for args in [((8, 4, 5, 5), 1, 1, 1), ((8, 4, 3, 3), 2, 1, 1), ((8, 4, 3, 3), 1, 2, 2), ((8, 4, 3, 3), 1, 3, 1),
                  ((8, 4, 3, 1), 1, 1, 1)]:
         assert not W.eligible(*args)
-    monkeypatch.delenv(W.ALGO_ENV, raising=False)
-    assert W.chosen_algo(None) == "gemm"
-    monkeypatch.setenv(W.ALGO_ENV, "winograd")
+    with using(KernelConfig.resolve(env={})):
+        assert W.chosen_algo(None) == "gemm"
+    configure(conv_algo="winograd")
     assert W.chosen_algo(None) == "winograd" and W.chosen_algo("gemm") == "gemm" and W.chosen_algo("auto") == "auto"
     f32 = np.dtype(np.float32)
     assert C.winograd_mode("auto", f32, "tf32", (8, 4, 3, 3), 1, 1, 1) == "auto"
@@ -70,9 +71,8 @@ def test_eligibility_and_algo_choice(monkeypatch):
     assert C.winograd_mode("auto", f32, "fp32", (8, 4, 3, 3), 2, 1, 1) is None      # not eligible: the GEMM
     assert C.winograd_mode("auto", np.dtype(np.float64), "fp32", (8, 4, 3, 3), 1, 1, 1) is None
     assert C.winograd_mode("gemm", f32, "fp32", (8, 4, 3, 3), 1, 1, 1) is None
-    monkeypatch.setenv(W.ALGO_ENV, "fft")
-    with pytest.raises(OpArgumentError, match="GPUCONV_CONV_ALGO"):
-        W.chosen_algo(None)
+    with pytest.raises(ValueError, match="GPUCONV_CONV_ALGO"):
+        KernelConfig.resolve(env={W.ALGO_ENV: "fft"})
     with pytest.raises(OpArgumentError, match="algo"):
         W.chosen_algo("winograd2")
     with pytest.raises(OpArgumentError, match="pad <= 2"):
@@ -95,13 +95,12 @@ def test_workspace_plan_chunks_under_the_cap():
     assert W.workspace_plan("fwd", x_shape, w_shape, 1, cap_elems=10).chunk == 1
 
 
-def test_workspace_cap_from_environment(monkeypatch):
-    monkeypatch.setenv(W.WS_ENV, "1")
-    assert W.workspace_plan("fwd", (8, 16, 32, 32), (16, 16, 3, 3), 1).elems <= 2**20 // 4
+def test_workspace_cap_from_the_configuration(monkeypatch):
+    with using(KernelConfig.resolve(env={W.WS_ENV: "1"})):
+        assert W.workspace_plan("fwd", (8, 16, 32, 32), (16, 16, 3, 3), 1).elems <= 2**20 // 4
     for bad in ("lots", "0", "-3"):
-        monkeypatch.setenv(W.WS_ENV, bad)
-        with pytest.raises(OpArgumentError, match=W.WS_ENV):
-            W.workspace_plan("fwd", (8, 16, 32, 32), (16, 16, 3, 3), 1)
+        with pytest.raises(ValueError, match=W.WS_ENV):
+            KernelConfig.resolve(env={W.WS_ENV: bad})
 
 
 # ---------------------------------------------------------------- kernels vs the spec
@@ -242,7 +241,7 @@ def test_gpu_winograd_conv_matches_direct(cp, rng, monkeypatch, g):
 def test_gpu_winograd_chunks_and_splits(cp, rng, monkeypatch):
     """A workspace cap of one image per chunk, and backward-filter's split-K (forced)."""
     args, refs = _ops_case(cp, rng, (3, 4, 7, 5, 6, 1))
-    monkeypatch.setenv(W.WS_ENV, str(3000 * 4 / 2**20))  # 3000 floats: one image at a time
+    configure(winograd_ws_mb=3000 * 4 / 2**20)  # 3000 floats: one image at a time
     monkeypatch.setattr(W, "_bwdf_splits", lambda k, c, p: 3)
     assert W.workspace_plan("fwd", (3, 4, 7, 5), (6, 4, 3, 3), 1).chunk == 1
     assert W.workspace_plan("bwdf", (3, 4, 7, 5), (6, 4, 3, 3), 1).splits == 3
@@ -329,7 +328,7 @@ def test_gpu_auto_times_both_keeps_the_faster_and_caches_it(cp, rng, monkeypatch
     real = cuda.launch
     monkeypatch.setattr(cuda, "launch", lambda mod, fn, *a, **kw: (launched.append(fn), real(mod, fn, *a, **kw))[1])
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
-    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)  # the tile choice stays the heuristic's
+    configure(autotune=False)  # the tile choice stays the heuristic's
 
     in_bwdd = [False]
 
@@ -390,7 +389,7 @@ def test_plan_holds_the_winograd_workspace(monkeypatch):
     assert ws["conv2.winograd"].nbytes == 4 * W.layer_workspace_elems((4, 4, 7, 6), (3, 4, 3, 3), 0)
     infer = {t.name: t.nbytes for t in make_plan(_net("winograd"), 4, inference=True).tensors if t.kind == "workspace"}
     assert infer["conv1.winograd"] == 4 * W.layer_workspace_elems((4, 2, 7, 6), (4, 2, 3, 3), 1, train=False)
-    monkeypatch.setenv(W.ALGO_ENV, "winograd")
+    configure(conv_algo="winograd")
     assert {t.name for t in make_plan(_net(None), 4).tensors if t.kind == "workspace"} == set(ws)
     with pytest.raises(ValueError, match="algo"):
         Conv(4, 3, algo="fft")

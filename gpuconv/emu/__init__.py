@@ -15,8 +15,9 @@ there raise :class:`EmulatorError`); divergent ``__syncthreads``, deadlocks and
 misaligned 16-byte ``cp.async`` are errors.  It does not model timing, memory
 ordering between blocks, or races (compute-sanitizer on a GPU does that).
 
-``emulated()`` makes the ops' GPU launchers run here: arrays made by
-:func:`asarray` count as device arrays, ``cuda.launch`` goes to :func:`launch`.
+``emulated()`` makes the ops' GPU launchers run here: it puts :data:`BACKEND` (an
+:class:`EmuBackend`, the device interface of ``gpuconv.device.Backend``) in front, so arrays
+made by :func:`asarray` count as device arrays and ``cuda.launch`` goes to :func:`launch`.
 
 CUDA-graph capture (``cuda.capture``) is modelled exactly: while capturing, a
 kernel launch or a memset is recorded instead of run, and the replay runs the
@@ -42,7 +43,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .. import cuda
+from .. import cuda, device
+from ..kernel_config import current
 
 HERE = Path(__file__).resolve().parent
 CXX = os.environ.get("CXX", "g++")
@@ -65,10 +67,10 @@ def available() -> bool:
 
 
 def cache_dir() -> Path:
-    """Where built kernel libraries are kept: $GPUCONV_CACHE_DIR/emu (default ~/.cache/gpuconv/emu),
-    or a per-user temporary folder when that cannot be created (a read-only home)."""
-    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
-    path = (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "emu"
+    """Where built kernel libraries are kept: the kernel configuration's cache dir + /emu
+    ($GPUCONV_CACHE_DIR, default ~/.cache/gpuconv), or a per-user temporary folder when that
+    cannot be created (a read-only home)."""
+    path = current().cache_dir / "emu"
     try:
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -496,31 +498,54 @@ def capture(fn: Any) -> Graph:
         _recording = None
 
 
+class EmuBackend(device.Backend):
+    """The device interface on the CPU: EmuArrays are its device arrays, launches run the
+    kernels built by :func:`build`, capture records them (:class:`Graph`).  It reports an
+    H100's SM count (so launch heuristics choose as they would there) and models sm_90a's
+    wgmma.  Timing is not modelled: ``time_ms`` runs ``fn`` and reports 0 (ties keep the
+    first candidate, as on a GPU when two variants are equally fast)."""
+
+    name = "emu"
+
+    @property
+    def xp(self) -> _EmuXP:
+        return xp
+
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, EmuArray)
+
+    def launch(self, module: str, function: str, grid: Sequence[int], block: Sequence[int],
+               args: Sequence[Any], shared_mem: int = 0, defines: Sequence[str] = ()) -> None:
+        launch(module, function, grid, block, args, shared_mem, defines)
+
+    def zero(self, a: Any) -> None:
+        zero(a)
+
+    def capture(self, fn: Any) -> Graph:
+        return capture(fn)
+
+    def capture_stream(self) -> Any:
+        return contextlib.nullcontext()  # one in-order "stream" here
+
+    def sm_count(self, dev_id: int | None = None) -> int:
+        return device.SM_COUNT_HINT
+
+    def wgmma_capable(self, dev_id: int | None = None) -> bool:
+        return True
+
+    def time_ms(self, fn: Any, reps: int = 5, warmup: int = 1) -> float:
+        fn()
+        return 0.0
+
+    def device_key(self) -> str:
+        return "Emulated sm_90"
+
+
+BACKEND = EmuBackend()
+
+
 @contextlib.contextmanager
 def emulated() -> Iterator[_EmuXP]:
     """Within: EmuArrays are device arrays and the ops' GPU launchers run on the emulator."""
-    from .. import device  # noqa: PLC0415
-    from ..ops import conv, fc  # noqa: PLC0415
-
-    saved = [(cuda, "launch", cuda.launch), (cuda, "zero", cuda.zero), (cuda, "capture", cuda.capture),
-             (cuda, "capture_stream", cuda.capture_stream), (device, "is_gpu_array", device.is_gpu_array),
-             (device, "array_module", device.array_module), (device, "device_of", device.device_of),
-             (conv, "_num_sms", conv._num_sms), (fc, "_sm_count", fc._sm_count),
-             (cuda, "wgmma_capable", cuda.wgmma_capable)]
-    is_gpu, module_of, dev_of = device.is_gpu_array, device.array_module, device.device_of
-    emu_device = device.Device("cuda", xp)  # type: ignore[arg-type]
-    cuda.launch = launch  # type: ignore[assignment]
-    cuda.zero = zero  # type: ignore[assignment]
-    cuda.capture = capture  # type: ignore[assignment]
-    cuda.capture_stream = contextlib.nullcontext  # type: ignore[assignment]  (one in-order "stream" here)
-    device.is_gpu_array = lambda a: isinstance(a, EmuArray) or is_gpu(a)  # type: ignore[assignment]
-    device.array_module = lambda a: xp if isinstance(a, EmuArray) else module_of(a)  # type: ignore
-    device.device_of = lambda a: emu_device if isinstance(a, EmuArray) else dev_of(a)  # type: ignore
-    conv._num_sms = lambda: 132  # type: ignore[assignment]  (an H100's SM count)
-    fc._sm_count = lambda dev_id: 132  # type: ignore[assignment]
-    cuda.wgmma_capable = lambda dev_id=None: True  # type: ignore[assignment]  (it models sm_90a's wgmma)
-    try:
+    with device.use_backend(BACKEND):
         yield xp
-    finally:
-        for obj, attr, value in saved:
-            setattr(obj, attr, value)

@@ -127,6 +127,15 @@ class Layer:
         """Multiply-adds x2 of one forward pass (0 where negligible)."""
         return 0
 
+    def set_kernel_options(self, *, precision: str | None = None, conv_algo: str | None = None) -> None:
+        """The layer's kernel choices (layers whose ops take them override this); None leaves
+        a setting as it is, and a layer left at None follows the kernel configuration."""
+
+    def kernel_choices(self, batch: int, train: bool = True, dtype: Any = None) -> list[Any]:
+        """What the layer's GPU passes launch (``ops.selector.Choice`` per pass) under the
+        kernel configuration in force: the memory plan records it."""
+        return []
+
     def describe(self) -> str:
         """The notes' short name, e.g. CONV3-64."""
         return self.kind

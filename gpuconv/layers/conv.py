@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from ..geometry import GeometryError, window_output_size
+from ..kernel_config import current
 from ..ops import activation as act_ops
 from ..ops import conv as conv_ops
 from ..ops import local as local_ops
@@ -27,7 +28,9 @@ class Conv(Layer):
     ``algo``: the GPU algorithm for float32 (fp32 or TF32 precision): 'gemm', 'winograd'
     (F(2x2,3x3), for 3x3 stride-1 layers; its workspace is part of the memory plan) or
     'auto' (where Winograd applies, the faster of the two, timed on first use and cached;
-    the plan holds the workspace either way); None follows $GPUCONV_CONV_ALGO (default 'gemm').
+    the plan holds the workspace either way); None follows the kernel configuration's
+    ``conv_algo`` (``gpuconv.kernel_config``).  ``precision``: 'fp32', 'tf32', or None (the
+    kernel configuration's); both are set with ``set_kernel_options``.
     """
 
     kind = "CONV"
@@ -44,7 +47,17 @@ class Conv(Layer):
         self.K, self.F, self.S, self.P, self.dilation = int(K), int(F), int(S), int(P), int(dilation)
         self.bias, self.init, self.algo = bias, init, algo
         self.fused_relu = False
-        self.precision = "fp32"
+        self.precision: str | None = None
+
+    def set_kernel_options(self, *, precision: str | None = None, conv_algo: str | None = None) -> None:
+        if precision is not None:
+            if precision not in conv_ops.PRECISIONS:
+                raise ValueError(f"{self.name}: precision must be one of {conv_ops.PRECISIONS}, got {precision!r}")
+            self.precision = precision
+        if conv_algo is not None:
+            if conv_algo not in winograd.ALGOS:
+                raise ValueError(f"{self.name}: algo must be one of {winograd.ALGOS} or None, got {conv_algo!r}")
+            self.algo = conv_algo
 
     @property
     def keeps_input(self) -> bool:  # type: ignore[override]
@@ -81,8 +94,19 @@ class Conv(Layer):
 
     def uses_winograd(self) -> bool:
         """True when this layer's GPU passes run Winograd F(2x2,3x3) (see ops.conv.conv_forward)."""
-        return conv_ops.use_winograd(self.algo, np.dtype(self.dtype), self.precision, (self.K, 0, self.F, self.F),
+        precision = self.precision or current().precision
+        return conv_ops.use_winograd(self.algo, np.dtype(self.dtype), precision, (self.K, 0, self.F, self.F),
                                      self.S, self.P, self.dilation)
+
+    def kernel_choices(self, batch: int, train: bool = True, dtype: Any = None) -> list[Any]:
+        x_shape = (batch, *self.in_shape)  # type: ignore[misc]
+        w_shape = (self.K, self.in_shape[0], self.F, self.F)  # type: ignore[index]
+        passes = ["fwd"] + (["bwdf"] + (["bwdd"] if self.input_grad else []) if train else [])
+        dt = np.dtype(self.dtype if dtype is None else dtype)
+        return [conv_ops.select(conv_ops.problem(p, x_shape, w_shape, self.S, self.P, self.dilation, dt,
+                                                 self.precision, self.algo, has_bias=self.bias,
+                                                 relu=self.fused_relu and p == "fwd"))
+                for p in passes]
 
     def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
         if not self.uses_winograd():

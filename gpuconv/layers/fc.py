@@ -39,7 +39,18 @@ class FC(Layer):
         check_positive_int(self.name, M=M)
         self.M, self.bias, self.init = int(M), bias, init
         self.fused_relu = False
-        self.precision = "fp32"
+        self.precision: str | None = None   # None: the kernel configuration's (set_kernel_options)
+
+    def set_kernel_options(self, *, precision: str | None = None, conv_algo: str | None = None) -> None:
+        if precision is not None:
+            if precision not in fc_ops.PRECISIONS:
+                raise ValueError(f"{self.name}: precision must be one of {fc_ops.PRECISIONS}, got {precision!r}")
+            self.precision = precision
+
+    def kernel_choices(self, batch: int, train: bool = True, dtype: Any = None) -> list[Any]:
+        dt = np.dtype(self.dtype if dtype is None else dtype)
+        choices = fc_ops.fc_choices(batch, self.in_features, self.M, self.precision, train, self.bias, dt)
+        return [c for c in choices if c.pass_ != "bwdd" or self.input_grad]
 
     @property
     def keeps_output(self) -> bool:  # type: ignore[override]

@@ -71,7 +71,7 @@ class PlannedExecutor:
         self.net, self.plan = net, plan
         self.device = device if isinstance(device, devmod.Device) else devmod.get_device(device)
         self.xp = self.device.xp
-        self.debug = (os.environ.get(DEBUG_ENV, "") not in ("", "0")) if debug is None else bool(debug)
+        self.debug = devmod.debug_alloc() if debug is None else bool(debug)
         self._allocator = allocator or (lambda xp, n: xp.empty(n, dtype=np.uint8))
         self.allocations: list[tuple[str, int]] = []  # (what, bytes) of every allocation made
         self.arena: Any = None

@@ -131,6 +131,21 @@ class LayerRow:
     optimizer_state_bytes: int
 
 
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernel one layer's pass runs, decided when the plan is made from the layer's shapes
+    and the kernel configuration in force (``gpuconv.kernel_config``), with its workspace.
+    ``kernel``: the main entry points, or '(variant: chosen on first use)' for a timed choice."""
+
+    layer: str
+    pass_: str              # fwd | bwdd | bwdf (conv) ; fwd | bwdd | bwdw (fc)
+    kernel: str
+    variant: str            # the op selector's variant name (ops.selector)
+    precision: str
+    workspace_bytes: int
+    why: str
+
+
 @dataclass
 class Plan:
     """Everything one step needs, placed.  ``total_bytes`` = param store + arena + misc."""
@@ -155,6 +170,8 @@ class Plan:
     layer_tensors: list[dict[str, Any]] = field(default_factory=list)  # per layer: out, dx, saved, workspace names
     other_mode_total_bytes: int | None = None   # training total for an inference plan and vice versa
     forward_values_per_example: int = 0         # the notes' count: input + every non-aliased test-time output
+    kernels: list[KernelChoice] = field(default_factory=list)  # per layer and pass, in execution order
+    kernel_config: str = ""                     # the kernel configuration the choices were made under
 
     # ---- derived numbers ----------------------------------------------------------
     @property
@@ -203,6 +220,17 @@ class Plan:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+
+    def kernel_table(self) -> str:
+        """Which kernel each layer's pass runs, why, and its workspace (``gpuconv plan`` prints it)."""
+        lines = [f"Kernels ({self.kernel_config or 'default kernel configuration'}):"]
+        if not self.kernels:
+            return lines[0] + " none (no CONV or FC layer)"
+        w = max(len(k.layer) for k in self.kernels)
+        for k in self.kernels:
+            ws = f", workspace {fmt_bytes(k.workspace_bytes)}" if k.workspace_bytes else ""
+            lines.append(f"  {k.layer:<{w}} {k.pass_:<4} {k.precision:<4} {k.kernel}  [{k.variant}: {k.why}{ws}]")
+        return "\n".join(lines)
 
     def table(self) -> str:
         """The notes' per-layer table, then the three categories and the totals (MiB/GiB)."""
@@ -453,6 +481,17 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
         for g in grad_of.values():
             g.intervals = ((g.start, g.end),)
 
+    if not getattr(net, "is_chain", True):
+        # A branching net: the two sections above read it as the chain of its layers; liveness on the
+        # graph replaces what they placed (gpuconv.memory.liveness; for a chain it gives the same).
+        from .liveness import graph_tensors  # noqa: PLC0415
+
+        for lt in layer_tensors:
+            lt["out"] = lt["dx"] = None
+        input_t.aliases = ()
+        tensors = graph_tensors(net, batch, inference=inference, fdt=fdt, cast=cast, input_t=input_t,
+                                is_inplace=_is_inplace, layer_tensors=layer_tensors)
+
     # ---- saved tensors and workspace
     for i, layer in enumerate(layers):
         if not (inference and getattr(layer, "kind", "") == "DROPOUT"):  # no mask at test time
@@ -508,11 +547,27 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
                 layer_tensors=layer_tensors,
                 forward_values_per_example=int(math.prod(net.input_shape)) + sum(
                     int(math.prod(l.out_shape)) for l in layers if not _is_inplace(l, True)))
+    plan.kernels, plan.kernel_config = kernel_choices(layers, batch, not inference, fdt)
     if _other_mode:
         other = make_plan(net, batch, optimizer=optimizer, inference=not inference, dtype=dtype,
                           include_input=include_input, _other_mode=False)
         plan.other_mode_total_bytes = other.total_bytes
     return plan
+
+
+def kernel_choices(layers: Sequence[Any], batch: int, train: bool, dtype: Any) -> tuple[list[KernelChoice], str]:
+    """Each layer's kernels per pass (forward passes first, then the backward passes in the
+    order they run), as its ops' selectors resolve them now, and the configuration's summary."""
+    from ..kernel_config import current  # noqa: PLC0415
+
+    fwd: list[KernelChoice] = []
+    bwd: list[list[KernelChoice]] = []
+    for layer in layers:
+        choices = [KernelChoice(layer.name, c.pass_, c.kernel, c.variant, c.precision, 4 * c.workspace_elems, c.why)
+                   for c in layer.kernel_choices(batch, train, dtype)]
+        fwd += [c for c in choices if c.pass_ == "fwd"]
+        bwd.append([c for c in choices if c.pass_ != "fwd"])
+    return fwd + [c for cs in reversed(bwd) for c in cs], current().describe()
 
 
 def _index(tensors: list[PlannedTensor], name: str) -> int:

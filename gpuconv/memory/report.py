@@ -139,6 +139,7 @@ def plan_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(json.dumps(d, indent=2, default=str), file=out)
         return status
     print(plan.table(), file=out)
+    print("\n" + plan.kernel_table(), file=out)
     if "fits" in result:
         d = result["fit_detail"]
         print(f"\nBudget: {'FITS' if result['fits'] else 'DOES NOT FIT'}: {d['summary']}", file=out)

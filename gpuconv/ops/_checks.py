@@ -6,6 +6,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import device
+from ..kernel_config import PRECISIONS  # re-exported: the one list of precisions
+
+__all__ = ["OpArgumentError", "check_array", "float_dtype", "check_out", "check_precision", "PRECISIONS",
+           "INT32_MAX"]
 
 
 class OpArgumentError(ValueError):
@@ -53,3 +57,12 @@ def check_out(op: str, out: Any, shape: Sequence[int], like: Any, dtype: Any = n
         return xp.empty(tuple(shape), dtype=dtype)
     check_array(op, "out", out, shape=shape, dtype=dtype, like=like)
     return out
+
+
+# The GEMM/conv kernels index rows, columns and reductions with 32-bit arithmetic.
+INT32_MAX = 2**31 - 1
+
+
+def check_precision(op: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise OpArgumentError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")

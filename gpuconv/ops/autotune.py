@@ -1,17 +1,19 @@
 """A small autotuner for kernel variants, its choices cached in memory and on disk.
 
 The conv launchers have a heuristic choice of GEMM tile (``conv._choose_variant``)
-that is right for most shapes but not all.  With ``GPUCONV_AUTOTUNE=1`` the first
-call of each (GPU, op, shape, precision) times every valid variant with CUDA
-events and keeps the fastest; later calls, and later processes, read the choice
-from ``$GPUCONV_CACHE_DIR/autotune.json`` (default ``~/.cache/gpuconv``).
+that is right for most shapes but not all.  With the kernel configuration's ``autotune``
+(``GPUCONV_AUTOTUNE=1``) the first call of each (GPU, op, shape, precision) times every
+valid variant with CUDA events and keeps the fastest (the ``gemm-autotune`` variant of
+``ops.conv``); later calls, and later processes, read the choice from
+``<cache_dir>/autotune.json`` (``$GPUCONV_CACHE_DIR``, default ``~/.cache/gpuconv``).
 
 Only variants that are correct for every shape are candidates (each is tested
 against the NumPy spec), so tuning changes speed, never results; it allocates
 nothing (the trial launches write the op's own output, which the final launch
 overwrites), so the memory plan still holds.
 
-Off by default: it has not yet run on a GPU (see bench/RESULTS.md).
+Off by default: it has not yet run on a GPU (see bench/RESULTS.md).  Its switches come from
+``gpuconv.kernel_config.current()``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import os
 import threading
 from pathlib import Path
 from typing import Callable, Hashable, Sequence, TypeVar
+
+from ..kernel_config import ENV, GEMM_SCHEDULES, current
 
 V = TypeVar("V", bound=Hashable)
 Timer = Callable[[Callable[[], None]], float]   # runs a callable, returns milliseconds
@@ -31,43 +35,37 @@ _lock = threading.Lock()
 # "reg" stages the next K slice in registers (2 shared-memory stages); "async" keeps 3
 # slices in flight with cp.async (4 stages).  "reg" stays the default until "async" has
 # been measured faster on a GPU; the tuner (GPUCONV_AUTOTUNE=1) times both for conv.
-SCHEDULES = ("reg", "async")
-SCHEDULE_ENV = "GPUCONV_GEMM_SCHEDULE"
+SCHEDULES = GEMM_SCHEDULES
+SCHEDULE_ENV = ENV["gemm_schedule"]
 # The async entry points live in a module variant (cuda.MODULE_VARIANTS), compiled on first use.
 SCHEDULE_DEFINES: dict[str, tuple[str, ...]] = {"reg": (), "async": ("GEMM_ASYNC",)}
 
 
 def schedule() -> str:
-    """The GEMM main-loop schedule: $GPUCONV_GEMM_SCHEDULE, else "reg"."""
-    value = os.environ.get(SCHEDULE_ENV, "").strip().lower() or "reg"
-    if value not in SCHEDULES:
-        raise ValueError(f"{SCHEDULE_ENV}={value!r}: choose one of {', '.join(SCHEDULES)}")
-    return value
+    """The GEMM main-loop schedule of the kernel configuration in force ("reg" by default)."""
+    return current().gemm_schedule
 
 
 # The Hopper GEMMs (wgmma.mma_async fed by cp.async, sm_90a; fc.cu and conv.cu): TF32 FC GEMMs
-# and TF32 conv implicit GEMMs use them on a compute-capability-9.0 GPU when $GPUCONV_GEMM_WGMMA
-# is set.  Off by default until timed against the mma.sync kernels on an H100 (the "[wgmma]"
+# and TF32 conv implicit GEMMs use them on a compute-capability-9.0 GPU when the kernel
+# configuration's ``wgmma`` is on ($GPUCONV_GEMM_WGMMA=1).  Off by default until timed against the mma.sync kernels on an H100 (the "[wgmma]"
 # rows of bench_fc.py and bench_conv.py).
-WGMMA_ENV = "GPUCONV_GEMM_WGMMA"
+WGMMA_ENV = ENV["wgmma"]
 WGMMA_DEFINES: tuple[str, ...] = ("GEMM_WGMMA",)  # their module variant (sm_90a: cuda.ARCH_VARIANTS)
 
 
 def wgmma_enabled() -> bool:
-    """Whether TF32 FC and conv GEMMs may use the wgmma kernels: $GPUCONV_GEMM_WGMMA is 1/true/yes/on."""
-    value = os.environ.get(WGMMA_ENV, "").strip().lower()
-    if value not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ValueError(f"{WGMMA_ENV}={value!r}: use 1 or 0")
-    return value in ("1", "true", "yes", "on")
+    """Whether TF32 FC and conv GEMMs may use the wgmma kernels (the configuration's ``wgmma``)."""
+    return current().wgmma
 
 
 def enabled() -> bool:
-    return os.environ.get("GPUCONV_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether the conv GEMM variants are timed per shape (the configuration's ``autotune``)."""
+    return current().autotune
 
 
 def cache_path() -> Path:
-    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / "autotune.json"
+    return current().cache_dir / "autotune.json"
 
 
 class Autotuner:

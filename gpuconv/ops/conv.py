@@ -15,17 +15,23 @@ slice-adds (one per filter tap) rather than per-element scatter.
 
 GPU path (``*_gpu``): implicit GEMM kernels from ``kernels/conv.cu`` (no im2col
 buffer), bias and ReLU fused into the forward epilogue; ``precision="tf32"``
-uses tensor cores (mma.sync m16n8k8 tf32; with ``GPUCONV_GEMM_WGMMA=1`` on an H100/H200, Hopper's
-wgmma from the sm_90a module variant, ``_use_wgmma``).  float64 runs simple direct kernels
+uses tensor cores (mma.sync m16n8k8 tf32).  float64 runs simple direct kernels
 (they back the GPU gradient checks).  Backward-data with few input channels or
 stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
-it visits only the filter taps that land on the output grid.  With ``algo="winograd"``
-(or ``GPUCONV_CONV_ALGO=winograd``) float32 3x3 stride-1 layers run Winograd F(2x2,3x3)
-instead (``ops.winograd``: transform kernels + batched GEMM, in a planned workspace);
-``algo="auto"`` times both on first use of a shape and keeps the faster (``_pick_algo``).
+it visits only the filter taps that land on the output grid.
+
+Which kernel runs is a lookup: ``CONV`` (an ``ops.selector.Selector``) holds the variants,
+each with the condition under which it applies; ``select(problem, cfg)`` returns the first
+that applies and what it will launch (a ``Choice``: kernels, workspace, why), from the
+call's shapes and the kernel configuration (``gpuconv.kernel_config.current()``).  This
+file registers the default kernels.  The opt-in variants register themselves from their own
+modules: Winograd F(2x2,3x3) (``ops.winograd``: ``conv_algo="winograd"``), and in
+``ops.conv_variants`` the cp.async and Hopper wgmma GEMM schedules, the autotuner and
+``conv_algo="auto"``.  The memory plan records the same ``select`` per layer and pass.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from math import gcd
 from typing import Any, Sequence
 
@@ -34,8 +40,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from .. import cuda, device
 from ..geometry import window_output_size
-from . import autotune, cpu_threads, winograd
-from ._checks import OpArgumentError, check_array, check_out
+from ..kernel_config import KernelConfig, current
+from . import autotune, cpu_threads
+from ._checks import INT32_MAX, PRECISIONS, OpArgumentError, check_array, check_out, check_precision
+from .selector import Choice, Selector
 
 __all__ = [
     "conv_output_shape",
@@ -52,11 +60,12 @@ __all__ = [
     "conv_bias_grad_gpu",
     "use_winograd",
     "winograd_mode",
+    "ConvProblem",
+    "CONV",
+    "select",
 ]
 
-PRECISIONS = ("fp32", "tf32")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_INT32_MAX = 2**31 - 1
 _BK = 8  # reduction slice depth of the GEMM kernels (kernels/conv.cu BK)
 _TILES = ((128, 128), (128, 64), (64, 128), (64, 64))  # (BM, BN) entry points compiled in conv.cu
 # (BM, BN, schedule): every tile is compiled in both autotune.SCHEDULES, and for TF32 in the
@@ -70,11 +79,6 @@ def wgmma_smem(bm: int, bn: int) -> int:
     """Dynamic shared memory of a conv_*_tf32_wgmma launch: WG_STAGES stages of the A (bm rows)
     and B (bn rows) tiles, 128 bytes (32 fp32) per row, + 1 KB to align them to 1024 bytes."""
     return _WG_STAGES * (bm + bn) * _WG_BK * 4 + 1024
-
-
-def _use_wgmma(precision: str) -> bool:
-    """TF32 on an sm_90 GPU with $GPUCONV_GEMM_WGMMA set: the implicit GEMMs run on wgmma."""
-    return precision == "tf32" and autotune.wgmma_enabled() and cuda.wgmma_capable()
 
 
 def _launch_opts(v: Variant) -> dict[str, Any]:
@@ -122,11 +126,6 @@ def _check_dtype(op: str, name: str, a: Any) -> np.dtype:
     return a.dtype
 
 
-def _check_precision(op: str, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise OpArgumentError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
     try:
         t = tuple(int(v) for v in shape)
@@ -139,11 +138,11 @@ def _check_shape_tuple(op: str, name: str, shape: Any) -> tuple[int, ...]:
 
 def winograd_mode(algo: str | None, dtype: np.dtype, precision: str, w_shape: Sequence[int], stride: int,
                   pad: int, dilation: int) -> str | None:
-    """'winograd' or 'auto' where that was asked for (algo / $GPUCONV_CONV_ALGO) and Winograd
-    applies: float32 data (float64 keeps its direct kernels; fp32 or TF32 precision) and
-    F(2x2,3x3) geometry.  None: the GEMM, no Winograd workspace."""
+    """'winograd' or 'auto' where that was asked for (``algo``, else the kernel configuration's
+    ``conv_algo``) and Winograd applies: float32 data (float64 keeps its direct kernels; fp32
+    or TF32 precision) and F(2x2,3x3) geometry.  None: the GEMM, no Winograd workspace."""
     a = winograd.chosen_algo(algo)
-    if a == "gemm" or dtype != np.float32 or precision not in PRECISIONS:
+    if a == "gemm" or np.dtype(dtype) != np.float32 or precision not in PRECISIONS:
         return None
     return a if winograd.eligible(w_shape, stride, pad, dilation) else None
 
@@ -155,14 +154,70 @@ def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Seq
     return winograd_mode(algo, dtype, precision, w_shape, stride, pad, dilation) is not None
 
 
-def _pick_algo(kind: str, mode: str | None, precision: str, geo: Sequence[int], run: Any) -> str:
-    """'gemm' or 'winograd' for one GPU call: as asked, or for 'auto' the faster on this GPU
-    and shape (both timed on the first call, the choice cached like the tile choices).  The
-    trials write only the op's own output, which the final run overwrites."""
-    if mode != "auto":
-        return mode or "gemm"
-    key = f"{cuda.device_key()}|conv_algo_{kind}|{precision}|" + ",".join(str(v) for v in geo)
-    return autotune.get_tuner(cuda.time_ms).choose(key, ("gemm", "winograd"), run)  # ties keep the GEMM
+# ----------------------------------------------------------------------------------
+# Kernel selection: the problem one GPU call solves, and the registry of variants
+# ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """One conv pass on the GPU, as the selector sees it: shapes, dtype and the requested
+    precision and algorithm (already resolved against the kernel configuration)."""
+
+    pass_: str                               # fwd | bwdd | bwdf
+    x_shape: tuple[int, int, int, int]
+    w_shape: tuple[int, int, int, int]
+    stride: int = 1
+    pad: int = 0
+    dilation: int = 1
+    dtype: str = "float32"
+    precision: str = "fp32"
+    algo: str = "gemm"                       # gemm | winograd | auto
+    has_bias: bool = False                   # fwd: bias added; bwdf: bias gradient computed
+    relu: bool = False                       # fwd: fused ReLU
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return conv_output_shape(self.x_shape, self.w_shape, self.stride, self.pad, self.dilation)
+
+    @property
+    def geo(self) -> list[int]:
+        return _geo_args(self.x_shape, self.w_shape, self.y_shape, self.stride, self.pad, self.dilation)
+
+    def gemm_dims(self) -> tuple[int, int, int]:
+        """(rows, cols, reduction) of the pass's implicit GEMM."""
+        n, c, h, wd = self.x_shape
+        k, _, fh, fw = self.w_shape
+        _, _, ho, wo = self.y_shape
+        return {"fwd": (k, n * ho * wo, c * fh * fw), "bwdd": (c, n * h * wd, k * fh * fw),
+                "bwdf": (k, c * fh * fw, n * ho * wo)}[self.pass_]
+
+    @property
+    def winograd_mode(self) -> str | None:
+        return winograd_mode(self.algo, np.dtype(self.dtype), self.precision, self.w_shape, self.stride, self.pad,
+                             self.dilation)
+
+
+def problem(pass_: str, x_shape: Sequence[int], w_shape: Sequence[int], stride: int = 1, pad: int = 0,
+            dilation: int = 1, dtype: Any = np.float32, precision: str | None = None, algo: str | None = None,
+            has_bias: bool = False, relu: bool = False, cfg: KernelConfig | None = None) -> ConvProblem:
+    """A ConvProblem with ``precision``/``algo`` None taken from ``cfg`` (default: current())."""
+    cfg = current() if cfg is None else cfg
+    return ConvProblem(pass_, tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape),  # type: ignore[arg-type]
+                       int(stride), int(pad), int(dilation), np.dtype(dtype).name,
+                       cfg.precision if precision is None else precision, winograd.chosen_algo(algo, cfg),
+                       bool(has_bias), bool(relu))
+
+
+CONV: Selector[ConvProblem] = Selector("conv")
+
+
+def select(p: ConvProblem, cfg: KernelConfig | None = None) -> Choice:
+    """What a GPU call of ``p`` launches under ``cfg`` (default: current())."""
+    return CONV.select(p, current() if cfg is None else cfg)[1]
+
+
+def _run(p: ConvProblem, arrays: dict[str, Any]) -> Any:
+    return CONV.run(p, current(), arrays)
 
 
 # ----------------------------------------------------------------------------------
@@ -170,84 +225,76 @@ def _pick_algo(kind: str, mode: str | None, precision: str, geo: Sequence[int], 
 # ----------------------------------------------------------------------------------
 
 def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, dilation: int = 1,
-                 relu: bool = False, out: Any = None, precision: str = "fp32", algo: str | None = None,
+                 relu: bool = False, out: Any = None, precision: str | None = None, algo: str | None = None,
                  workspace: Any = None) -> Any:
     """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
 
+    ``precision`` (GPU, float32): 'fp32' or 'tf32'; None: the kernel configuration's.
     ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM), 'winograd' (F(2x2,3x3),
     used where ``winograd.eligible``; elsewhere the GEMM) or 'auto' (where eligible, the faster
-    of the two, timed once per shape and cached); None reads $GPUCONV_CONV_ALGO (default 'gemm').
+    of the two, timed once per shape and cached); None: the kernel configuration's ``conv_algo``.
     ``workspace``: a float32 array for Winograd's transformed tensors (the memory plan's; None
-    allocates one).  The CPU path ignores both.
+    allocates one).  The CPU path ignores all three.
     """
     op = "conv_forward"
     dt = _check_dtype(op, "x", x)
     check_array(op, "w", w, ndim=4, dtype=dt, like=x)
     if b is not None:
         check_array(op, "b", b, shape=(w.shape[0],), dtype=dt, like=x)
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
     y = check_out(op, out, shape, like=x, dtype=dt)
-    mode = winograd_mode(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(x):
-        def run(a: str) -> Any:
-            if a == "winograd":
-                return winograd.conv_forward_winograd_gpu(x, w, b, pad, relu, y, workspace, precision)
-            return conv_forward_gpu(x, w, b, stride, pad, dilation, relu, y, precision)
-        geo = [*x.shape, w.shape[0], pad, int(b is not None), int(bool(relu))]
-        return run(_pick_algo("fwd", mode, precision, geo, run))
+        p = problem("fwd", x.shape, w.shape, stride, pad, dilation, dt, precision, algo, b is not None, relu)
+        return _run(p, {"x": x, "w": w, "b": b, "y": y, "workspace": workspace})
+    winograd.chosen_algo(algo)  # a bad algo is an error on every device
     return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
 
 
 def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
-                       dilation: int = 1, out: Any = None, precision: str = "fp32", algo: str | None = None,
+                       dilation: int = 1, out: Any = None, precision: str | None = None, algo: str | None = None,
                        workspace: Any = None) -> Any:
-    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``algo``/``workspace``: as conv_forward."""
+    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``precision``/``algo``/``workspace``: as conv_forward."""
     op = "conv_backward_data"
     dt = _check_dtype(op, "dy", dy)
     check_array(op, "w", w, ndim=4, dtype=dt, like=dy)
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     x_shape = _check_shape_tuple(op, "x_shape", x_shape)
     y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
-    mode = winograd_mode(algo, dt, precision, w.shape, stride, pad, dilation)
     if device.is_gpu_array(dy):
-        def run(a: str) -> Any:
-            if a == "winograd":
-                return winograd.conv_backward_data_winograd_gpu(dy, w, pad, dx, workspace, precision)
-            return conv_backward_data_gpu(dy, w, stride, pad, dilation, dx, precision)
-        return run(_pick_algo("bwdd", mode, precision, [*x_shape, w.shape[0], pad], run))
+        p = problem("bwdd", x_shape, w.shape, stride, pad, dilation, dt, precision, algo)
+        return _run(p, {"dy": dy, "w": w, "dx": dx, "workspace": workspace})
+    winograd.chosen_algo(algo)
     return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
 
 
 def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 1, pad: int = 0,
                          dilation: int = 1, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
-                         precision: str = "fp32", algo: str | None = None,
+                         precision: str | None = None, algo: str | None = None,
                          workspace: Any = None) -> tuple[Any, Any]:
     """(dw[K,C,FH,FW], db[K] or None): gradients of sum(y*dy) for y = conv(x, w) + b.
 
-    The buffers are overwritten (not accumulated into).  ``algo``/``workspace``: as conv_forward.
+    The buffers are overwritten (not accumulated into).  ``precision``/``algo``/``workspace``:
+    as conv_forward.
     """
     op = "conv_backward_filter"
     dt = _check_dtype(op, "x", x)
     check_array(op, "dy", dy, ndim=4, dtype=dt, like=x)
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     w_shape = _check_shape_tuple(op, "w_shape", w_shape)
     y_shape = conv_output_shape(x.shape, w_shape, stride, pad, dilation)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
-    mode = winograd_mode(algo, dt, precision, w_shape, stride, pad, dilation)
     if device.is_gpu_array(x):
-        def run(a: str) -> tuple[Any, Any]:
-            if a == "winograd":
-                winograd.conv_backward_filter_winograd_gpu(x, dy, pad, dw, workspace, precision)
-                if db is not None:
-                    conv_bias_grad_gpu(dy, db)
-                return dw, db
-            return conv_backward_filter_gpu(x, dy, stride, pad, dilation, dw, db, precision)
-        return run(_pick_algo("bwdf", mode, precision, [*x.shape, w_shape[0], pad, int(db is not None)], run))
+        p = problem("bwdf", x.shape, w_shape, stride, pad, dilation, dt, precision, algo, db is not None)
+        return _run(p, {"x": x, "dy": dy, "dw": dw, "db": db, "workspace": workspace})
+    winograd.chosen_algo(algo)
     return conv_backward_filter_cpu(x, dy, stride, pad, dilation, dw, db)
 
 
@@ -381,23 +428,13 @@ def conv_backward_filter_cpu(x: np.ndarray, dy: np.ndarray, stride: int, pad: in
 # GPU path: implicit-GEMM kernels
 # ----------------------------------------------------------------------------------
 
-_NUM_SMS_GUESS = 132  # H100 SXM; only shapes the heuristics, never correctness
-
-
-def _num_sms() -> int:
-    try:
-        return int(device.get_device("cuda").xp.cuda.Device().attributes["MultiProcessorCount"])
-    except Exception:  # noqa: BLE001  (heuristic only)
-        return _NUM_SMS_GUESS
-
-
 def _choose_variant(kind: str, rows: int, cols: int, red: int, precision: str,
-                    num_sms: int = _NUM_SMS_GUESS) -> tuple[int, int, int]:
+                    num_sms: int = device.SM_COUNT_HINT) -> tuple[int, int, int]:
     """(BM, BN, splits) for a GEMM of rows x cols reducing over red.
 
     kind is 'fwd', 'bwdd' or 'bwdf'; only 'bwdf' splits the reduction (its output,
-    dW, is small while the reduction N*Ho*Wo is long).  The plug-in point for an
-    autotuner: any (BM, BN) in _TILES and any splits >= 1 are valid for any shape.
+    dW, is small while the reduction N*Ho*Wo is long).  Any (BM, BN) in _TILES and any
+    splits >= 1 are valid for any shape (the autotuner, ``ops.conv_variants``, times them).
     """
     bm = 64 if rows <= 64 else 128
     bn = 64 if cols <= 64 else 128
@@ -422,23 +459,6 @@ def _kernel(kind: str, variant: Variant, precision: str) -> str:
     return f"conv_{kind}_f32_{tm}x{tn}_{precision}" + ("" if schedule == "reg" else f"_{schedule}")
 
 
-def _heuristic(bm: int, bn: int, precision: str) -> Variant:
-    return (bm, bn, WGMMA if _use_wgmma(precision) else autotune.schedule())
-
-
-def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Variant, run: Any) -> Variant:
-    """The (BM, BN, schedule) to launch: the heuristic's, or with GPUCONV_AUTOTUNE=1 the
-    fastest compiled variant for this GPU and shape (timed once, cached; see ops.autotune)."""
-    if not autotune.enabled():
-        return heuristic
-    wg = _use_wgmma(precision)
-    key = f"{cuda.device_key()}|conv_{kind}|{precision}{'|wgmma' if wg else ''}|" + ",".join(str(v) for v in geo)
-    schedules = (*autotune.SCHEDULES, WGMMA) if wg else autotune.SCHEDULES
-    variants = [(tm, tn, sc) for tm, tn in _TILES for sc in schedules]
-    candidates = [heuristic] + [v for v in variants if v != heuristic]   # ties keep the heuristic
-    return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
-
-
 def _geo_args(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int], stride: int, pad: int,
               dilation: int) -> list[int]:
     n, c, h, wd = x_shape
@@ -451,7 +471,7 @@ def _geo_args(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[
 def _check_int32(op: str, **sizes: int) -> None:
     # the GEMM kernels index rows/cols/reduction with 32-bit unsigned arithmetic
     for name, v in sizes.items():
-        if v > _INT32_MAX:
+        if v > INT32_MAX:
             raise OpArgumentError(f"{op}: {name} = {v} exceeds 2^31-1, too large for the conv kernels; "
                                   f"split the batch")
 
@@ -505,7 +525,7 @@ def _bwdd_direct_plan(n: int, c: int, h: int, wd: int, k: int, fh: int, fw: int,
     kc = max(1, min(_DIRECT_KC_MAX, k, _DIRECT_SMEM_TARGET // per_k))
     groups = -(-c // ct)
     blocks = n * groups * stride * stride * -(-hs // ti) * -(-ws // tj)
-    if blocks > _INT32_MAX:
+    if blocks > INT32_MAX:
         return None
     return {"func": f"conv_bwdd_direct_f32_c{ct}_{ti}x{tj}", "ct": ct, "tile": (ti, tj), "kc": kc,
             "rs": rs, "pitch": pitch, "ts": ts, "ctp": ctp, "blocks": blocks, "smem": kc * per_k}
@@ -533,29 +553,134 @@ def _direct_grid(total: int) -> tuple[int, int, int]:
     return (max(1, min(cuda.cdiv(total, 256), 65535)), 1, 1)
 
 
+# --- the implicit GEMM: one launch of a (BM, BN, schedule) variant for a pass ---
+
+def gemm_launch(p: ConvProblem, a: dict[str, Any], v: Variant, splits: int) -> None:
+    """Launch the implicit GEMM of pass ``p`` with tile/schedule ``v`` (writes only the pass's
+    output, so the autotuner may call it repeatedly)."""
+    rows, cols, red = p.gemm_dims()
+    geo = p.geo
+    grid = (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1)
+    if p.pass_ == "fwd":
+        _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
+        b = a["b"]
+        cuda.launch("conv", _kernel("fwd", v, p.precision), grid, (256, 1, 1),
+                    [a["x"], a["w"], b if b is not None else a["w"], a["y"], *geo, int(b is not None),
+                     int(bool(p.relu))], **_launch_opts(v))
+    elif p.pass_ == "bwdd":
+        _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
+        cuda.launch("conv", _kernel("bwdd", v, p.precision), grid, (256, 1, 1), [a["dy"], a["w"], a["dx"], *geo],
+                    **_launch_opts(v))
+    else:
+        _check_int32("conv_backward_filter", **{"N*Ho*Wo": red, "C*FH*FW": cols})
+        if splits > 1:
+            cuda.zero(a["dw"])  # the splits accumulate with atomicAdd
+        cuda.launch("conv", _kernel("bwdf", v, p.precision), (grid[0], grid[1], splits), (256, 1, 1),
+                    [a["x"], a["dy"], a["dw"], *geo, int(splits > 1)], **_launch_opts(v))
+
+
+def _result(p: ConvProblem, a: dict[str, Any]) -> Any:
+    """What the op returns: y, dx or (dw, db); bwdf also computes the bias gradient here."""
+    if p.pass_ == "fwd":
+        return a["y"]
+    if p.pass_ == "bwdd":
+        return a["dx"]
+    if a.get("db") is not None:
+        conv_bias_grad_gpu(a["dy"], a["db"])
+    return a["dw"], a.get("db")
+
+
+def _bias_kernels(p: ConvProblem) -> tuple[str, ...]:
+    suffix = "f64" if p.dtype == "float64" else "f32"
+    return (f"conv_bias_grad_{suffix}",) if p.pass_ == "bwdf" and p.has_bias else ()
+
+
+def gemm_choice(p: ConvProblem, name: str, why: str, schedule: str) -> Choice:
+    """The implicit GEMM with the heuristic tile for this GPU's SM count and ``schedule``."""
+    rows, cols, red = p.gemm_dims()
+    bm, bn, splits = _choose_variant(p.pass_, rows, cols, red, p.precision, cuda.sm_count())
+    v = (bm, bn, schedule)
+    kernels = (_kernel(p.pass_, v, p.precision), *_bias_kernels(p))
+    return Choice("conv", p.pass_, name, kernels, p.precision, 0, why, {"variant": v, "splits": splits})
+
+
+def launch_gemm_choice(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
+    gemm_launch(p, a, c.params["variant"], c.params["splits"])
+    return _result(p, a)
+
+
+# --- the default variants ---
+
+def _f64_applies(p: ConvProblem, cfg: KernelConfig) -> str | None:
+    return "float64: direct kernel (the GPU gradient checks)" if p.dtype == "float64" else None
+
+
+def _f64_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
+    return Choice("conv", p.pass_, "direct-f64", (f"conv_{p.pass_}_direct_f64", *_bias_kernels(p)), p.precision, 0,
+                  why)
+
+
+def _f64_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
+    geo = p.geo
+    if p.pass_ == "fwd":
+        b = a["b"]
+        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(a["y"].size), (256, 1, 1),
+                    [a["x"], a["w"], b if b is not None else a["w"], a["y"], *geo, int(b is not None),
+                     int(bool(p.relu))])
+    elif p.pass_ == "bwdd":
+        cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(a["dx"].size), (256, 1, 1),
+                    [a["dy"], a["w"], a["dx"], *geo])
+    else:
+        cuda.launch("conv", "conv_bwdf_direct_f64", _direct_grid(a["dw"].size), (256, 1, 1),
+                    [a["x"], a["dy"], a["dw"], *geo])
+    return _result(p, a)
+
+
+def _direct_bwdd_plan_of(p: ConvProblem) -> dict[str, Any] | None:
+    n, c, h, wd = p.x_shape
+    k, _, fh, fw = p.w_shape
+    return _choose_bwdd(n, c, h, wd, k, fh, fw, p.stride, p.dilation)
+
+
+def _direct_bwdd_applies(p: ConvProblem, cfg: KernelConfig) -> str | None:
+    if p.pass_ != "bwdd" or p.dtype != "float32" or _direct_bwdd_plan_of(p) is None:
+        return None
+    return f"C={p.x_shape[1]} < 32 or stride {p.stride} >= 2: direct gather (the GEMM would waste most of its work)"
+
+
+def _direct_bwdd_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
+    plan = _direct_bwdd_plan_of(p)
+    assert plan is not None
+    # float32 and tf32 requests alike: the direct kernel is exact fp32
+    return Choice("conv", "bwdd", "direct-bwdd", (plan["func"],), p.precision, 0, why, {"plan": plan})
+
+
+def _direct_bwdd_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
+    plan = c.params["plan"]
+    cuda.launch("conv", plan["func"], (plan["blocks"], 1, 1), (256, 1, 1),
+                [a["dy"], a["w"], a["dx"], *p.geo, plan["kc"], plan["rs"], plan["pitch"], plan["ts"]],
+                shared_mem=plan["smem"])
+    return a["dx"]
+
+
+def _gemm_applies(p: ConvProblem, cfg: KernelConfig) -> str | None:
+    return "default: implicit GEMM, tile by heuristic" if p.dtype == "float32" else None
+
+
+CONV.register("direct-f64", priority=0, applies=_f64_applies, plan=_f64_plan, launch=_f64_launch)
+CONV.register("direct-bwdd", priority=50, applies=_direct_bwdd_applies, plan=_direct_bwdd_plan,
+              launch=_direct_bwdd_launch)
+CONV.register("gemm", priority=100, applies=_gemm_applies,
+              plan=lambda p, cfg, why: gemm_choice(p, "gemm", why, "reg"), launch=launch_gemm_choice)
+
+
+# --- the launchers of one pass without Winograd (the GEMM path: direct kernels where they apply) ---
+
 def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: int, relu: bool, out: Any,
                      precision: str = "fp32") -> Any:
-    """Implicit-GEMM forward into ``out`` with the bias + ReLU epilogue."""
-    n, c, h, wd = x.shape
-    k, _, fh, fw = w.shape
-    _, _, ho, wo = out.shape
-    geo = _geo_args(x.shape, w.shape, out.shape, stride, pad, dilation)
-    has_bias = b is not None
-    bptr = b if has_bias else w  # any valid pointer; the kernel does not read it
-    if x.dtype == np.float64:
-        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(out.size), (256, 1, 1),
-                    [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))])
-        return out
-    rows, cols, red = k, n * ho * wo, c * fh * fw
-    _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
-    bm, bn, _ = _choose_variant("fwd", rows, cols, red, precision, _num_sms())
-
-    def run(v: Variant) -> None:
-        cuda.launch("conv", _kernel("fwd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [x, w, bptr, out, *geo, int(has_bias), int(bool(relu))], **_launch_opts(v))
-
-    run(_tuned_tile("fwd", precision, [*geo, int(has_bias), int(bool(relu))], _heuristic(bm, bn, precision), run))
-    return out
+    """Forward into ``out`` with the bias + ReLU epilogue (implicit GEMM, or float64's direct kernel)."""
+    p = problem("fwd", x.shape, w.shape, stride, pad, dilation, x.dtype, precision, "gemm", b is not None, relu)
+    return _run(p, {"x": x, "w": w, "b": b, "y": out})
 
 
 def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int, out: Any,
@@ -565,55 +690,15 @@ def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int
     float32: the direct gather kernel where ``_choose_bwdd`` picks it (small C or
     stride >= 2), else the implicit GEMM.
     """
-    n, c, h, wd = out.shape
-    k, _, fh, fw = w.shape
-    geo = _geo_args(out.shape, w.shape, dy.shape, stride, pad, dilation)
-    if dy.dtype == np.float64:
-        cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(out.size), (256, 1, 1), [dy, w, out, *geo])
-        return out
-    plan = _choose_bwdd(n, c, h, wd, k, fh, fw, stride, dilation)
-    if plan is not None:  # float32 and tf32 requests alike (the direct kernel is exact fp32)
-        cuda.launch("conv", plan["func"], (plan["blocks"], 1, 1), (256, 1, 1),
-                    [dy, w, out, *geo, plan["kc"], plan["rs"], plan["pitch"], plan["ts"]],
-                    shared_mem=plan["smem"])
-        return out
-    rows, cols, red = c, n * h * wd, k * fh * fw
-    _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
-    bm, bn, _ = _choose_variant("bwdd", rows, cols, red, precision, _num_sms())
-
-    def run(v: Variant) -> None:
-        cuda.launch("conv", _kernel("bwdd", v, precision), (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1),
-                    (256, 1, 1), [dy, w, out, *geo], **_launch_opts(v))
-
-    run(_tuned_tile("bwdd", precision, geo, _heuristic(bm, bn, precision), run))
-    return out
+    p = problem("bwdd", out.shape, w.shape, stride, pad, dilation, dy.dtype, precision, "gemm")
+    return _run(p, {"dy": dy, "w": w, "dx": out})
 
 
 def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: int, dw: Any, db: Any,
                              precision: str = "fp32") -> tuple[Any, Any]:
     """Implicit-GEMM backward-filter (split reduction + atomicAdd) and the bias reduction."""
-    n, c, h, wd = x.shape
-    k, _, fh, fw = dw.shape
-    _, _, ho, wo = dy.shape
-    geo = _geo_args(x.shape, dw.shape, dy.shape, stride, pad, dilation)
-    if x.dtype == np.float64:
-        cuda.launch("conv", "conv_bwdf_direct_f64", _direct_grid(dw.size), (256, 1, 1), [x, dy, dw, *geo])
-    else:
-        rows, cols, red = k, c * fh * fw, n * ho * wo
-        _check_int32("conv_backward_filter", **{"N*Ho*Wo": red, "C*FH*FW": cols})
-        bm, bn, splits = _choose_variant("bwdf", rows, cols, red, precision, _num_sms())
-
-        def run(v: Variant) -> None:
-            if splits > 1:
-                cuda.zero(dw)  # the splits accumulate with atomicAdd
-            cuda.launch("conv", _kernel("bwdf", v, precision),
-                        (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), splits), (256, 1, 1),
-                        [x, dy, dw, *geo, int(splits > 1)], **_launch_opts(v))
-
-        run(_tuned_tile("bwdf", precision, [*geo, splits], _heuristic(bm, bn, precision), run))
-    if db is not None:
-        conv_bias_grad_gpu(dy, db)
-    return dw, db
+    p = problem("bwdf", x.shape, dw.shape, stride, pad, dilation, x.dtype, precision, "gemm", db is not None)
+    return _run(p, {"x": x, "dy": dy, "dw": dw, "db": db})
 
 
 def conv_bias_grad_gpu(dy: Any, db: Any) -> Any:
@@ -625,3 +710,7 @@ def conv_bias_grad_gpu(dy: Any, db: Any) -> Any:
     suffix = "f64" if dy.dtype == np.float64 else "f32"
     cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1), [dy, db, n, k, ho, wo])
     return db
+
+
+# The opt-in variants register themselves with CONV (imported last: they build on the above).
+from . import conv_variants, winograd  # noqa: E402,F401

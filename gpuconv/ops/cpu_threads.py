@@ -36,15 +36,12 @@ _pool_lock = threading.Lock()
 
 
 def cpu_threads() -> int:
-    """Threads the CPU path may use: ``GPUCONV_CPU_THREADS`` or the cores available to us."""
-    env = os.environ.get("GPUCONV_CPU_THREADS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"GPUCONV_CPU_THREADS must be a positive integer, got {env!r}")
+    """Threads the CPU path may use: the kernel configuration's ``cpu_threads``
+    (``GPUCONV_CPU_THREADS``) or the cores available to us."""
+    from ..kernel_config import current  # noqa: PLC0415
+
+    value = current().cpu_threads
+    if value is not None:
         return value
     try:
         return max(1, len(os.sched_getaffinity(0)))

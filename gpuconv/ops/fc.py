@@ -6,30 +6,32 @@ Conventions (the notes' ``W x + b``, batched over rows): ``x[N, D]``, weights
 The GPU path is our own tiled GEMM in ``kernels/fc.cu`` (no cuBLAS): an FP32 FMA
 kernel and a TF32 tensor-core kernel (``precision="tf32"``), both with split-K for
 skinny problems, bias + ReLU fused in the epilogue; float64 uses a simple kernel.
-With ``GPUCONV_GEMM_SCHEDULE=async`` TF32 runs ``gemm_tf32_async_*`` instead (a
-cp.async 4-stage pipeline; emulator-checked, not yet timed on a GPU).  With
-``GPUCONV_GEMM_WGMMA=1`` on a compute-capability-9.0 GPU (H100/H200) TF32 runs
-``gemm_tf32_wgmma_*``: Hopper's warpgroup MMA, from the sm_90a module variant (emulator-
-checked, not yet run on a GPU).  Its tensor cores truncate operands to TF32 where the
-mma.sync kernels round them to nearest.
-``precision`` only affects float32 GPU arrays (the CPU path is plain NumPy).
+Which GEMM kernel runs is a lookup in ``GEMM`` (an ``ops.selector.Selector``), from the
+problem and the kernel configuration.  Opt-in variants, registered at the end of this file:
+with ``gemm_schedule="async"`` TF32 runs ``gemm_tf32_async_*`` (a cp.async 4-stage pipeline;
+emulator-checked, not yet timed on a GPU); with ``wgmma`` on a compute-capability-9.0 GPU
+(H100/H200) TF32 runs ``gemm_tf32_wgmma_*``: Hopper's warpgroup MMA, from the sm_90a module
+variant (emulator-checked, not yet run on a GPU).  Its tensor cores truncate operands to TF32
+where the mma.sync kernels round them to nearest.
+``precision`` only affects float32 GPU arrays (the CPU path is plain NumPy); None: the
+kernel configuration's.
 """
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import cuda, device
+from ..kernel_config import KernelConfig, current
 from . import autotune, cpu_threads
-from ._checks import OpArgumentError, check_array, check_out
+from ._checks import INT32_MAX, PRECISIONS, OpArgumentError, check_array, check_out, check_precision
+from .selector import Choice, Selector
 
-PRECISIONS = ("fp32", "tf32")
 _TILE = 128            # block tile of the f32/tf32 kernels (M and N)
 _SLICE = {"fp32": 8, "tf32": 16, "tf32_async": 8, "tf32_wgmma": 32}  # K slice per shared-memory stage
 WGMMA_SMEM = 3 * 2 * _TILE * 32 * 4 + 1024  # fc.cu WG_SMEM: 3 stages of A and B tiles + alignment slack
-_INT32_MAX = 2**31 - 1
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -41,11 +43,6 @@ def _float_dtype(op: str, name: str, a: Any) -> np.dtype:
     return a.dtype
 
 
-def _check_precision(op: str, precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise OpArgumentError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 def _gemm_dims(op: str, a: Any, b: Any, trans_a: bool, trans_b: bool) -> tuple[int, int, int]:
     m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
     kb, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
@@ -54,7 +51,7 @@ def _gemm_dims(op: str, a: Any, b: Any, trans_a: bool, trans_b: bool) -> tuple[i
             f"{op}: inner dimensions differ: op(a) is {m}x{k} (a shape {tuple(a.shape)}, trans_a={trans_a}) "
             f"but op(b) is {kb}x{n} (b shape {tuple(b.shape)}, trans_b={trans_b})")
     for name, v in (("M", m), ("N", n), ("K", k)):
-        if v > _INT32_MAX:
+        if v > INT32_MAX:
             raise OpArgumentError(f"{op}: {name}={v} exceeds the kernels' 32-bit dimension limit")
     return m, n, k
 
@@ -113,23 +110,14 @@ def fc_backward_weight_cpu(x: np.ndarray, dy: np.ndarray, dw: np.ndarray,
 
 
 # ---------------------------------------------------------------- CUDA launchers
-@functools.lru_cache(maxsize=8)
-def _sm_count(dev_id: int) -> int:
-    try:
-        xp = device.get_device("cuda").xp
-        return int(xp.cuda.Device(dev_id).attributes["MultiProcessorCount"])
-    except Exception:  # noqa: BLE001  (only a tuning hint)
-        return 132
-
-
 def _aligned(a: Any, nbytes: int) -> bool:
     return a.data.ptr % nbytes == 0
 
 
-# An H100's SM count: what the memory plan sizes split-K workspaces for when it cannot ask
-# the device (a plan made on a CPU).  On a GPU with more SMs the GEMM uses fewer splits than
-# it would like rather than more memory than planned.
-PLAN_SMS = 132
+# What the memory plan sizes split-K workspaces for (fixed, so a plan made on a CPU is the
+# plan made on the GPU).  On a GPU with more SMs the GEMM uses fewer splits than it would
+# like rather than more memory than planned.
+PLAN_SMS = device.SM_COUNT_HINT
 MAX_SPLITS = 16
 
 
@@ -155,6 +143,59 @@ def _split_k(m: int, n: int, k: int, kslice: int, sms: int, max_splits: int = MA
     return splits, kps
 
 
+# ---------------------------------------------------------------- kernel selection
+@dataclass(frozen=True)
+class GemmProblem:
+    """One float32 GEMM out[m, n] = op(a)[m, k] @ op(b)[k, n] on the GPU; ``tag`` is nn/nt/tn/tt."""
+
+    m: int
+    n: int
+    k: int
+    tag: str
+    dtype: str = "float32"
+    precision: str = "fp32"
+    dev_id: int | None = None
+
+
+GEMM: Selector[GemmProblem] = Selector("gemm")
+
+
+def _plain_plan(p: GemmProblem, cfg: KernelConfig, why: str) -> Choice:
+    prec = "tf32" if p.precision == "tf32" else "f32"
+    return Choice("fc", "", "gemm", (f"gemm_{prec}_{p.tag}",), p.precision, 0, why, {"kslice": _SLICE[p.precision]})
+
+
+GEMM.register("gemm", priority=100, applies=lambda p, cfg: "default: tiled GEMM" if p.dtype == "float32" else None,
+              plan=_plain_plan, launch=lambda p, c, a: None)
+
+
+def fc_choices(n: int, d: int, m: int, precision: str | None = None, train: bool = True, with_bias: bool = True,
+               dtype: Any = np.float32, cfg: KernelConfig | None = None) -> list[Choice]:
+    """What an FC layer (batch n, D inputs, M outputs) launches per pass under ``cfg`` (default:
+    current()): forward x @ w.T, backward-weight dy.T @ x (+ the bias column sums), backward-data
+    dy @ w; the split-K scratch as the memory plan sizes it (``PLAN_SMS``)."""
+    cfg = current() if cfg is None else cfg
+    precision = cfg.precision if precision is None else precision
+    f64 = np.dtype(dtype) == np.float64
+    passes = [("fwd", n, m, d, "nt")]
+    if train:
+        passes += [("bwdw", m, d, n, "tn"), ("bwdd", n, d, m, "nn")]
+    out = []
+    for pass_, mm, nn, kk, tag in passes:
+        if f64:
+            c = Choice("fc", pass_, "gemm-f64", (f"gemm_f64_{tag}",), precision, 0, "float64: simple kernel")
+            ws = 0
+        else:
+            c = GEMM.select(GemmProblem(mm, nn, kk, tag, "float32", precision), cfg)[1]
+            ws = splitk_workspace_elems(mm, nn, kk)
+        extra = ("splitk_reduce_f32",) if ws else ()
+        if pass_ == "bwdw" and with_bias:
+            extra += (f"colsum_{'f64' if f64 else 'f32'}",)
+        why = c.why + (f"; split-K x{-(-ws // (mm * nn))}" if ws else "")
+        out.append(Choice("fc", pass_, c.variant, c.kernels + extra, precision, ws, why))
+    return out
+
+
 def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0,
              beta: float = 0.0, bias: Any = None, relu: bool = False, precision: str = "fp32",
              workspace: Any = None) -> Any:
@@ -177,18 +218,13 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
         return out
     if cuda.cdiv(n, _TILE) > 65535:
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
-    defines: tuple[str, ...] = ()
-    smem = 0
-    if precision == "tf32" and autotune.wgmma_enabled() and cuda.wgmma_capable(a.device.id):
-        kernel, kslice, defines, smem = f"gemm_tf32_wgmma_{tag}", _SLICE["tf32_wgmma"], autotune.WGMMA_DEFINES, WGMMA_SMEM
-    elif precision == "tf32" and autotune.schedule() == "async":
-        kernel, kslice, defines = f"gemm_tf32_async_{tag}", _SLICE["tf32_async"], autotune.SCHEDULE_DEFINES["async"]
-    else:
-        kernel, kslice = f"gemm_{'tf32' if precision == 'tf32' else 'f32'}_{tag}", _SLICE[precision]
+    choice = GEMM.select(GemmProblem(m, n, k, tag, "float32", precision, a.device.id), current())[1]
+    kernel, kslice = choice.kernels[0], choice.params["kslice"]
+    defines, smem = choice.params.get("defines", ()), choice.params.get("smem", 0)
     lda, ldb = (m if trans_a else k), (k if trans_b else n)
     flags = (1 if lda % 4 == 0 and _aligned(a, 16) else 0) | (2 if ldb % 4 == 0 and _aligned(b, 16) else 0)
     max_splits = MAX_SPLITS if workspace is None else workspace.size // max(m * n, 1)
-    splits, kps = _split_k(m, n, k, kslice, _sm_count(a.device.id), max_splits)
+    splits, kps = _split_k(m, n, k, kslice, cuda.sm_count(a.device.id), max_splits)
     grid = (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), splits)
     if splits == 1:
         flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
@@ -287,7 +323,7 @@ def _gemm_impl(a: Any, b: Any, out: Any, *, trans_a: bool, trans_b: bool, alpha:
 
 
 def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0,
-         out: Any = None, precision: str = "fp32") -> Any:
+         out: Any = None, precision: str | None = None) -> Any:
     """c = alpha * op(a) @ op(b) + beta * c, with op(x) = x.T when trans_x.
 
     a, b: 2-D C-contiguous float32/float64 on one device (a transposed operand is
@@ -295,7 +331,8 @@ def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha:
     (its current contents are the c being accumulated into).
     """
     op = "gemm"
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     dt = _float_dtype(op, "a", a)
     check_array(op, "a", a, ndim=2, dtype=dt)
     check_array(op, "b", b, ndim=2, dtype=dt, like=a)
@@ -308,12 +345,13 @@ def gemm(a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, alpha:
 
 
 def fc_forward(x: Any, w: Any, b: Any = None, relu: bool = False, out: Any = None,
-               precision: str = "fp32", workspace: Any = None) -> Any:
+               precision: str | None = None, workspace: Any = None) -> Any:
     """y[N, M] = x[N, D] @ w[M, D].T (+ b[M]) (then ReLU), bias and ReLU fused on the GPU.
 
     ``workspace``: planned float32 split-K scratch (see :func:`fc_workspace_elems`)."""
     op = "fc_forward"
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     dt = _float_dtype(op, "x", x)
     check_array(op, "x", x, ndim=2, dtype=dt)
     check_array(op, "w", w, ndim=2, dtype=dt, like=x)
@@ -331,10 +369,11 @@ def fc_forward(x: Any, w: Any, b: Any = None, relu: bool = False, out: Any = Non
     return fc_forward_cpu(x, w, b, relu, out)
 
 
-def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32", workspace: Any = None) -> Any:
+def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str | None = None, workspace: Any = None) -> Any:
     """dx[N, D] = dy[N, M] @ w[M, D]."""
     op = "fc_backward_data"
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     dt = _float_dtype(op, "dy", dy)
     check_array(op, "dy", dy, ndim=2, dtype=dt)
     check_array(op, "w", w, ndim=2, dtype=dt, like=dy)
@@ -350,10 +389,11 @@ def fc_backward_data(dy: Any, w: Any, out: Any = None, precision: str = "fp32", 
 
 
 def fc_backward_weight(x: Any, dy: Any, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
-                       precision: str = "fp32", workspace: Any = None) -> tuple[Any, Any]:
+                       precision: str | None = None, workspace: Any = None) -> tuple[Any, Any]:
     """(dw[M, D] = dy.T @ x, db[M] = dy summed over the batch, or None when not with_bias)."""
     op = "fc_backward_weight"
-    _check_precision(op, precision)
+    precision = current().precision if precision is None else precision
+    check_precision(op, precision)
     dt = _float_dtype(op, "x", x)
     check_array(op, "x", x, ndim=2, dtype=dt)
     check_array(op, "dy", dy, ndim=2, dtype=dt, like=x)
@@ -371,3 +411,29 @@ def fc_backward_weight(x: Any, dy: Any, with_bias: bool = True, dw_out: Any = No
             colsum_gpu(dy, db)
         return dw, db
     return fc_backward_weight_cpu(x, dy, dw, db)
+
+
+# ---------------------------------------------------------------- opt-in GEMM variants
+# Registered in front of the default kernels; each applies only when the kernel configuration
+# asks for it (and, for wgmma, on a compute-capability-9.0 device).
+
+def _wgmma_applies(p: GemmProblem, cfg: KernelConfig) -> str | None:
+    if p.dtype == "float32" and p.precision == "tf32" and cfg.wgmma and cuda.wgmma_capable(p.dev_id):
+        return "wgmma on, TF32, sm_90 device: Hopper warpgroup MMA"
+    return None
+
+
+def _async_applies(p: GemmProblem, cfg: KernelConfig) -> str | None:
+    if p.dtype == "float32" and p.precision == "tf32" and cfg.gemm_schedule == "async":
+        return "gemm_schedule=async: cp.async main loop"
+    return None
+
+
+GEMM.register("gemm-wgmma", priority=70, applies=_wgmma_applies, opt_in=True, launch=lambda p, c, a: None,
+              plan=lambda p, cfg, why: Choice("fc", "", "gemm-wgmma", (f"gemm_tf32_wgmma_{p.tag}",), p.precision, 0,
+                                              why, {"kslice": _SLICE["tf32_wgmma"], "smem": WGMMA_SMEM,
+                                                    "defines": autotune.WGMMA_DEFINES}))
+GEMM.register("gemm-async", priority=80, applies=_async_applies, opt_in=True, launch=lambda p, c, a: None,
+              plan=lambda p, cfg, why: Choice("fc", "", "gemm-async", (f"gemm_tf32_async_{p.tag}",), p.precision, 0,
+                                              why, {"kslice": _SLICE["tf32_async"],
+                                                    "defines": autotune.SCHEDULE_DEFINES["async"]}))

@@ -23,21 +23,23 @@ transposed (``w'[c, k] = w[k, c, ::-1, ::-1]``) and padding 2 - P; backward-filt
 Applies to float32, 3x3 filters, stride 1, dilation 1, padding <= 2 (``eligible``), at
 fp32 or TF32 precision (TF32: the 16 GEMMs run on the tensor cores, their operands, the
 transformed filters and inputs, rounded to TF32; the transforms themselves stay fp32).  The
-conv ops use it when asked (``algo="winograd"`` or ``GPUCONV_CONV_ALGO=winograd``), or time
-it against the implicit GEMM per layer shape and keep the faster (``algo="auto"``); the
+conv ops use it when asked (``algo="winograd"``, or the kernel configuration's ``conv_algo``:
+``GPUCONV_CONV_ALGO=winograd``; it registers itself below as the ``winograd`` variant of
+``ops.conv.CONV``), or time it against the implicit GEMM per layer shape and keep the faster
+(``algo="auto"``, ``ops.conv_variants``); the
 default stays the implicit GEMM until the benchmark (bench/bench_winograd.py) has shown on
 a GPU which layers it speeds up.  In float32 its error is a small multiple of the direct
 convolution's (the transforms add and halve; no large constants as in F(4x4, 3x3)).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import cuda, device
+from ..kernel_config import CONV_ALGOS, ENV, KernelConfig, current
 from ._checks import OpArgumentError
 
 __all__ = [
@@ -55,11 +57,10 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
 # gemm: the implicit GEMM; winograd: F(2x2,3x3) where eligible; auto: where eligible, the
 # faster of the two for this GPU and shape, timed on first use and cached (ops.autotune).
-ALGOS = ("gemm", "winograd", "auto")
-ALGO_ENV = "GPUCONV_CONV_ALGO"
-WS_ENV = "GPUCONV_WINOGRAD_WS_MB"
-_WS_DEFAULT_MB = 256      # workspace cap per call: chunks of the batch stay under it
-_SMS_HINT = 132           # split-K heuristic only (an H100's SMs); fixed so plans are reproducible
+ALGOS = CONV_ALGOS
+ALGO_ENV = ENV["conv_algo"]
+WS_ENV = ENV["winograd_ws_mb"]  # workspace cap per call (KernelConfig.winograd_ws_mb): chunks stay under it
+_SMS_HINT = device.SM_COUNT_HINT  # split-K heuristic only; fixed (not the device's) so plans are reproducible
 _TILE = 128               # fc.cu block tile (M and N)
 _SLICE = 8                # fc.cu fp32 K slice
 
@@ -69,13 +70,14 @@ def eligible(w_shape: Any, stride: int, pad: int, dilation: int) -> bool:
     return (int(w_shape[2]), int(w_shape[3])) == (3, 3) and stride == 1 and dilation == 1 and 0 <= pad <= 2
 
 
-def chosen_algo(algo: str | None) -> str:
-    """The algorithm a conv op was asked for: ``algo``, else $GPUCONV_CONV_ALGO, else 'gemm'."""
-    a = algo if algo is not None else (os.environ.get(ALGO_ENV, "").strip() or "gemm")
-    if a not in ALGOS:
-        src = "algo" if algo is not None else ALGO_ENV
-        raise OpArgumentError(f"conv: {src} must be one of {ALGOS}, got {a!r}")
-    return a
+def chosen_algo(algo: str | None, cfg: KernelConfig | None = None) -> str:
+    """The algorithm a conv op was asked for: ``algo``, else the kernel configuration's
+    ``conv_algo`` (``cfg``, default current(): $GPUCONV_CONV_ALGO, else 'gemm')."""
+    if algo is None:
+        return (current() if cfg is None else cfg).conv_algo
+    if algo not in ALGOS:
+        raise OpArgumentError(f"conv: algo must be one of {ALGOS}, got {algo!r}")
+    return algo
 
 
 def tiles(ho: int, wo: int) -> tuple[int, int]:
@@ -202,14 +204,8 @@ def conv_backward_filter_winograd_cpu(x: np.ndarray, dy: np.ndarray, pad: int,
 # ----------------------------------------------------------------------------------
 
 def _ws_cap_elems() -> int:
-    raw = os.environ.get(WS_ENV, "").strip()
-    try:
-        mb = float(raw) if raw else float(_WS_DEFAULT_MB)
-    except ValueError:
-        raise OpArgumentError(f"conv: {WS_ENV} must be a number of MiB, got {raw!r}") from None
-    if mb <= 0:
-        raise OpArgumentError(f"conv: {WS_ENV} must be > 0, got {raw!r}")
-    return int(mb * 2**20) // 4
+    """The workspace cap in float32 elements: the kernel configuration's ``winograd_ws_mb``."""
+    return int(current().winograd_ws_mb * 2**20) // 4
 
 
 def _bwdf_splits(k: int, c: int, p: int) -> int:
@@ -237,7 +233,7 @@ class Workspace:
 
 def workspace_plan(pass_: str, x_shape: Any, w_shape: Any, pad: int, cap_elems: int | None = None) -> Workspace:
     """The workspace of one Winograd pass of conv(x[N,C,H,W], w[K,C,3,3]), chunked so it stays
-    under the cap ($GPUCONV_WINOGRAD_WS_MB, default 256 MiB) where one image allows."""
+    under the cap (``KernelConfig.winograd_ws_mb``, default 256 MiB) where one image allows."""
     n, c, h, wd = (int(v) for v in x_shape)
     k = int(w_shape[0])
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
@@ -353,3 +349,43 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
                          precision=precision)
     cuda.launch("winograd", "wino_filter_grad_f32", _grid(k * c), (256, 1, 1), [d, dw, k, c, ws.splits])
     return dw
+
+
+# ----------------------------------------------------------------------------------
+# The ``winograd`` variant of the conv ops (opt-in: conv_algo="winograd")
+# ----------------------------------------------------------------------------------
+from .conv import CONV, ConvProblem  # noqa: E402  (conv imports this module last)
+from .selector import Choice  # noqa: E402
+
+
+def _variant_applies(p: ConvProblem, cfg: KernelConfig) -> str | None:
+    return "conv_algo=winograd: F(2x2,3x3) for this 3x3 stride-1 layer" if p.winograd_mode == "winograd" else None
+
+
+def _variant_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
+    gemm = f"gemm_{'tf32' if p.precision == 'tf32' else 'f32'}_batched_{'nt' if p.pass_ == 'bwdf' else 'nn'}"
+    if p.pass_ == "bwdf":
+        kernels = ("wino_input_f32", "wino_grad_output_f32", gemm, "wino_filter_grad_f32") + \
+            (("conv_bias_grad_f32",) if p.has_bias else ())
+    else:
+        kernels = ("wino_filter_f32", "wino_input_f32", gemm, "wino_output_f32")
+    x_shape = p.x_shape
+    return Choice("conv", p.pass_, "winograd", kernels, p.precision,
+                  workspace_plan(p.pass_, x_shape, p.w_shape, p.pad).elems, why)
+
+
+def _variant_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
+    ws = a.get("workspace")
+    if p.pass_ == "fwd":
+        return conv_forward_winograd_gpu(a["x"], a["w"], a["b"], p.pad, p.relu, a["y"], ws, p.precision)
+    if p.pass_ == "bwdd":
+        return conv_backward_data_winograd_gpu(a["dy"], a["w"], p.pad, a["dx"], ws, p.precision)
+    conv_backward_filter_winograd_gpu(a["x"], a["dy"], p.pad, a["dw"], ws, p.precision)
+    if a.get("db") is not None:
+        from .conv import conv_bias_grad_gpu  # noqa: PLC0415
+        conv_bias_grad_gpu(a["dy"], a["db"])
+    return a["dw"], a.get("db")
+
+
+CONV.register("winograd", priority=10, applies=_variant_applies, plan=_variant_plan, launch=_variant_launch,
+              opt_in=True)
