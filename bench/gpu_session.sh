@@ -23,6 +23,10 @@
 #                                       #   them, then bench_fc's and bench_conv's [wgmma] rows
 # "-m 'gpu and not emu'": the emu variants of the gpu tests run the CPU emulator (CI does).
 # Logs land in $OUT (at most 8 files come back).
+# Kernel variants: each step is its own process, whose kernel configuration (gpuconv.kernel_config)
+# is resolved once from its GPUCONV_* variables (`env GPUCONV_CONV_ALGO=auto python3 ...`); inside
+# one bench process the variant rows switch with kernel_config.using (bench/harness.with_config).
+# `gpuconv plan` prints the kernel each layer and pass will run under that configuration.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpuconv-out}
