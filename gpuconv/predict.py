@@ -107,15 +107,13 @@ def load_run(folder: str | os.PathLike[str], device: str | None = None) -> Run:
         name = config.get("dataset") or meta.get("dataset")
         if config.get("data") or name not in DATASETS:
             raise RunError(f"{folder}: no {CLASSES_FILE}, so the class names are unknown")
-        classes = DATASETS[name](limit_train=1, limit_test=1, data_dir=config.get("data_dir")).classes
-        shape = None  # type: ignore[assignment]
+        ds = DATASETS[name](limit_train=1, limit_test=1, data_dir=config.get("data_dir"))
+        classes, shape = ds.classes, ds.input_shape
     try:
         if model.strip().upper().startswith("INPUT"):
             net = get_model(model)
-        elif shape is not None:
-            net = get_model(model, input_shape=shape, classes=len(classes))
         else:
-            net = get_model(model, classes=len(classes))
+            net = get_model(model, input_shape=shape, classes=len(classes))
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt}: cannot rebuild its model {model!r}: {e}") from None
     if "norm.mean" not in arrays or "norm.std" not in arrays:

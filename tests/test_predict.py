@@ -108,10 +108,12 @@ def test_evaluate_cli_prints_accuracy_and_matrix(trained: tuple[Path, Path, list
     assert len(rows) == 3 and sum(int(v) for r in rows for v in r[2:]) == 9
 
 
-def test_fashion_mnist_style_run_without_classes_json_uses_the_dataset_names(tmp_path: Path) -> None:
-    """A run trained on a built-in dataset: the class names come from it (synthetic data here)."""
+@pytest.mark.parametrize("model", ["INPUT[32x32x3] -> CONV3-4 -> RELU -> POOL4 -> FC-10", "small"])
+def test_fashion_mnist_style_run_without_classes_json_uses_the_dataset_names(tmp_path: Path, model: str) -> None:
+    """A run trained on a built-in dataset: the class names (and, for a zoo net, the input shape it was
+    fitted to) come from the dataset (synthetic data here)."""
     out = tmp_path / "run"
-    assert main(["train", "--model", "INPUT[32x32x3] -> CONV3-4 -> RELU -> POOL4 -> FC-10", "--dataset",
+    assert main(["train", "--model", model, "--dataset",
                  "synthetic", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--batch-size", "32",
                  "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads((out / "classes.json").read_text())["classes"][0] == "class0"
