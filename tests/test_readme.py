@@ -57,7 +57,7 @@ COMMANDS: dict[str, Run | Covered] = {
         Run(extra=("--epochs", "1")),
     "gpuconv train --out runs/fm --resume": Run(extra=("--epochs", "2"), setup=(_FM_RUN,), expect=r"resum"),
     "gpuconv train --resume runs/fm --epochs 20": Run(extra=("--epochs", "2"), setup=(_FM_RUN,), expect=r"resum"),
-    "gpuconv train --model fmnist --device cuda --cuda-graph": Run(extra=("--epochs", "1", "--out", "runs/graph")),
+    "gpuconv train --model fmnist --device cuda --cuda-graph": Run(extra=("--epochs", "1")),
     "gpuconv summary vgg16": Run(expect=r"138,357,544"),
     'gpuconv summary "INPUT[32x32x3] -> [[CONV3-64 -> RELU]*2 -> POOL2]*3 -> [FC-512 -> RELU]*1 -> FC-10"':
         Run(expect=r"FC-10"),
