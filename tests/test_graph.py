@@ -272,3 +272,98 @@ def test_summary_shows_branches():
     # a chain's table has no such column
     chain = Net([Conv(4, 3, P=1), ReLU(), FC(5)], (2, 6, 6))
     assert "reads" not in chain.summary().splitlines()[0]
+
+
+# ---- the memory plan of a graph -----------------------------------------------------------------
+
+def _tensor_view(plan):
+    return sorted((t.name, t.kind, t.shape, t.intervals, t.aliases, t.offset) for t in plan.tensors)
+
+
+@pytest.mark.parametrize("model", ["small", "lenet5", "fmnist", "alexnet", "cifar-vgg"])
+def test_graph_liveness_of_a_chain_is_the_chain_planners(model):
+    from gpuconv.memory import make_plan
+    from gpuconv.zoo import get_model
+    for inference in (False, True):
+        chain = make_plan(get_model(model), 8, optimizer="adam", inference=inference)
+        net = get_model(model)
+        net.is_chain = False  # plan it as a graph that happens to be a chain
+        graph = make_plan(net, 8, optimizer="adam", inference=inference)
+        assert _tensor_view(graph) == _tensor_view(chain)
+        assert graph.arena_bytes == chain.arena_bytes and graph.layer_tensors == chain.layer_tensors
+
+
+def _skip_net():
+    g = Graph((3, 8, 8), name="skip")
+    x = g.bn(g.conv(g.input(), 3, 4, bias=False), name="stem")
+    y = g.bn(g.conv(g.relu(g.bn(g.conv(x, 3, 4, bias=False))), 3, 4, bias=False))
+    g.add(x, y, relu=True, name="sum")
+    return g.build(classes=3)
+
+
+def test_skip_tensor_lives_until_its_readers_backward_is_done():
+    from gpuconv.memory import make_plan
+    net = _skip_net()
+    plan = make_plan(net, 4, optimizer="sgd")
+    L = len(net.layers)
+    index = {layer.name: i for i, layer in enumerate(net.layers)}
+    bwd = lambda i: 2 * L - 1 - i  # noqa: E731
+    stem = plan.tensor("stem.out")
+    # read by the branch's first CONV (which keeps its input for dW) and by the ADD's forward
+    assert stem.intervals == ((index["stem"], bwd(index["conv2"])),)
+    # the ADD's gradient goes to both its inputs: one tensor (GAP's dx), read until the later of their
+    # backwards; the branch's share (conv2's dx) is accumulated into it in place and ends there
+    dsum = plan.tensor("gap.dx")
+    assert dsum.intervals == ((bwd(index["gap"]), bwd(index["stem"])),)
+    assert plan.tensor("conv2.dx").intervals == ((bwd(index["conv2"]), bwd(index["conv2"])),)
+    # placement never lets two tensors alive at once share bytes
+    ts = [t for t in plan.tensors if t.region == "arena"]
+    for a in ts:
+        for b in ts:
+            if a is not b and a.overlaps_in_time(b):
+                assert not a.overlaps_in_memory(b), (a.name, b.name)
+
+
+@pytest.mark.parametrize("model,limit", [("resnet50", 0.05), ("googlenet", 0.05)])
+def test_graph_placement_near_the_liveness_lower_bound(model, limit):
+    from gpuconv.memory import make_plan
+    from gpuconv.zoo import get_model
+    plan = make_plan(get_model(model), 64, optimizer="momentum")
+    assert plan.arena_bytes <= (1 + limit) * plan.peak_live_bytes
+    assert plan.arena_bytes < 0.5 * plan.no_reuse_bytes
+
+
+def _inception_residual_net():
+    g = Graph((3, 8, 8), name="incep-res")
+    x = g.relu(g.bn(g.conv(g.input(), 3, 8, bias=False)))
+    x = g.inception(x, 4, 4, 6, 2, 4, 4)
+    g.basic_block(x, 18, 2)
+    return g.build(classes=5)
+
+
+@pytest.mark.parametrize("make", ["resnet20", "inception"])
+def test_planned_step_is_bit_identical_to_unplanned(rng, make):
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    from gpuconv.zoo import get_model
+
+    def build():
+        if make == "resnet20":
+            return get_model("resnet20", input_shape=(1, 12, 12), classes=10)
+        return _inception_residual_net()
+
+    a, b = build(), build()
+    x = rng.standard_normal((8, *a.input_shape)).astype(np.float32)
+    y = rng.integers(0, a.output_shape[0], 8).astype(np.int32)
+    a.bind("cpu", seed=1)
+    unplanned = TrainStep(a, Optimizer("momentum", 0.05).bind(a))
+    ex = PlannedExecutor(b, make_plan(b, 8, optimizer="momentum"), "cpu", seed=1)
+    opt = Optimizer("momentum", 0.05)
+    opt.bind(b, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    planned = TrainStep(b, opt, ex)
+    for _ in range(3):
+        unplanned.run(x, y)
+        planned.run(x, y)
+    assert np.array_equal(a.param_buffer, b.param_buffer)
+    assert float(np.abs(a.grad_buffer).max()) > 0

@@ -97,6 +97,24 @@ class _Rounding:
         dx[:, :, :hh, :ww] = dxp[:, :, p:p + hh, p:p + ww]
         return dx
 
+    def _padded_shape(self) -> Shape:
+        """The per-example shape of the padded volume the op runs on."""
+        c, h, w = self.in_shape  # type: ignore[attr-defined]
+        hh, ww = self._region(h, w)
+        p = self.P  # type: ignore[attr-defined]
+        return (c, p + hh + max(self._pads[0], 0), p + ww + max(self._pads[1], 0))
+
+    def _on_padded(self, fn: Any, *args: Any) -> Any:
+        """A method that reads the layer's geometry (kernel choices), as the op sees it: padded, P=0."""
+        if self.exact:
+            return fn(*args)
+        saved = self.in_shape  # type: ignore[attr-defined]
+        self.in_shape = self._padded_shape()
+        try:
+            return self._unpadded(fn, *args)
+        finally:
+            self.in_shape = saved
+
     def _unpadded(self, fn: Any, *args: Any) -> Any:
         """Run the ordinary layer's method on the padded volume: P=0 for the call."""
         p = self.P  # type: ignore[attr-defined]
@@ -117,6 +135,12 @@ class ConvRounded(_Rounding, Conv):
     def infer_shape(self, in_shape: Shape) -> Shape:
         _, ho, wo = self._rounded_shape(in_shape, self.dilation)
         return (self.K, ho, wo)
+
+    def kernel_choices(self, batch: int, train: bool = True, dtype: Any = None) -> list[Any]:
+        return self._on_padded(super().kernel_choices, batch, train, dtype)
+
+    def workspace_specs(self, batch: int, train: bool = True) -> list[Any]:
+        return self._on_padded(super().workspace_specs, batch, train)
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:

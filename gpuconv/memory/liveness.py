@@ -1,0 +1,152 @@
+"""Liveness on a branching net: activations and gradients of a graph, with their lifetimes.
+
+The planner's timeline is the same as for a chain (forward of node i at step i, the loss at
+step L, backward of node i at step 2L-1-i, nodes in the Net's topological order); what
+changes is who reads what:
+
+- an activation lives from its node's forward until the last of its readers is done with
+  it: a reader's forward, and its backward when it keeps its input (a skip tensor read by
+  an ADD and by the next block's first CONV lives until that CONV's backward);
+- a gradient is what :meth:`gpuconv.net.Net.backward` makes of it.  This module replays
+  that function's bookkeeping on planned tensors instead of arrays: the same tokens decide,
+  node by node, whether a reader's dx becomes the pending gradient, is accumulated in place
+  into it (the pending one lives on, the other ends there), or (both shared) needs a sum of
+  its own; an ADD hands its dy to both inputs (one tensor, alive until the later of their
+  backwards), a fused RELU or FLATTEN passes it through.
+
+For a chain this gives exactly the chain planner's tensors (a test holds the two equal).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .plan import PlannedTensor
+
+
+class _Token:
+    __slots__ = ("holders",)
+
+    def __init__(self, holders: int = 0) -> None:
+        self.holders = holders
+
+
+def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast: Callable[[Any], np.dtype],
+                  input_t: PlannedTensor, is_inplace: Callable[[Any, bool], bool],
+                  layer_tensors: list[dict[str, Any]]) -> list[PlannedTensor]:
+    """The activation and gradient tensors of ``net`` (a :class:`~gpuconv.net.Net`, chain or graph),
+    with their intervals; fills ``layer_tensors[i]['out'|'dx'|'dxs'|'dy_copy'|'grad_sums']``."""
+    from ..net import _grad_aliases_dy, _overwrites_dy, is_merge  # noqa: PLC0415  (the layers import the ops)
+
+    layers = list(net.layers)
+    L = len(layers)
+    loss_step = L
+    num_steps = L if inference else 2 * L
+
+    def bwd(i: int) -> int:
+        return 2 * L - 1 - i
+
+    def nbytes(shape: Any, d: np.dtype) -> int:
+        return int(math.prod(shape)) * d.itemsize
+
+    def shape_of(p: int) -> tuple[int, ...]:
+        return tuple(net.input_shape) if p < 0 else tuple(layers[p].out_shape)
+
+    tensors: list[PlannedTensor] = []
+    consumers: list[list[int]] = [[] for _ in layers]
+    for i, src in enumerate(net.sources):
+        for p in src:
+            if p >= 0:
+                consumers[p].append(i)
+
+    # ---- activations: a node's output, or (in place) the tensor of the node it reads
+    act_of: dict[int, PlannedTensor] = {-1: input_t}
+    ends: dict[int, int] = {}
+    for i, layer in enumerate(layers):
+        if is_inplace(layer, inference):
+            t = act_of[net.sources[i][0]]
+            t.aliases = (*t.aliases, f"{layer.name}.out")
+        else:
+            spec = layer.output_spec(batch)
+            d = cast(spec.dtype)
+            t = PlannedTensor(f"{layer.name}.out", "activation", i, tuple(spec.shape), d.name,
+                              nbytes(spec.shape, d), start=i)
+            tensors.append(t)
+            layer_tensors[i]["out"] = t.name
+        act_of[i] = t
+        if i == L - 1:
+            last = loss_step if not inference else num_steps - 1  # the scores outlive the pass
+        else:
+            last = max(consumers[i])
+        if not inference:
+            for c in consumers[i]:
+                if layers[c].keeps_input:
+                    last = max(last, bwd(c))
+            if layer.keeps_output:
+                last = max(last, bwd(i))
+        ends[id(t)] = max(ends.get(id(t), t.start), last)
+    for t in tensors:
+        t.end = ends[id(t)]
+        t.intervals = ((t.start, t.end),)
+    if inference:
+        return tensors
+
+    # ---- gradients: Net.backward's bookkeeping, on planned tensors
+    grads: list[PlannedTensor] = []
+
+    def new_grad(name: str, node: int, shape: tuple[int, ...], step: int) -> PlannedTensor:
+        g = PlannedTensor(name, "gradient", node, (batch, *shape), fdt.name, nbytes((batch, *shape), fdt),
+                          start=step, end=step)
+        grads.append(g)
+        return g
+
+    pending: dict[int, tuple[PlannedTensor, _Token]] = {
+        L - 1: (new_grad("dscores", L - 1, shape_of(L - 1), loss_step), _Token(1))}
+    for i in range(L - 1, -1, -1):
+        layer = layers[i]
+        g, tok = pending.pop(i)
+        g.end = max(g.end, bwd(i))  # backward i reads it
+        if tok.holders > 1 and _overwrites_dy(layer):
+            tok.holders -= 1
+            g, tok = new_grad(f"{layer.name}.dy", i, shape_of(i), bwd(i)), _Token(1)
+            layer_tensors[i]["dy_copy"] = g.name
+        aliases = _grad_aliases_dy(layer)
+        src = net.sources[i]
+        merge = is_merge(layer)
+        for j, p in enumerate(src):
+            if not merge and not (getattr(layer, "computes_input_grad", True) or p >= 0):
+                continue  # a layer reading the data skips its gradient
+            if aliases:
+                t, tk = g, tok
+                if not merge:
+                    g.aliases = (*g.aliases, f"{layer.name}.dx")
+            else:
+                name = f"{layer.name}.dx" + (str(j) if merge else "")
+                t, tk = new_grad(name, p, shape_of(p), bwd(i)), _Token()
+                if merge:
+                    layer_tensors[i].setdefault("dxs", []).append(name)
+                else:
+                    layer_tensors[i]["dx"] = name
+            tk.holders += 1
+            if p not in pending:
+                pending[p] = (t, tk)
+                continue
+            a, ta = pending[p]
+            a.end = max(a.end, bwd(i))  # read (and maybe written) by the sum
+            if ta.holders == 1:      # accumulated into the pending gradient
+                tk.holders -= 1
+            elif tk.holders == 1:    # the pending one is shared: accumulated into the new one
+                ta.holders -= 1
+                pending[p] = (t, tk)
+            else:                    # both shared: a sum of their own
+                ta.holders -= 1
+                tk.holders -= 1
+                s = new_grad(f"{layer.name}.gradsum{j}", p, shape_of(p), bwd(i))
+                layer_tensors[i].setdefault("grad_sums", []).append(s.name)
+                pending[p] = (s, _Token(1))
+        tok.holders -= 1
+    for g in grads:
+        g.intervals = ((g.start, g.end),)
+    return tensors + grads
