@@ -1,0 +1,115 @@
+"""One rank of a data-parallel training run, for tests/test_distributed.py.
+
+Run alone it is the single-process reference; under ``mpiexec -n K`` each rank trains on
+its shard of every global batch and averages gradients with the world before each
+optimizer step (forward, loss, backward, ``allreduce_mean_``, ``opt.step``).  Rank 0
+writes the final parameters, the global loss of every step and whether the ranks' replicas
+agree bit for bit to ``--out`` (an .npz).
+
+Faults: ``--fail-rank R --fail-step S`` makes rank R raise (``--fail-mode raise``) or
+SIGKILL itself (``kill``) at step S; rank 0 writes a checkpoint after every step with
+``--checkpoint PATH`` so the test can check that the last one survives.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+from gpuconv.checkpoint import save_checkpoint
+from gpuconv.distributed import ShardIterator, get_world
+from gpuconv.graph import Graph
+from gpuconv.ops import loss as loss_ops
+from gpuconv.optim import Optimizer
+from gpuconv.zoo import get_model
+
+CHAIN = "INPUT[12x12x2] -> CONV3-6 -> RELU -> POOL2 -> CONV3-8 -> RELU -> FC-16 -> RELU -> FC-5"
+
+
+def branching() -> object:
+    """A residual block and an Inception-like concat, no BN (BN statistics are per rank)."""
+    g = Graph((2, 12, 12), name="branchy")
+    x = g.relu(g.conv(g.input(), 3, 6))
+    y = g.add(x, g.conv(g.relu(g.conv(x, 3, 6)), 3, 6), relu=True)
+    z = g.concat(g.conv(y, 1, 4), g.relu(g.conv(y, 3, 4)))
+    z = g.pool(z, 2)
+    return g.build(classes=5)
+
+
+def make_net(kind: str) -> object:
+    return branching() if kind == "branch" else get_model(CHAIN)
+
+
+def data(n: int, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 2, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=n).astype(np.int32)
+    return x, y
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--net", default="chain", choices=["chain", "branch"])
+    ap.add_argument("--optimizer", default="momentum")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--batch", type=int, default=12, help="global batch")
+    ap.add_argument("--examples", type=int, default=36)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--fail-rank", type=int, default=-1)
+    ap.add_argument("--fail-step", type=int, default=-1)
+    ap.add_argument("--fail-mode", default="raise", choices=["raise", "kill"])
+    ap.add_argument("--input", default=None, help="input size HxW for timing runs (default 12)")
+    args = ap.parse_args(argv)
+
+    world = get_world()
+    with world.guard():
+        net = make_net(args.net)
+        net.bind("cpu", seed=0)
+        world.broadcast_(net.param_buffer)        # same start everywhere (bind is seeded too)
+        opt = Optimizer(args.optimizer, args.lr).bind(net)
+        x, y = data(args.examples)
+        it = ShardIterator(x, y, args.batch, world, seed=7)
+        opt.steps_per_epoch = len(it)
+        losses, accs, step = [], [], 0
+        t0 = time.perf_counter()
+        for epoch in range(args.epochs):
+            for xb, yb in it.for_epoch(epoch):
+                if step == args.fail_step and world.rank == args.fail_rank:
+                    if args.fail_mode == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError(f"injected failure at step {step}")
+                scores = net.forward(xb, train=True)
+                loss, dscores = net.loss_and_grad(scores, yb)
+                correct = int(loss_ops.accuracy_count(scores, yb))
+                net.backward(dscores)
+                world.allreduce_mean_(net.grad_buffer)
+                opt.step()
+                net.step += 1
+                mean_loss, acc, _ = world.metrics(float(loss) * len(yb), correct, len(yb))
+                losses.append(mean_loss)
+                accs.append(acc)
+                step += 1
+                if args.checkpoint and world.is_root:
+                    save_checkpoint(args.checkpoint, {**net.state_arrays(), **opt.state_arrays()},
+                                    {"step": step, "ranks": world.size})
+        seconds = time.perf_counter() - t0
+        in_sync = world.in_sync(net.param_buffer)
+        if world.is_root:
+            images = step * args.batch
+            print(f"ranks {world.size}: {step} steps, {images} images in {seconds:.3f} s: "
+                  f"{images / seconds:.1f} img/s", flush=True)
+            if args.out:
+                np.savez(args.out, params=np.asarray(net.param_buffer), losses=np.array(losses),
+                         accs=np.array(accs), in_sync=np.array(in_sync), size=np.array(world.size),
+                         seconds=np.array(seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

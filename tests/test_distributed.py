@@ -1,0 +1,319 @@
+"""Data-parallel training: shards, buckets, launch, and K ranks against one process.
+
+The multi-rank tests start ``mpiexec -n K`` on tests/dist_worker.py (the CPU path: MPI
+Allreduce) and compare with the same script run as one process at the same global batch;
+they are skipped where mpi4py or mpiexec is missing (``.ci/install`` installs both).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuconv import distributed as dist
+from gpuconv.checkpoint import load_checkpoint
+from gpuconv.data import BatchIterator
+from gpuconv.zoo import get_model
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "dist_worker.py"
+# float32 summation order: the per-rank gradient sums and the reduction add the same terms in
+# another order.  Measured: at most 1.2e-7 absolute on parameters of size ~1 after 6 steps.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _mpi_ready() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install -e '.[mpi]')"
+    try:
+        dist.mpiexec_path()
+    except dist.DistributedError:
+        return "mpiexec is not installed"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_ready() is not None, reason=str(_mpi_ready()))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCH_ENV}
+    env["GPUCONV_CPU_THREADS"] = "1"   # K ranks share 2 cores; the numbers do not depend on it
+    return env
+
+
+def _run(ranks: int, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The worker alone (ranks=0), or on K ranks through :func:`gpuconv.distributed.launch`
+    (in a child Python, so its output and exit status are the launcher's)."""
+    if ranks:
+        code = ("import sys; from gpuconv import distributed as d; "
+                f"sys.exit(d.launch({ranks}, sys.argv[1:], program=[sys.executable, {str(WORKER)!r}]))")
+        cmd = [sys.executable, "-c", code, *args]
+    else:
+        cmd = [sys.executable, str(WORKER), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=HERE.parent)
+
+
+def _train(tmp_path: Path, ranks: int, net: str, *extra: str) -> dict[str, np.ndarray]:
+    out = tmp_path / f"{net}-{ranks}-{'-'.join(extra) or 'x'}.npz"
+    r = _run(ranks, ["--net", net, "--out", str(out), *extra])
+    assert r.returncode == 0, f"ranks={ranks}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    with np.load(out) as f:
+        return {k: f[k] for k in f.files}
+
+
+# ------------------------------------------------------------------------------------ shards
+def test_shards_cover_each_global_batch_in_order() -> None:
+    perm = np.random.default_rng(0).permutation(50)
+    B = 12
+    for K in (1, 2, 3, 4):
+        shards = [dist.shard_indices(perm, r, K, B) for r in range(K)]
+        b = B // K
+        for j in range(50 // B):
+            rows = np.concatenate([s[j * b:(j + 1) * b] for s in shards])
+            np.testing.assert_array_equal(rows, perm[j * B:(j + 1) * B])
+        assert all(len(s) == (50 // B) * b for s in shards)      # the partial batch (2 rows) is dropped
+    np.testing.assert_array_equal(dist.shard_indices(perm, 0, 1, B), perm[:48])
+
+
+def test_global_batch_must_split_evenly() -> None:
+    with pytest.raises(dist.DistributedError, match=r"global batch 10 does not split evenly over 3 ranks.*"
+                                                    r"multiple of 3 \(e\.g\. --batch-size 9 or 12\)"):
+        dist.local_batch(10, 3)
+    with pytest.raises(dist.DistributedError, match="over 4 ranks"):
+        dist.shard_indices(np.arange(20), 0, 4, 2)
+    with pytest.raises(ValueError, match="rank 3 outside 0..2"):
+        dist.shard_indices(np.arange(20), 3, 3, 6)
+    assert dist.local_batch(12, 3) == 4
+
+
+def test_shard_iterator_reads_the_single_process_batches() -> None:
+    """K ranks' batches, stacked rank by rank, are the one-process iterator's batches (same seed)."""
+    x = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    y = np.arange(40, dtype=np.int32)
+    ref = BatchIterator(x, y, 8, seed=3, drop_last=True).for_epoch(2, start_batch=1)
+    for K in (2, 4):
+        its = [dist.ShardIterator(x, y, 8, rank=r, size=K, seed=3).for_epoch(2, start_batch=1) for r in range(K)]
+        assert all(len(it) == len(ref) == 5 for it in its)
+        got = [np.concatenate([yb for _, yb in batch]) for batch in zip(*its)]
+        want = [yb for _, yb in ref]
+        assert len(got) == len(want) == 4
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+# ------------------------------------------------------------------------------------ buckets
+def _check_partition(net, plan: dist.BucketPlan) -> None:
+    covered = np.zeros(net.num_params, dtype=np.int32)
+    for b in plan.buckets:
+        for off, n in b.segments:
+            covered[off:off + n] += 1
+    assert (covered == 1).all(), "every gradient in exactly one bucket"
+    readies = [b.ready_after for b in plan.buckets]
+    assert readies == sorted(readies, reverse=True), "buckets in backward order"
+    for b in plan.buckets:
+        assert b.nbytes == 4 * sum(n for _, n in b.segments)
+        assert list(b.layers) == sorted(b.layers, reverse=True)
+        assert len(b.segments) <= 2      # the layers' weights, and their biases: two ranges at most
+
+
+def test_buckets_follow_backward_and_partition_the_buffer() -> None:
+    net = get_model("vgg16")
+    cap = 25 << 20
+    plan = dist.plan_buckets(net, cap)
+    _check_partition(net, plan)
+    assert plan.extra_bytes == 0 and plan.grad_bytes == 138_357_544 * 4
+    # fc6 (102.8M weights, 411 MB) is a bucket of its own; every bucket but the last reaches the cap
+    assert any(b.nbytes > 400e6 and len(b.layers) == 1 for b in plan.buckets)
+    assert all(b.nbytes >= cap for b in plan.buckets[:-1])
+    assert plan.buckets[0].layers[0] == max(s.layer for s in net.slots)      # the classifier goes first
+    small = dist.plan_buckets(net, cap, first_bucket_bytes=1 << 20)
+    _check_partition(net, small)
+    assert small.buckets[0].nbytes < plan.buckets[0].nbytes or len(small.buckets[0].layers) == 1
+    one = dist.plan_buckets(net, 1 << 40)
+    assert len(one.buckets) == 1 and one.buckets[0].segments == ((0, net.num_params),)
+    assert "reduced in place" in plan.describe()
+
+
+class _Recorder:
+    """A transport that records which ranges of the gradient buffer each launch reduces."""
+
+    def __init__(self, net) -> None:
+        self.net, self.calls, self.joins = net, [], 0
+
+    def __call__(self, views) -> None:
+        base = self.net.grad_buffer.__array_interface__["data"][0]
+        self.calls.append(tuple(((v.__array_interface__["data"][0] - base) // 4, v.size) for v in views))
+
+    def join(self) -> None:
+        self.joins += 1
+
+
+def test_reducer_launches_each_bucket_when_backward_finishes_it() -> None:
+    from dist_worker import branching
+
+    net = branching()
+    net.bind("cpu", seed=0)
+    plan = dist.plan_buckets(net, 600)   # a few hundred bytes: several buckets in this small net
+    assert len(plan.buckets) >= 3
+    _check_partition(net, plan)
+    rec = _Recorder(net)
+    red = dist.GradReducer(dist.World(), net, 600, transport=rec, join=rec.join)
+    red.start()
+    launched_at: dict[int, int] = {}
+    for i in range(len(net.layers) - 1, -1, -1):      # backward's order
+        before = len(rec.calls)
+        red.layer_done(i)
+        for c in rec.calls[before:]:
+            launched_at[[b.segments for b in plan.buckets].index(c)] = i
+    red.finish()
+    assert len(rec.calls) == len(plan.buckets) and rec.joins == 1
+    assert launched_at == {b.index: b.ready_after for b in plan.buckets}
+    # without the backward hook (or overlap off), finish launches every bucket, in backward order
+    rec2 = _Recorder(net)
+    red2 = dist.GradReducer(dist.World(), net, 600, overlap=False, transport=rec2, join=rec2.join)
+    red2.layer_done(len(net.layers) - 1)
+    assert rec2.calls == []
+    red2.finish()
+    assert rec2.calls == [b.segments for b in plan.buckets]
+
+
+def test_nccl_overhead_estimate() -> None:
+    assert dist.nccl_overhead_bytes(channels=1, peers=1, buffsize=1 << 20) == (2 << 20) + (1 << 16)
+
+
+# ------------------------------------------------------------------------------------ one process
+def test_single_process_world_needs_no_mpi(monkeypatch) -> None:
+    for k in dist.LAUNCH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(dist, "_world", None)
+    w = dist.get_world()
+    assert (w.rank, w.size, w.local_rank, w.is_root, w.distributed) == (0, 1, 0, True, False)
+    g = np.arange(6, dtype=np.float32)
+    assert w.allreduce_mean_(g) is g and g[5] == 5
+    assert w.metrics(6.0, 3, 4) == (1.5, 0.75, 4)
+    assert w.in_sync(g)
+    with pytest.raises(ZeroDivisionError):      # one process: the guard lets the error through
+        with w.guard():
+            1 / 0  # noqa: B018
+
+
+# ------------------------------------------------------------------------------------ launch
+def test_launch_command_per_mpi_flavor(monkeypatch) -> None:
+    monkeypatch.delenv("GPUCONV_CPU_THREADS", raising=False)
+    argv = ["train", "--ranks", "3", "--model", "small", "--ranks=3", "--epochs", "1"]
+    assert dist.strip_ranks(argv) == ["train", "--model", "small", "--epochs", "1"]
+    cmd, env = dist.launch_command(3, argv, mpiexec="/x/mpiexec", flavor="mpich")
+    assert cmd == ["/x/mpiexec", "-n", "3", sys.executable, "-m", "gpuconv.cli", "train", "--model", "small",
+                   "--epochs", "1"]
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in env and int(env["GPUCONV_CPU_THREADS"]) >= 1
+    cmd, env = dist.launch_command(2, ["train"], mpiexec="/x/mpirun", flavor="openmpi")
+    assert cmd[:4] == ["/x/mpirun", "-n", "2", "--oversubscribe"]
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
+    with pytest.raises(dist.DistributedError, match="--ranks must be >= 1"):
+        dist.launch_command(0, [], mpiexec="/x/mpiexec", flavor="mpich")
+
+
+@needs_mpi
+def test_launch_runs_the_cli_on_k_ranks(capfd, monkeypatch) -> None:
+    for k in dist.LAUNCH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    assert dist.launch(2, ["--version", "--ranks", "2"]) == 0
+    out = capfd.readouterr().out
+    assert out.count("gpuconv") == 2, out
+
+
+# ------------------------------------------------------------------------------------ K ranks
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def get(net: str) -> dict[str, np.ndarray]:
+        if net not in cache:
+            cache[net] = _train(tmp, 0, net)
+        return cache[net]
+
+    return get
+
+
+@needs_mpi
+@pytest.mark.parametrize("net", ["chain", "branch"])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_k_ranks_match_one_process(tmp_path, reference, net, ranks) -> None:
+    """6 momentum steps over 2 epochs at global batch 12: K ranks of 12/K rows each give the
+    one-process parameters and per-step losses, and every replica is identical."""
+    ref = reference(net)
+    got = _train(tmp_path, ranks, net)
+    assert int(got["size"]) == ranks and bool(got["in_sync"])
+    np.testing.assert_allclose(got["params"], ref["params"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["accs"], ref["accs"], atol=1e-12)
+    # the tolerance is far below what a different global batch (or a wrong shard) changes
+    if ranks == 2:
+        other = _train(tmp_path, 0, net, "--batch", "6", "--examples", "36")
+        assert np.abs(other["params"] - ref["params"]).max() > 1000 * ATOL
+
+
+@needs_mpi
+def test_k_ranks_match_one_process_with_adam(tmp_path, reference) -> None:
+    ref = _train(tmp_path, 0, "branch", "--optimizer", "adam", "--lr", "0.01")
+    got = _train(tmp_path, 3, "branch", "--optimizer", "adam", "--lr", "0.01")
+    assert bool(got["in_sync"])
+    np.testing.assert_allclose(got["params"], ref["params"], rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------------------------------------ faults
+@needs_mpi
+def test_a_rank_that_raises_aborts_the_others(tmp_path) -> None:
+    t0 = time.monotonic()
+    r = _run(3, ["--epochs", "50", "--fail-rank", "1", "--fail-step", "4"], timeout=90)
+    took = time.monotonic() - t0
+    text = r.stdout + r.stderr
+    assert r.returncode != 0, text
+    assert "rank 1 of 3 failed (RuntimeError: injected failure at step 4); aborting all 3 ranks" in text, text
+    assert took < 60
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_run_and_the_checkpoint_survives(tmp_path) -> None:
+    ckpt = tmp_path / "ck.npz"
+    t0 = time.monotonic()
+    r = _run(2, ["--epochs", "50", "--fail-rank", "1", "--fail-step", "5", "--fail-mode", "kill",
+                 "--checkpoint", str(ckpt)], timeout=90)
+    took = time.monotonic() - t0
+    text = r.stdout + r.stderr
+    assert r.returncode != 0, text
+    assert took < 60
+    # named by rank: from mpiexec's pid (MPICH) through the ranks' pid files, or by Open MPI itself
+    assert "gpuconv: rank 1 of 2 (pid" in text or "process rank 1" in text, text
+    arrays, meta = load_checkpoint(ckpt)          # rank 0's last atomic checkpoint is intact
+    assert 1 <= int(meta["step"]) <= 5 and meta["ranks"] == 2
+    assert arrays["params"].shape[0] > 0 and np.isfinite(arrays["params"]).all()
+
+
+# ------------------------------------------------------------------------------------ NCCL id
+@needs_mpi
+def test_nccl_unique_id_reaches_every_rank(tmp_path) -> None:
+    """The GPU path's handshake without a GPU: rank 0's NCCL id, broadcast over MPI, is every rank's."""
+    from gpuconv import nccl
+
+    if not nccl.available():
+        pytest.skip(nccl.why_unavailable())
+    script = tmp_path / "uid.py"
+    script.write_text(
+        "from gpuconv.distributed import get_world\nfrom gpuconv import nccl\nimport hashlib\n"
+        "w = get_world()\nuid = w.bcast(nccl.unique_id() if w.is_root else None)\n"
+        "assert isinstance(uid, bytes) and len(uid) == 128\n"
+        "print('uid', w.rank, hashlib.sha256(uid).hexdigest(), flush=True)\n")
+    mpiexec = dist.mpiexec_path()
+    r = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=60, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(line.split() for line in r.stdout.splitlines() if line.startswith("uid"))
+    assert [ln[1] for ln in lines] == ["0", "1"] and lines[0][2] == lines[1][2]
