@@ -75,11 +75,11 @@ class Run:
 def _device_name(flag: str | None) -> str:
     from .device import DEVICE_ENV  # noqa: PLC0415
 
-    return flag or os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+    return flag or os.environ.get(DEVICE_ENV, "").strip() or "auto"
 
 
 def load_run(folder: str | os.PathLike[str], device: str | None = None) -> Run:
-    """The run saved in ``folder`` with its net bound on ``device`` (None: $GPUCONV_DEVICE, else cpu)."""
+    """The run saved in ``folder`` with its net bound on ``device`` (None: $GPUCONV_DEVICE, else auto)."""
     from .checkpoint import CheckpointError, load_checkpoint  # noqa: PLC0415
     from .data import DATASETS  # noqa: PLC0415
     from .device import get_device  # noqa: PLC0415
