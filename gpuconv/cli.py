@@ -131,6 +131,9 @@ def train_config(args: argparse.Namespace) -> Any:
     from .train import TrainConfig  # noqa: PLC0415
 
     given = _train_settings(args)
+    if "data" in given and "dataset" in given:
+        raise UsageError(f"--data {given['data']} trains on an image folder and --dataset {given['dataset']} on a "
+                         f"built-in set: give one of them")
     out = args.out
     if isinstance(args.resume, str):
         if out is not None and Path(out) != Path(args.resume):

@@ -96,6 +96,7 @@ BAD = [
     (["train", "--resume", "a", "--out", "b"], 2, ["name different folders"]),
     (["train", "--resume", "{run}", "--overwrite"], 2, ["--overwrite", "give one"]),
     (["train", "--overwrite", *SYN], 2, ["--overwrite needs the folder"]),
+    (["train", "--data", "{run}", "--dataset", "mnist"], 2, ["--data", "--dataset", "give one"]),
     (["train", *SYN, "--out", "{run}"], 2, ["already holds a run", "gpuconv train --resume", "--overwrite"]),
     (["train", "--resume", "{run}", "--optimizer", "sgd", "--seed", "3"], 2,
      ["cannot resume", "2 differ", "--optimizer: the run has 'adam', given 'sgd'", "--seed: the run has 0, given 3"]),
