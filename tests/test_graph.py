@@ -4,6 +4,7 @@ declaration-time errors that name both branches, and chains built either way bei
 import numpy as np
 import pytest
 
+from gpuconv import emu
 from gpuconv.geometry import GeometryError
 from gpuconv.graph import Graph
 from gpuconv.layers import FC, Add, Conv, MaxPool, ReLU
@@ -367,3 +368,47 @@ def test_planned_step_is_bit_identical_to_unplanned(rng, make):
         planned.run(x, y)
     assert np.array_equal(a.param_buffer, b.param_buffer)
     assert float(np.abs(a.grad_buffer).max()) > 0
+
+
+BRANCHY = ("INPUT[8x8x3] -> CONV3-8 -> BN -> RELU -> INCEPTION(4,4-6,2-4,4) -> RES3-12/2 "
+           "-> { CONV1-12 -> BN | }+ -> RELU -> GAP -> FC-5")
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+def test_emulated_graph_steps_planned_unplanned_and_cpu(rng):
+    """The merge layers' kernels (add, concat, gap) through the ops' dispatch: the planned and the
+    unplanned step on the emulator give the same bits, and agree with the NumPy path."""
+    from gpuconv import device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.spec import net_from_spec
+    from gpuconv.step import TrainStep
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 4).astype(np.int32)
+    params = {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        for mode in ("planned", "unplanned"):
+            net = net_from_spec(BRANCHY)
+            if mode == "unplanned":
+                net.bind(dev, seed=3)
+                step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
+                for _ in range(2):
+                    step.run(xp.asarray(x), xp.asarray(y))
+            else:
+                ex = PlannedExecutor(net, make_plan(net, 4, optimizer="momentum"), dev, seed=3)
+                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+                step = TrainStep(net, opt, ex)
+                for _ in range(2):
+                    step.run(x, y)
+            params[mode] = device.to_host(net.param_buffer)
+    np.testing.assert_array_equal(params["planned"], params["unplanned"])
+    cpu = net_from_spec(BRANCHY).bind("cpu", seed=3)
+    step = TrainStep(cpu, Optimizer("momentum", 0.05).bind(cpu))
+    for _ in range(2):
+        step.run(x, y)
+    init = net_from_spec(BRANCHY).bind("cpu", seed=3).param_buffer
+    update = np.linalg.norm(cpu.param_buffer.astype(np.float64) - init)
+    assert np.linalg.norm(params["planned"].astype(np.float64) - cpu.param_buffer) < 1e-4 * update
