@@ -531,9 +531,12 @@ def launch_command(ranks: int, argv: Sequence[str], *, program: Sequence[str] | 
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd += list(program) if program is not None else [sys.executable, "-m", "gpuconv.cli"]
     cmd += strip_ranks(argv)
-    if "GPUCONV_CPU_THREADS" not in os.environ:
-        # K ranks share this machine's cores: one pool of all the cores per rank would oversubscribe them.
-        env["GPUCONV_CPU_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+    # K ranks share this machine's cores: gpuconv's pool and BLAS's threads (OpenBLAS's spin
+    # after each call) each sized for all the cores would oversubscribe them K times over.
+    share = str(max(1, (os.cpu_count() or 1) // ranks))
+    for var in ("GPUCONV_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if var not in os.environ:
+            env[var] = share
     return cmd, env
 
 

@@ -40,14 +40,16 @@ def branching() -> object:
     return g.build(classes=5)
 
 
-def make_net(kind: str) -> object:
+def make_net(kind: str, model: str | None = None) -> object:
+    if model is not None:
+        return get_model(model)
     return branching() if kind == "branch" else get_model(CHAIN)
 
 
-def data(n: int, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
+def data(n: int, shape: tuple[int, ...], classes: int, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 2, 12, 12)).astype(np.float32)
-    y = rng.integers(0, 5, size=n).astype(np.int32)
+    x = rng.standard_normal((n, *shape)).astype(np.float32)
+    y = rng.integers(0, classes, size=n).astype(np.int32)
     return x, y
 
 
@@ -64,16 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fail-rank", type=int, default=-1)
     ap.add_argument("--fail-step", type=int, default=-1)
     ap.add_argument("--fail-mode", default="raise", choices=["raise", "kill"])
-    ap.add_argument("--input", default=None, help="input size HxW for timing runs (default 12)")
+    ap.add_argument("--model", default=None, help="a zoo name or pattern instead of --net (timing runs)")
     args = ap.parse_args(argv)
 
     world = get_world()
     with world.guard():
-        net = make_net(args.net)
+        net = make_net(args.net, args.model)
         net.bind("cpu", seed=0)
         world.broadcast_(net.param_buffer)        # same start everywhere (bind is seeded too)
         opt = Optimizer(args.optimizer, args.lr).bind(net)
-        x, y = data(args.examples)
+        x, y = data(args.examples, net.input_shape, net.output_shape[0])
         it = ShardIterator(x, y, args.batch, world, seed=7)
         opt.steps_per_epoch = len(it)
         losses, accs, step = [], [], 0

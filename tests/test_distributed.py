@@ -43,7 +43,8 @@ needs_mpi = pytest.mark.skipif(_mpi_ready() is not None, reason=str(_mpi_ready()
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCH_ENV}
-    env["GPUCONV_CPU_THREADS"] = "1"   # K ranks share 2 cores; the numbers do not depend on it
+    # K ranks share 2 cores; the numbers do not depend on the thread counts
+    env.update(GPUCONV_CPU_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     return env
 
 
@@ -205,13 +206,16 @@ def test_single_process_world_needs_no_mpi(monkeypatch) -> None:
 
 # ------------------------------------------------------------------------------------ launch
 def test_launch_command_per_mpi_flavor(monkeypatch) -> None:
-    monkeypatch.delenv("GPUCONV_CPU_THREADS", raising=False)
+    for var in ("GPUCONV_CPU_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
     argv = ["train", "--ranks", "3", "--model", "small", "--ranks=3", "--epochs", "1"]
     assert dist.strip_ranks(argv) == ["train", "--model", "small", "--epochs", "1"]
     cmd, env = dist.launch_command(3, argv, mpiexec="/x/mpiexec", flavor="mpich")
     assert cmd == ["/x/mpiexec", "-n", "3", sys.executable, "-m", "gpuconv.cli", "train", "--model", "small",
                    "--epochs", "1"]
-    assert "OMPI_ALLOW_RUN_AS_ROOT" not in env and int(env["GPUCONV_CPU_THREADS"]) >= 1
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in env
+    assert env["GPUCONV_CPU_THREADS"] == env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] \
+        == str(max(1, (os.cpu_count() or 1) // 3))
     cmd, env = dist.launch_command(2, ["train"], mpiexec="/x/mpirun", flavor="openmpi")
     assert cmd[:4] == ["/x/mpirun", "-n", "2", "--oversubscribe"]
     assert env["OMPI_ALLOW_RUN_AS_ROOT"] == env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
@@ -310,10 +314,10 @@ def test_nccl_unique_id_reaches_every_rank(tmp_path) -> None:
         "from gpuconv.distributed import get_world\nfrom gpuconv import nccl\nimport hashlib\n"
         "w = get_world()\nuid = w.bcast(nccl.unique_id() if w.is_root else None)\n"
         "assert isinstance(uid, bytes) and len(uid) == 128\n"
-        "print('uid', w.rank, hashlib.sha256(uid).hexdigest(), flush=True)\n")
+        f"open({str(tmp_path)!r} + f'/uid{{w.rank}}', 'w').write(hashlib.sha256(uid).hexdigest())\n")
     mpiexec = dist.mpiexec_path()
     r = subprocess.run([mpiexec, "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
                        timeout=60, env=_env())
     assert r.returncode == 0, r.stdout + r.stderr
-    lines = sorted(line.split() for line in r.stdout.splitlines() if line.startswith("uid"))
-    assert [ln[1] for ln in lines] == ["0", "1"] and lines[0][2] == lines[1][2]
+    digests = [(tmp_path / f"uid{rank}").read_text() for rank in (0, 1)]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
