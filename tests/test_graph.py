@@ -412,3 +412,24 @@ def test_emulated_graph_steps_planned_unplanned_and_cpu(rng):
     init = net_from_spec(BRANCHY).bind("cpu", seed=3).param_buffer
     update = np.linalg.norm(cpu.param_buffer.astype(np.float64) - init)
     assert np.linalg.norm(params["planned"].astype(np.float64) - cpu.param_buffer) < 1e-4 * update
+
+
+def test_planned_concat_backward_writes_into_planned_memory(monkeypatch):
+    from gpuconv.layers import merge
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    outs = []
+    real = merge.concat_ops.concat_backward
+
+    def spy(dy, channels, *, out=None, copy=True):
+        outs.append(out)
+        return real(dy, channels, out=out, copy=copy)
+
+    monkeypatch.setattr(merge.concat_ops, "concat_backward", spy)
+    net = _inception_residual_net()
+    ex = PlannedExecutor(net, make_plan(net, 4, optimizer="sgd"), "cpu")
+    opt = Optimizer("sgd", 0.1).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
+    assert len(outs) == 1 and outs[0] is not None and len(outs[0]) == 4
+    assert all(np.shares_memory(o, ex.arena) for o in outs[0])

@@ -37,7 +37,11 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
                   input_t: PlannedTensor, is_inplace: Callable[[Any, bool], bool],
                   layer_tensors: list[dict[str, Any]]) -> list[PlannedTensor]:
     """The activation and gradient tensors of ``net`` (a :class:`~gpuconv.net.Net`, chain or graph),
-    with their intervals; fills ``layer_tensors[i]['out'|'dx'|'dxs'|'dy_copy'|'grad_sums']``."""
+    with their intervals; fills ``layer_tensors[i]['out'|'dx'|'dy_copy'|'grad_sums']``.
+
+    A merge node's per-input gradients (CONCAT's) go to ``layer_tensors[i]['workspace']['dx<j>']``:
+    the executor hands a layer its workspace views by those keys, so CONCAT's backward writes into
+    planned memory (the plan's table counts them in the layer's scratch column)."""
     from ..net import _grad_aliases_dy, _overwrites_dy, is_merge  # noqa: PLC0415  (the layers import the ops)
 
     layers = list(net.layers)
@@ -125,8 +129,8 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
             else:
                 name = f"{layer.name}.dx" + (str(j) if merge else "")
                 t, tk = new_grad(name, p, shape_of(p), bwd(i)), _Token()
-                if merge:
-                    layer_tensors[i].setdefault("dxs", []).append(name)
+                if merge:  # one gradient per input (CONCAT's slices of dy): handed over as buffers of its own
+                    layer_tensors[i]["workspace"][f"dx{j}"] = name
                 else:
                     layer_tensors[i]["dx"] = name
             tk.holders += 1
