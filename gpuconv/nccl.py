@@ -64,7 +64,10 @@ def unique_id() -> bytes:
 def use_device(local_rank: int) -> int:
     """Make GPU ``local_rank`` current for this process (before anything is allocated); its index."""
     cp = _cupy()
-    count = cp.cuda.runtime.getDeviceCount()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001  (no driver, or a driver too old for this CUDA)
+        raise RuntimeError(f"local rank {local_rank} finds no usable GPU ({e})") from e
     if not 0 <= local_rank < count:
         raise RuntimeError(f"local rank {local_rank} has no GPU of its own: this machine has {count} "
                            f"GPU{'s' if count != 1 else ''}; start at most {count} ranks per machine")

@@ -321,3 +321,91 @@ def test_nccl_unique_id_reaches_every_rank(tmp_path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     digests = [(tmp_path / f"uid{rank}").read_text() for rank in (0, 1)]
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+# ------------------------------------------------------------------------------------ the GPU path
+class _FakeNccl:
+    """Stands in for gpuconv.nccl.Communicator: records what would be reduced, and how."""
+
+    def __init__(self) -> None:
+        self.reduces: list[tuple[list, bool]] = []
+        self.joins = 0
+
+    def allreduce_mean_(self, views, *, overlap=True) -> None:
+        self.reduces.append((list(views), overlap))
+
+    def join(self) -> None:
+        self.joins += 1
+
+
+def test_device_buffers_go_through_nccl() -> None:
+    """Device arrays (the emulator's count as such) are reduced by the NCCL communicator, host
+    arrays by MPI; a device buffer on several ranks without a communicator is refused."""
+    from types import SimpleNamespace
+
+    from gpuconv import emu
+
+    with emu.emulated() as xp:
+        buf = xp.asarray(np.arange(8, dtype=np.float32))
+        w = dist.World()
+        assert w.allreduce_mean_(buf) is buf           # one rank, no communicator: nothing to do
+        w.size = 2
+        with pytest.raises(dist.DistributedError, match="init_nccl"):
+            w.allreduce_mean_(buf)
+        w.nccl = _FakeNccl()
+        w.allreduce_mean_(buf)
+        assert w.nccl.reduces == [([buf], False)]      # ordered on the compute stream
+        # the reducer on a GPU net: buckets through NCCL on its stream, one join before the update
+        from dist_worker import branching
+
+        real = branching()
+        net = SimpleNamespace(layers=real.layers, slots=real.slots, dtype=real.dtype, num_params=real.num_params,
+                              grad_buffer=xp.zeros(real.num_params, dtype=np.float32),
+                              device=SimpleNamespace(is_gpu=True))
+        w.nccl = _FakeNccl()
+        red = dist.GradReducer(w, net, 600)
+        for i in range(len(net.layers) - 1, -1, -1):
+            red.layer_done(i)
+        red.finish()
+        assert len(w.nccl.reduces) == len(red.plan.buckets) and all(ov for _, ov in w.nccl.reduces)
+        assert w.nccl.joins == 1
+
+
+@pytest.mark.gpu  # the real device only: NCCL on one GPU
+def test_gpu_one_rank_nccl_step_matches_the_plain_step() -> None:
+    """One rank's NCCL all-reduce (buckets on NCCL's stream, overlapped, then joined) is an identity:
+    4 steps give the plain step's parameters bit for bit."""
+    from dist_worker import CHAIN, data
+
+    from gpuconv import device, nccl
+    from gpuconv.optim import Optimizer
+
+    if not nccl.available():
+        pytest.skip(nccl.why_unavailable())
+    x, y = data(48, (2, 12, 12), 5)
+    out = []
+    for reduce in (False, True):
+        net = get_model(CHAIN)
+        net.bind("cuda", seed=0)
+        opt = Optimizer("momentum", 0.05).bind(net)
+        world = dist.World()
+        red = None
+        if reduce:
+            world.init_nccl()
+            red = dist.GradReducer(world, net, 600)
+            assert len(red.plan.buckets) >= 3
+        for s in range(4):
+            xb, yb = device.get_device("cuda").asarray(x[s * 12:(s + 1) * 12]), \
+                device.get_device("cuda").asarray(y[s * 12:(s + 1) * 12])
+            scores = net.forward(xb, train=True)
+            _, dscores = net.loss_and_grad(scores, yb)
+            net.backward(dscores)
+            if red is not None:
+                red.start()
+                for i in range(len(net.layers) - 1, -1, -1):
+                    red.layer_done(i)
+                red.finish()
+                world.allreduce_mean_(net.grad_buffer)      # and the one-call path
+            opt.step()
+        out.append(device.to_host(net.param_buffer))
+    np.testing.assert_array_equal(out[0], out[1])
