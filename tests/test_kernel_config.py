@@ -141,3 +141,42 @@ def test_ops_follow_the_scoped_configuration(rng):
         assert (p.precision, p.algo) == ("tf32", "winograd")
         assert conv.select(p).variant == "winograd"
     assert conv.select(conv.problem("fwd", x.shape, w.shape, 1, 1)).variant == "gemm"
+
+
+def test_debug_alloc_has_one_rule():
+    from gpuconv import device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.spec import net_from_spec
+
+    for value, want in (("1", True), ("on", True), ("TRUE", True), ("0", False), ("off", False), ("", False)):
+        with using(KernelConfig.resolve(env={"GPUCONV_DEBUG_ALLOC": value})):
+            assert device.debug_alloc() is want, value
+    net = net_from_spec("INPUT[4x4x1] -> FC-3")
+    plan = make_plan(net, 2)
+    with using(debug_alloc=True):
+        assert PlannedExecutor(net, plan, device.CPU).debug
+    assert not PlannedExecutor(net, plan, device.CPU, debug=False).debug
+
+
+def test_variants_register_with_their_ops_selector():
+    """The default path is the non-opt-in variants; every opt-in one is registered and applies
+    only when the configuration asks for it."""
+    from gpuconv.ops import conv, fc
+
+    assert [v.name for v in conv.CONV.ordered() if not v.opt_in] == ["direct-f64", "direct-bwdd", "gemm"]
+    assert {v.name for v in conv.CONV.ordered() if v.opt_in} == {"winograd", "auto", "gemm-autotune",
+                                                                   "gemm-wgmma", "gemm-async"}
+    assert [v.name for v in fc.GEMM.ordered() if not v.opt_in] == ["gemm-f64", "gemm"]
+    default = KernelConfig()
+    for pass_ in ("fwd", "bwdd", "bwdf"):
+        for x_shape, w_shape, stride in [((4, 64, 16, 16), (64, 64, 3, 3), 1), ((4, 3, 31, 31), (16, 3, 5, 5), 2)]:
+            for precision in ("fp32", "tf32"):
+                p = conv.problem(pass_, x_shape, w_shape, stride, 1, 1, np.float32, precision, cfg=default)
+                assert not conv.CONV[conv.select(p, default).variant].opt_in
+    want = {"conv_algo": ("winograd", "winograd"), "gemm_schedule": ("async", "gemm-async"),
+            "autotune": (True, "gemm-autotune")}
+    p = conv.problem("fwd", (4, 64, 16, 16), (64, 64, 3, 3), 1, 1, 1, np.float32, "tf32", cfg=default)
+    for field, (value, variant) in want.items():
+        cfg = default.replace(**{field: value})
+        assert conv.select(conv.problem("fwd", p.x_shape, p.w_shape, 1, 1, 1, precision="tf32", cfg=cfg),
+                           cfg).variant == variant

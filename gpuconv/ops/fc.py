@@ -166,7 +166,7 @@ def _plain_plan(p: GemmProblem, cfg: KernelConfig, why: str) -> Choice:
 
 
 GEMM.register("gemm", priority=100, applies=lambda p, cfg: "default: tiled GEMM" if p.dtype == "float32" else None,
-              plan=_plain_plan, launch=lambda p, c, a: None)
+              plan=_plain_plan, launch=lambda p, c, g: _launch_tiled(p, c, g))
 
 
 def fc_choices(n: int, d: int, m: int, precision: str | None = None, train: bool = True, with_bias: bool = True,
@@ -182,12 +182,8 @@ def fc_choices(n: int, d: int, m: int, precision: str | None = None, train: bool
         passes += [("bwdw", m, d, n, "tn"), ("bwdd", n, d, m, "nn")]
     out = []
     for pass_, mm, nn, kk, tag in passes:
-        if f64:
-            c = Choice("fc", pass_, "gemm-f64", (f"gemm_f64_{tag}",), precision, 0, "float64: simple kernel")
-            ws = 0
-        else:
-            c = GEMM.select(GemmProblem(mm, nn, kk, tag, "float32", precision), cfg)[1]
-            ws = splitk_workspace_elems(mm, nn, kk)
+        c = GEMM.select(GemmProblem(mm, nn, kk, tag, "float64" if f64 else "float32", precision), cfg)[1]
+        ws = 0 if f64 else splitk_workspace_elems(mm, nn, kk)
         extra = ("splitk_reduce_f32",) if ws else ()
         if pass_ == "bwdw" and with_bias:
             extra += (f"colsum_{'f64' if f64 else 'f32'}",)
@@ -201,40 +197,55 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
              workspace: Any = None) -> Any:
     """Launch the GEMM kernels (arguments already validated); returns out.
 
+    The kernel is the ``GEMM`` selector's choice for the problem and the kernel configuration.
     ``workspace`` (float32, 1-D, from the memory plan) holds split-K partial products; it
     bounds the number of splits.  Without it a split-K GEMM allocates its scratch."""
     m, n, k = _gemm_dims("gemm", a, b, trans_a, trans_b)
     if m == 0 or n == 0:
         return out
-    xp = device.array_module(a)
     tag = ("t" if trans_a else "n") + ("t" if trans_b else "n")
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else out  # never read when has_bias == 0 (a pointer is still needed)
-    if a.dtype == np.float64:
-        if cuda.cdiv(n, 16) > 65535:
-            raise OpArgumentError(f"gemm: N={n} too large for the float64 kernel's grid")
-        cuda.launch("fc", f"gemm_f64_{tag}", (cuda.cdiv(m, 16), cuda.cdiv(n, 16), 1), (16, 16, 1),
-                    (a, b, out, bias_arg, m, n, k, np.float64(alpha), np.float64(beta), has_bias, relu))
-        return out
+    p = GemmProblem(m, n, k, tag, np.dtype(a.dtype).name, precision, a.device.id)
+    return GEMM.run(p, current(), {"a": a, "b": b, "out": out, "alpha": alpha, "beta": beta, "bias": bias,
+                                   "relu": relu, "workspace": workspace})
+
+
+def _launch_f64(p: GemmProblem, c: Choice, g: dict[str, Any]) -> Any:
+    """The simple float64 kernel (it backs the GPU gradient checks)."""
+    m, n, k, out, bias = p.m, p.n, p.k, g["out"], g["bias"]
+    if cuda.cdiv(n, 16) > 65535:
+        raise OpArgumentError(f"gemm: N={n} too large for the float64 kernel's grid")
+    cuda.launch("fc", c.kernels[0], (cuda.cdiv(m, 16), cuda.cdiv(n, 16), 1), (16, 16, 1),
+                (g["a"], g["b"], out, bias if bias is not None else out, m, n, k, np.float64(g["alpha"]),
+                 np.float64(g["beta"]), bias is not None, g["relu"]))
+    return out
+
+
+def _launch_tiled(p: GemmProblem, c: Choice, g: dict[str, Any]) -> Any:
+    """A 128x128-tile float32 GEMM kernel (``c``: its entry point, K slice, module variant and
+    shared memory), with split-K through the workspace where the output tiles cannot fill the GPU."""
+    m, n, k = p.m, p.n, p.k
+    a, b, out, bias, workspace = g["a"], g["b"], g["out"], g["bias"], g["workspace"]
     if cuda.cdiv(n, _TILE) > 65535:
         raise OpArgumentError(f"gemm: N={n} too large for the kernel grid (max {65535 * _TILE})")
-    choice = GEMM.select(GemmProblem(m, n, k, tag, "float32", precision, a.device.id), current())[1]
-    kernel, kslice = choice.kernels[0], choice.params["kslice"]
-    defines, smem = choice.params.get("defines", ()), choice.params.get("smem", 0)
-    lda, ldb = (m if trans_a else k), (k if trans_b else n)
+    kernel, kslice = c.kernels[0], c.params["kslice"]
+    defines, smem = c.params.get("defines", ()), c.params.get("smem", 0)
+    has_bias, relu = bias is not None, g["relu"]
+    bias_arg = bias if has_bias else out  # never read when has_bias == 0 (a pointer is still needed)
+    lda, ldb = (m if p.tag[0] == "t" else k), (k if p.tag[1] == "t" else n)
     flags = (1 if lda % 4 == 0 and _aligned(a, 16) else 0) | (2 if ldb % 4 == 0 and _aligned(b, 16) else 0)
     max_splits = MAX_SPLITS if workspace is None else workspace.size // max(m * n, 1)
     splits, kps = _split_k(m, n, k, kslice, cuda.sm_count(a.device.id), max_splits)
     grid = (cuda.cdiv(m, _TILE), cuda.cdiv(n, _TILE), splits)
+    alpha, beta = np.float32(g["alpha"]), np.float32(g["beta"])
     if splits == 1:
         flags |= (4 if n % 4 == 0 and _aligned(out, 16) else 0) | (8 if n % 2 == 0 and _aligned(out, 8) else 0)
         cuda.launch("fc", kernel, grid, (256, 1, 1),
-                    (a, b, out, bias_arg, m, n, k, kps, np.float32(alpha), np.float32(beta), has_bias, relu, flags),
+                    (a, b, out, bias_arg, m, n, k, kps, alpha, beta, has_bias, relu, flags),
                     shared_mem=smem, defines=defines)
         return out
     # Split-K: partial products into a workspace, then one pass sums them and runs the epilogue.
     if workspace is None:
-        ws = xp.empty((splits, m, n), dtype=np.float32)
+        ws = device.array_module(a).empty((splits, m, n), dtype=np.float32)
     else:
         ws = workspace[:splits * m * n].reshape(splits, m, n)
     ws_ok = _aligned(ws, 16)  # pool allocations and planned tensors are 256-B aligned
@@ -244,8 +255,13 @@ def gemm_gpu(a: Any, b: Any, out: Any, *, trans_a: bool = False, trans_b: bool =
                 defines=defines)
     mn = m * n
     cuda.launch("fc", "splitk_reduce_f32", (min(cuda.cdiv(mn, 256), 65536), 1, 1), (256, 1, 1),
-                (ws, out, bias_arg, np.int64(mn), n, splits, np.float32(alpha), np.float32(beta), has_bias, relu))
+                (ws, out, bias_arg, np.int64(mn), n, splits, alpha, beta, has_bias, relu))
     return out
+
+
+GEMM.register("gemm-f64", priority=0, applies=lambda p, cfg: "float64: simple kernel" if p.dtype == "float64" else None,
+              plan=lambda p, cfg, why: Choice("fc", "", "gemm-f64", (f"gemm_f64_{p.tag}",), p.precision, 0, why),
+              launch=_launch_f64)
 
 
 def gemm_batched_gpu(a: Any, b: Any, out: Any, *, trans_b: bool = False, splits: int = 1, beta: float = 0.0,
@@ -429,11 +445,11 @@ def _async_applies(p: GemmProblem, cfg: KernelConfig) -> str | None:
     return None
 
 
-GEMM.register("gemm-wgmma", priority=70, applies=_wgmma_applies, opt_in=True, launch=lambda p, c, a: None,
+GEMM.register("gemm-wgmma", priority=70, applies=_wgmma_applies, opt_in=True, launch=_launch_tiled,
               plan=lambda p, cfg, why: Choice("fc", "", "gemm-wgmma", (f"gemm_tf32_wgmma_{p.tag}",), p.precision, 0,
                                               why, {"kslice": _SLICE["tf32_wgmma"], "smem": WGMMA_SMEM,
                                                     "defines": autotune.WGMMA_DEFINES}))
-GEMM.register("gemm-async", priority=80, applies=_async_applies, opt_in=True, launch=lambda p, c, a: None,
+GEMM.register("gemm-async", priority=80, applies=_async_applies, opt_in=True, launch=_launch_tiled,
               plan=lambda p, cfg, why: Choice("fc", "", "gemm-async", (f"gemm_tf32_async_{p.tag}",), p.precision, 0,
                                               why, {"kslice": _SLICE["tf32_async"],
                                                     "defines": autotune.SCHEDULE_DEFINES["async"]}))
