@@ -81,3 +81,18 @@ def test_exact_geometry_is_the_ordinary_layer(rng):
         ConvRounded(4, 5, 2, 0, name="c").build((2, 3, 3))
     with pytest.raises(ValueError, match="rounding"):
         MaxPoolRounded(3, 2, rounding="nearest")
+
+
+def test_padded_volume_is_planned_workspace():
+    from gpuconv.memory import make_plan
+    from gpuconv.zoo import get_model
+    net = get_model("resnet18")
+    plan = make_plan(net, 2, optimizer="sgd")
+    stem = plan.tensor("conv1.pad")   # 7x7/2 p3 over 224: padded 3 before, 2 after
+    assert stem.kind == "workspace" and stem.shape == (2, 3, 229, 229)
+    assert plan.tensor("maxpool.pad").shape == (2, 64, 113, 113)
+    assert plan.tensor("layer2.0.proj.pad").shape == (2, 64, 55, 55)  # 1x1/2 over 56: the last row cropped
+    L = len(net.layers)
+    i = [layer.name for layer in net.layers].index("conv1")
+    assert stem.intervals == ((i, i), (2 * L - 1 - i, 2 * L - 1 - i))
+    assert not any(t.name.endswith(".pad") and "layer1" in t.name for t in plan.tensors)  # exact layers

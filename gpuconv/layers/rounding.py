@@ -12,7 +12,8 @@ for ceil), then sliding with no padding, which is what these layers do: where th
 is not exact they copy the input once into that asymmetrically padded volume (zeros for
 CONV, -inf for max POOL), run the ordinary op on it with P=0, and crop the gradient back.
 Where it is exact they are the ordinary layers.  Output sizes and values are PyTorch's
-(floor, and ceil_mode=True).  The padded copy is a temporary of the layer, not in the plan.
+(floor, and ceil_mode=True).  The padded volume is the layer's workspace in the memory plan
+(it also takes the padded input's gradient in backward).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from .. import device as devmod
 from ..geometry import GeometryError, effective_filter
-from .base import NO_BUFFERS, Buffers, Shape
+from .base import NO_BUFFERS, Buffers, Shape, TensorSpec
 from .conv import Conv
 from .pool import MaxPool
 
@@ -76,13 +77,21 @@ class _Rounding:
         """Rows and columns of the input that the padded volume holds (a negative pad crops)."""
         return h + min(self._pads[0], 0), w + min(self._pads[1], 0)
 
-    def _pad(self, x: Any) -> Any:
+    def _pad_specs(self, batch: int) -> list[TensorSpec]:
+        """The padded volume, in the memory plan: written in forward, and again in backward (the
+        plan lets others use it in between), where it then takes the padded input's gradient."""
+        if self.exact:
+            return []
+        return [TensorSpec(f"{self.name}.pad", (batch, *self._padded_shape()), self.dtype, "workspace")]  # type: ignore[attr-defined]
+
+    def _pad(self, x: Any, out: Any = None) -> Any:
+        """x in the padded volume (``out``: the planned one; None allocates)."""
         n, c, h, w = x.shape
         p = self.P  # type: ignore[attr-defined]
         hh, ww = self._region(h, w)
-        xp = devmod.array_module(x)
-        out = xp.full((n, c, p + hh + max(self._pads[0], 0), p + ww + max(self._pads[1], 0)), self.pad_value,
-                      dtype=x.dtype)
+        if out is None:
+            out = devmod.array_module(x).empty((n, *self._padded_shape()), dtype=x.dtype)
+        out[...] = self.pad_value
         out[:, :, p:p + hh, p:p + ww] = x[:, :, :hh, :ww]
         return out
 
@@ -140,21 +149,25 @@ class ConvRounded(_Rounding, Conv):
         return self._on_padded(super().kernel_choices, batch, train, dtype)
 
     def workspace_specs(self, batch: int, train: bool = True) -> list[Any]:
-        return self._on_padded(super().workspace_specs, batch, train)
+        return self._on_padded(super().workspace_specs, batch, train) + self._pad_specs(batch)
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:
             return super().forward(x, train, buf)
         if train:
-            self._cache["x_shape"] = tuple(x.shape)
-        return self._unpadded(super().forward, self._pad(x), train, buf)
+            self._cache["x_in"] = x  # the planner keeps a CONV's input until its backward
+        return self._unpadded(super().forward, self._pad(x, buf.workspace.get("pad")), train, buf)
 
     def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:
             return super().backward(dy, buf)
-        x_shape = self._cache["x_shape"]
-        dxp = self._unpadded(super().backward, dy, Buffers(workspace=buf.workspace))
-        return None if dxp is None else self._crop_grad(dxp, x_shape, buf.dx)
+        x = self._cache["x_in"]
+        ws = buf.workspace.get("pad")
+        if ws is not None:  # planned: the padded volume was someone else's memory meanwhile: pad again
+            self._cache["x"] = self._pad(x, ws)
+        # dW reads the padded input first, then the padded dx overwrites it (the same planned memory)
+        dxp = self._unpadded(super().backward, dy, Buffers(dx=ws, workspace=buf.workspace))
+        return None if dxp is None else self._crop_grad(dxp, tuple(x.shape), buf.dx)
 
 
 class MaxPoolRounded(_Rounding, MaxPool):
@@ -170,16 +183,20 @@ class MaxPoolRounded(_Rounding, MaxPool):
     def infer_shape(self, in_shape: Shape) -> Shape:
         return self._rounded_shape(in_shape)
 
+    def workspace_specs(self, batch: int, train: bool = True) -> list[Any]:
+        return super().workspace_specs(batch, train) + self._pad_specs(batch)
+
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:
             return super().forward(x, train, buf)
         if train:
             self._cache["x_shape_in"] = tuple(x.shape)
-        return self._unpadded(super().forward, self._pad(x), train, buf)
+        return self._unpadded(super().forward, self._pad(x, buf.workspace.get("pad")), train, buf)
 
     def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> Any:
         if self.exact:
             return super().backward(dy, buf)
         x_shape = self._cache["x_shape_in"]
-        dxp = self._unpadded(super().backward, dy, Buffers(saved=buf.saved))
+        # the switches say where each max was: the padded input itself is not needed again
+        dxp = self._unpadded(super().backward, dy, Buffers(dx=buf.workspace.get("pad"), saved=buf.saved))
         return self._crop_grad(dxp, x_shape, buf.dx)
