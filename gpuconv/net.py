@@ -33,6 +33,7 @@ from .layers import FC, BatchNorm, Buffers, Conv, Dropout, Layer, ReLU
 from .ops import cpu_threads
 from .ops import loss as loss_ops
 from .ops.add import accumulate_, add_forward
+from .ops.concat import concat_forward
 from .ops.winograd import ALGOS as CONV_ALGOS
 
 LOSSES = ("softmax", "svm")
@@ -329,20 +330,22 @@ class Net:
             with self._engine(dev):
                 for i in range(len(self.layers) - 1, -1, -1):
                     layer = self.layers[i]
+                    buf = buffers[i] if buffers is not None else Buffers()
                     dy, tok = grads.pop(i)
                     if tok.holders > 1 and _overwrites_dy(layer):
                         tok.holders -= 1
-                        dy, tok = dy.copy(), _GradToken()
+                        # a copy with the ops' kernel (a one-input concat), into planned memory if any
+                        dy, tok = concat_forward([dy], out=buf.workspace.get("dy_copy")), _GradToken()
                         tok.holders = 1
-                    out = layer.backward(dy, buffers[i] if buffers is not None else Buffers())
+                    out = layer.backward(dy, buf)
                     dxs = out if is_merge(layer) else [out]
                     aliases = _grad_aliases_dy(layer)
-                    for p, dx in zip(self.sources[i], dxs):
+                    for j, (p, dx) in enumerate(zip(self.sources[i], dxs)):
                         if dx is None:
                             continue
                         t = tok if aliases else _GradToken()
                         t.holders += 1
-                        _deposit(grads, p, dx, t)
+                        _deposit(grads, p, dx, t, buf.workspace.get(f"gradsum{j}"))
                     tok.holders -= 1
         finally:
             for layer in self.layers:
@@ -406,8 +409,9 @@ def _grad_aliases_dy(layer: Layer) -> bool:
     return bool(getattr(layer, "grad_aliases_dy", layer.inplace))
 
 
-def _deposit(grads: dict[int, tuple[Any, _GradToken]], p: int, dx: Any, t: _GradToken) -> None:
-    """Add ``dx`` to node p's pending gradient: in place where one side's memory is not shared."""
+def _deposit(grads: dict[int, tuple[Any, _GradToken]], p: int, dx: Any, t: _GradToken, out: Any = None) -> None:
+    """Add ``dx`` to node p's pending gradient: in place where one side's memory is not shared
+    (``out``: planned memory for a sum of two shared gradients)."""
     if p not in grads:
         grads[p] = (dx, t)
         return
@@ -420,7 +424,7 @@ def _deposit(grads: dict[int, tuple[Any, _GradToken]], p: int, dx: Any, t: _Grad
         ta.holders -= 1
         grads[p] = (dx, t)
     else:  # both shared (e.g. ADD(x, x)): the sum needs memory of its own
-        s = add_forward(a, dx)
+        s = add_forward(a, dx, out=out)
         ta.holders -= 1
         t.holders -= 1
         fresh = _GradToken()

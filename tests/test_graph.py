@@ -433,3 +433,40 @@ def test_planned_concat_backward_writes_into_planned_memory(monkeypatch):
     TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
     assert len(outs) == 1 and outs[0] is not None and len(outs[0]) == 4
     assert all(np.shares_memory(o, ex.arena) for o in outs[0])
+
+
+def _shared_gradient_net():
+    g = Graph((2, 6, 6), name="shared")
+    x = g.input()
+    b = g.conv(x, 1, 3)
+    a = g.relu(g.conv(x, 3, 3))       # fused: its backward masks a dy that the ADD shares with b
+    s = g.add(a, b)
+    c = g.conv(s, 3, 3)
+    g.add(c, c)                       # both inputs one tensor: the sum needs memory of its own
+    return g.build(classes=3)
+
+
+def test_planned_copies_and_sums_of_shared_gradients(rng, monkeypatch):
+    from gpuconv import net as netmod
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    a, b = _shared_gradient_net(), _shared_gradient_net()
+    plan = make_plan(b, 4, optimizer="sgd")
+    ws = {k for lt in plan.layer_tensors for k in lt["workspace"]}
+    assert "dy_copy" in ws and "gradsum1" in ws
+    outs = []
+    real_add, real_concat = netmod.add_forward, netmod.concat_forward
+    monkeypatch.setattr(netmod, "add_forward", lambda x, y, out=None: outs.append(out) or real_add(x, y, out=out))
+    monkeypatch.setattr(netmod, "concat_forward", lambda xs, out=None: outs.append(out) or real_concat(xs, out=out))
+    x = rng.standard_normal((4, 2, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    a.bind("cpu", seed=2)
+    unplanned = TrainStep(a, Optimizer("sgd", 0.1).bind(a))
+    unplanned.run(x, y)
+    assert outs == [None, None]  # unplanned: both allocate
+    ex = PlannedExecutor(b, plan, "cpu", seed=2)
+    opt = Optimizer("sgd", 0.1).bind(b, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    TrainStep(b, opt, ex).run(x, y)
+    assert len(outs) == 4 and all(np.shares_memory(o, ex.arena) for o in outs[2:])
+    assert np.array_equal(a.param_buffer, b.param_buffer)

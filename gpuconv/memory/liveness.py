@@ -37,11 +37,12 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
                   input_t: PlannedTensor, is_inplace: Callable[[Any, bool], bool],
                   layer_tensors: list[dict[str, Any]]) -> list[PlannedTensor]:
     """The activation and gradient tensors of ``net`` (a :class:`~gpuconv.net.Net`, chain or graph),
-    with their intervals; fills ``layer_tensors[i]['out'|'dx'|'dy_copy'|'grad_sums']``.
+    with their intervals; fills ``layer_tensors[i]['out'|'dx']``.
 
-    A merge node's per-input gradients (CONCAT's) go to ``layer_tensors[i]['workspace']['dx<j>']``:
-    the executor hands a layer its workspace views by those keys, so CONCAT's backward writes into
-    planned memory (the plan's table counts them in the layer's scratch column)."""
+    The other gradients a node's backward needs memory for go to ``layer_tensors[i]['workspace']``,
+    the views the executor hands the layer by key (the plan's table counts them in its scratch
+    column): a merge node's per-input gradients (CONCAT's) as 'dx<j>', the copy of a shared dy that
+    the layer would overwrite as 'dy_copy', the sum of two shared gradients as 'gradsum<j>'."""
     from ..net import _grad_aliases_dy, _overwrites_dy, is_merge  # noqa: PLC0415  (the layers import the ops)
 
     layers = list(net.layers)
@@ -115,7 +116,7 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
         if tok.holders > 1 and _overwrites_dy(layer):
             tok.holders -= 1
             g, tok = new_grad(f"{layer.name}.dy", i, shape_of(i), bwd(i)), _Token(1)
-            layer_tensors[i]["dy_copy"] = g.name
+            layer_tensors[i]["workspace"]["dy_copy"] = g.name
         aliases = _grad_aliases_dy(layer)
         src = net.sources[i]
         merge = is_merge(layer)
@@ -148,7 +149,7 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
                 ta.holders -= 1
                 tk.holders -= 1
                 s = new_grad(f"{layer.name}.gradsum{j}", p, shape_of(p), bwd(i))
-                layer_tensors[i].setdefault("grad_sums", []).append(s.name)
+                layer_tensors[i]["workspace"][f"gradsum{j}"] = s.name
                 pending[p] = (s, _Token(1))
         tok.holders -= 1
     for g in grads:
