@@ -470,3 +470,35 @@ def test_planned_copies_and_sums_of_shared_gradients(rng, monkeypatch):
     TrainStep(b, opt, ex).run(x, y)
     assert len(outs) == 4 and all(np.shares_memory(o, ex.arena) for o in outs[2:])
     assert np.array_equal(a.param_buffer, b.param_buffer)
+
+
+CAPTURABLE = ("INPUT[8x8x3] -> CONV3-8 -> BN -> RELU -> INCEPTION(4,4-6,2-4,4) -> RES3-18 "
+              "-> { CONV1-18 -> BN | }+ -> RELU -> { CONV3-18 -> RELU | }+ -> GAP -> FC-5")
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+def test_emulated_capture_of_a_branching_step_replays_as_eager(rng):
+    """Concat, add (with a shared dy copied for a fused ReLU), GAP and accumulation all run in
+    planned memory as kernel launches, so the step captures; replays give the eager bits."""
+    from gpuconv import device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.spec import net_from_spec
+    from gpuconv.step import TrainStep
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 4).astype(np.int32)
+    out = {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        for graph in (False, True):
+            net = net_from_spec(CAPTURABLE)
+            ex = PlannedExecutor(net, make_plan(net, 4, optimizer="adam"), dev, seed=3)
+            opt = Optimizer("adam", 0.01).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+            step = TrainStep(net, opt, ex, cuda_graph=graph)
+            for _ in range(3):
+                step.run(x, y)
+            out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
+    assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
+    np.testing.assert_array_equal(out[True][0], out[False][0])
