@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -102,6 +103,10 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.comm is not None and self.size > 1
+
+    def root_stream(self, stream: Any) -> Any:
+        """``stream`` on rank 0, a sink elsewhere: one progress line per run, not one per rank."""
+        return stream if self.is_root else io.StringIO()
 
     def describe(self) -> str:
         """For the run's header line: how many ranks, and each one's process id."""

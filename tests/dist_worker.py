@@ -21,10 +21,12 @@ import time
 import numpy as np
 
 from gpuconv.checkpoint import save_checkpoint
-from gpuconv.distributed import ShardIterator, get_world
+from gpuconv.distributed import ShardIterator, get_world, local_batch
 from gpuconv.graph import Graph
+from gpuconv.memory import PlannedExecutor, make_plan
 from gpuconv.ops import loss as loss_ops
 from gpuconv.optim import Optimizer
+from gpuconv.step import TrainStep
 from gpuconv.zoo import get_model
 
 CHAIN = "INPUT[12x12x2] -> CONV3-6 -> RELU -> POOL2 -> CONV3-8 -> RELU -> FC-16 -> RELU -> FC-5"
@@ -53,6 +55,16 @@ def data(n: int, shape: tuple[int, ...], classes: int, seed: int = 123) -> tuple
     return x, y
 
 
+def planned_batches(it: ShardIterator, executor: PlannedExecutor):  # noqa: ANN201
+    x_in, y_in = executor.input_view(), executor.labels_view()
+    perm, bs = it.permutation(), it.batch_size
+    for b in range(it.start_batch, len(it)):
+        idx = perm[b * bs:(b + 1) * bs]
+        np.take(it.x, idx, axis=0, out=x_in)
+        np.take(it.y, idx, axis=0, out=y_in)
+        yield x_in, y_in
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--net", default="chain", choices=["chain", "branch"])
@@ -66,21 +78,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fail-rank", type=int, default=-1)
     ap.add_argument("--fail-step", type=int, default=-1)
     ap.add_argument("--fail-mode", default="raise", choices=["raise", "kill"])
+    ap.add_argument("--planned", action="store_true", help="train in the planned arena with TrainStep")
     ap.add_argument("--model", default=None, help="a zoo name or pattern instead of --net (timing runs)")
     args = ap.parse_args(argv)
 
     world = get_world()
     with world.guard():
         net = make_net(args.net, args.model)
-        net.bind("cpu", seed=0)
+        opt = Optimizer(args.optimizer, args.lr)
+        if args.planned:
+            # The training loop's pieces: the planned arena at the local batch, TrainStep, each
+            # rank's rows gathered into the plan's input view as the planned loop does (slices of
+            # permutation() of batch_size rows).  The all-reduce goes between backward and the
+            # update (wrapping the update launches).
+            executor = PlannedExecutor(net, make_plan(net, local_batch(args.batch, world.size),
+                                                      optimizer=args.optimizer), "cpu", seed=0)
+            opt.bind(net, state_buffers=executor.state_views(), hyper=executor.hyper_view())
+            update = opt.launch_update
+
+            def reduced_update() -> None:
+                world.allreduce_mean_(net.grad_buffer)
+                update()
+
+            opt.launch_update = reduced_update  # type: ignore[method-assign]
+            train_step = TrainStep(net, opt, executor)
+        else:
+            net.bind("cpu", seed=0)
+            opt.bind(net)
         world.broadcast_(net.param_buffer)        # same start everywhere (bind is seeded too)
-        opt = Optimizer(args.optimizer, args.lr).bind(net)
         x, y = data(args.examples, net.input_shape, net.output_shape[0])
         it = ShardIterator(x, y, args.batch, world, seed=7)
         opt.steps_per_epoch = len(it)
         losses, accs, step = [], [], 0
         t0 = time.perf_counter()
         for epoch in range(args.epochs):
+            if args.planned:
+                for xb, yb in planned_batches(it.for_epoch(epoch), executor):
+                    train_step.reset_metrics()
+                    train_step.run(xb, yb)
+                    mean_loss, acc, _ = world.metrics(float(train_step.loss_sum), int(train_step.correct), len(yb))
+                    losses.append(mean_loss)
+                    accs.append(acc)
+                    step += 1
+                continue
             for xb, yb in it.for_epoch(epoch):
                 if step == args.fail_step and world.rank == args.fail_rank:
                     if args.fail_mode == "kill":

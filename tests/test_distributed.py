@@ -199,6 +199,7 @@ def test_single_process_world_needs_no_mpi(monkeypatch) -> None:
     assert w.allreduce_mean_(g) is g and g[5] == 5
     assert w.metrics(6.0, 3, 4) == (1.5, 0.75, 4)
     assert w.in_sync(g)
+    assert w.root_stream(sys.stderr) is sys.stderr and w.describe() == "1 rank"
     with pytest.raises(ZeroDivisionError):      # one process: the guard lets the error through
         with w.guard():
             1 / 0  # noqa: B018
@@ -262,6 +263,17 @@ def test_k_ranks_match_one_process(tmp_path, reference, net, ranks) -> None:
     if ranks == 2:
         other = _train(tmp_path, 0, net, "--batch", "6", "--examples", "36")
         assert np.abs(other["params"] - ref["params"]).max() > 1000 * ATOL
+
+
+@needs_mpi
+@pytest.mark.parametrize("net,ranks", [("chain", 3), ("branch", 2)])
+def test_planned_step_on_k_ranks_matches_one_process(tmp_path, reference, net, ranks) -> None:
+    """The same through the planned arena (at the local batch) and TrainStep."""
+    ref = reference(net)
+    got = _train(tmp_path, ranks, net, "--planned")
+    assert bool(got["in_sync"])
+    np.testing.assert_allclose(got["params"], ref["params"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
 
 
 @needs_mpi
