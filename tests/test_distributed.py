@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def _run(ranks: int, args: list[str], timeout: float = 120) -> subprocess.Comple
 
 
 def _train(tmp_path: Path, ranks: int, net: str, *extra: str) -> dict[str, np.ndarray]:
-    out = tmp_path / f"{net}-{ranks}-{'-'.join(extra) or 'x'}.npz"
+    out = tmp_path / f"{net}-{ranks}-{zlib.crc32(' '.join(extra).encode()):08x}.npz"
     r = _run(ranks, ["--net", net, "--out", str(out), *extra])
     assert r.returncode == 0, f"ranks={ranks}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
     with np.load(out) as f:
@@ -282,6 +283,17 @@ def test_k_ranks_match_one_process_with_adam(tmp_path, reference) -> None:
     got = _train(tmp_path, 3, "branch", "--optimizer", "adam", "--lr", "0.01")
     assert bool(got["in_sync"])
     np.testing.assert_allclose(got["params"], ref["params"], rtol=RTOL, atol=ATOL)
+
+
+@needs_mpi
+def test_batch_norm_statistics_are_per_rank(tmp_path) -> None:
+    """With BN the ranks normalize by their own batch's statistics (PyTorch's default), so K ranks are
+    not one process at the global batch; the replicas still stay identical."""
+    model = ["--model", "INPUT[12x12x2] -> CONV3-6 -> BN -> RELU -> POOL2 -> FC-5"]
+    one = _train(tmp_path, 0, "chain", *model)
+    two = _train(tmp_path, 2, "chain", *model)
+    assert bool(two["in_sync"])
+    assert np.abs(two["params"] - one["params"]).max() > 100 * ATOL
 
 
 # ------------------------------------------------------------------------------------ faults
