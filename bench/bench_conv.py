@@ -127,10 +127,14 @@ def _bench_layer(L: Layer, mode: str, cp, conv, schedules: tuple[str, ...] = ("r
         conv.conv_backward_data(dy, wt, x.shape, s, p, d, out=dx, precision=mode)
         conv.conv_backward_filter(x, dy, wt.shape, s, p, d, dw_out=dw, db_out=db, precision=mode)
 
-    extra: dict = {"variant_fwd": conv._choose_variant("fwd", k, n * ho * wo, c * f * f, mode)}
+    def chosen(pass_: str) -> str:
+        """The kernel the conv selector picks for this pass (what the memory plan records)."""
+        return conv.select(conv.problem(pass_, x.shape, wt.shape, s, p, d, x.dtype, mode, "gemm",
+                                        has_bias=pass_ != "bwdd")).kernel
+
+    extra: dict = {"variant_fwd": chosen("fwd")}
     # backward-data: the direct gather kernel (small C / stride >= 2, e.g. L1 and AlexNet conv1) or the GEMM
-    plan = conv._choose_bwdd(n, c, h, w, k, f, f, s, d)
-    bwdd = plan["func"] if plan is not None else conv._choose_variant("bwdd", c, n * h * w, k * f * f, mode)
+    bwdd = chosen("bwdd")
     ours = {sc: (time_gpu(_with(sc, ours_fwd)), time_gpu(_with(sc, ours_fwdbwd))) for sc in schedules}
     theirs_f = theirs_fb = None
     if torch is not None and torch.cuda.is_available():

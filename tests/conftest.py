@@ -71,10 +71,10 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 
 @pytest.fixture
 def cp(request: pytest.FixtureRequest):
-    """The device array module for tests marked gpu: cupy, or the emulator's within emu.emulated()
-    (its device backend, ``emu.BACKEND``, in force for the test)."""
+    """The device array module for tests marked gpu: cupy, or the emulator's (its device backend,
+    ``emu.BACKEND``, in force for the test: launches, zeroing and capture go to the emulator)."""
     if getattr(request, "param", "cuda") == "emu":
-        with emu.emulated() as xp:
-            yield xp
+        with device.use_backend(emu.BACKEND) as backend:   # what emu.emulated() does
+            yield backend.xp
     else:
         yield device.get_device("cuda").xp

@@ -7,7 +7,7 @@ import pytest
 
 from gpuconv import cuda
 from gpuconv.kernel_config import KernelConfig, using
-from gpuconv.ops import autotune, conv
+from gpuconv.ops import autotune, conv, conv_gpu
 from gpuconv.ops import conv_variants as CV
 from helpers import configure
 
@@ -99,8 +99,8 @@ def test_conv_launchers_time_each_tile_then_launch_the_winner(monkeypatch: pytes
     configure(autotune=True)
     monkeypatch.setattr(cuda, "device_key", lambda: "Fake GPU sm_90")
     launched: list[tuple[str, tuple]] = []
-    monkeypatch.setattr(conv.cuda, "launch", lambda module, fn, grid, *a, **k: launched.append((fn, grid)))
-    monkeypatch.setattr(conv.cuda, "zero", lambda a: None)   # split-K's memset: nothing to clear here
+    monkeypatch.setattr(conv_gpu.cuda, "launch", lambda module, fn, grid, *a, **k: launched.append((fn, grid)))
+    monkeypatch.setattr(conv_gpu.cuda, "zero", lambda a: None)   # split-K's memset: nothing to clear here
     fast = "64x128"
 
     def timer(fn) -> float:  # noqa: ANN001
@@ -132,7 +132,7 @@ def test_schedule_from_the_configuration() -> None:
         assert autotune.schedule() == "reg"
     with using(KernelConfig.resolve(env={autotune.SCHEDULE_ENV: "Async"})):
         assert autotune.schedule() == "async"
-    assert conv._kernel("bwdf", (64, 128, "async"), "tf32") == "conv_bwdf_f32_64x128_tf32_async"
-    assert conv._kernel("fwd", (128, 64, "reg"), "fp32") == "conv_fwd_f32_128x64_fp32"
+    assert conv_gpu._kernel("bwdf", (64, 128, "async"), "tf32") == "conv_bwdf_f32_64x128_tf32_async"
+    assert conv_gpu._kernel("fwd", (128, 64, "reg"), "fp32") == "conv_fwd_f32_128x64_fp32"
     with pytest.raises(ValueError, match="GPUCONV_GEMM_SCHEDULE='fast': choose one of reg, async"):
         KernelConfig.resolve(env={autotune.SCHEDULE_ENV: "fast"})

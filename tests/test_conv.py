@@ -11,6 +11,7 @@ from gpuconv import cuda
 from gpuconv.geometry import GeometryError
 from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
+from gpuconv.ops import conv_gpu as G
 from gpuconv.ops._checks import OpArgumentError
 from helpers import configure, device_tf32, numeric_grad, poison, rel_error, tf32_truncate
 
@@ -167,10 +168,10 @@ def test_choose_variant_is_valid():
         for rows in (1, 3, 64, 65, 96, 512):
             for cols in (1, 63, 64, 129, 12544, 3_211_264):
                 for red in (1, 27, 4608, 3_211_264):
-                    bm, bn, splits = C._choose_variant(kind, rows, cols, red, "fp32")
-                    assert (bm, bn) in C._TILES
+                    bm, bn, splits = G._choose_variant(kind, rows, cols, red, "fp32")
+                    assert (bm, bn) in G._TILES
                     assert splits >= 1 and (kind == "bwdf" or splits == 1)
-                    assert splits == 1 or red >= splits * 16 * C._BK
+                    assert splits == 1 or red >= splits * 16 * G._BK
 
 
 # ----------------------------------------------------------------------------------
@@ -260,8 +261,8 @@ def test_direct_bwdd_indexing_emulated(rng, g):
     x, w, _, s, p, d = _make(rng, g)
     dy = rng.standard_normal(C.conv_output_shape(x.shape, w.shape, s, p, d))
     n, c, h, wd, k, fh, fw = g[:7]
-    for tile in C._DIRECT_TILES:
-        plan = C._bwdd_direct_plan(n, c, h, wd, k, fh, fw, s, d, tile=tile)
+    for tile in G._DIRECT_TILES:
+        plan = G._bwdd_direct_plan(n, c, h, wd, k, fh, fw, s, d, tile=tile)
         assert plan is not None
         dx = _emulate_bwdd_direct(dy, w, x.shape, s, p, d, plan)
         assert rel_error(dx, C.conv_backward_data(dy, w, x.shape, s, p, d)) < 1e-12, (g, tile)
@@ -272,7 +273,7 @@ def test_direct_bwdd_indexing_emulated_random(rng):
         g = _random_direct_geom(rng, int(rng.integers(1, 4)))
         x, w, _, s, p, d = _make(rng, g)
         dy = rng.standard_normal(C.conv_output_shape(x.shape, w.shape, s, p, d))
-        plan = C._bwdd_direct_plan(*g[:7], s, d, tile=C._DIRECT_TILES[int(rng.integers(0, 2))])
+        plan = G._bwdd_direct_plan(*g[:7], s, d, tile=G._DIRECT_TILES[int(rng.integers(0, 2))])
         dx = _emulate_bwdd_direct(dy, w, x.shape, s, p, d, plan)
         assert rel_error(dx, C.conv_backward_data(dy, w, x.shape, s, p, d)) < 1e-12, g
 
@@ -282,29 +283,29 @@ def test_direct_bwdd_plan_is_valid():
         for s in (1, 2, 3, 4):
             for d in (1, 2, 3):
                 for f in (1, 3, 5, 11):
-                    for ct in (None, *C._DIRECT_CTS):
-                        plan = C._bwdd_direct_plan(2, c, 57, 31, 70, f, f, s, d, ct=ct)
+                    for ct in (None, *G._DIRECT_CTS):
+                        plan = G._bwdd_direct_plan(2, c, 57, 31, 70, f, f, s, d, ct=ct)
                         if plan is None:  # only a huge dilated window may not fit shared memory
                             assert (f - 1) * d // gcd(s, d) > 40
                             continue
                         ti, tj = plan["tile"]
-                        assert plan["ct"] in C._DIRECT_CTS and (ct is None or plan["ct"] == ct)
+                        assert plan["ct"] in G._DIRECT_CTS and (ct is None or plan["ct"] == ct)
                         assert plan["func"] == f"conv_bwdd_direct_f32_c{plan['ct']}_{ti}x{tj}"
-                        assert plan["smem"] <= C._DIRECT_SMEM_MAX and 1 <= plan["kc"] <= 8
+                        assert plan["smem"] <= G._DIRECT_SMEM_MAX and 1 <= plan["kc"] <= 8
                         assert plan["pitch"] % 32 == (tj // 4) % 32 and plan["pitch"] % 8 == 0
                         assert plan["ctp"] % 4 == 0 or plan["ctp"] == plan["ct"] <= 2
 
 
 def test_choose_bwdd_picks_direct_where_gemm_wastes():
-    alex = C._choose_bwdd(128, 3, 227, 227, 96, 11, 11, 4, 1)   # AlexNet conv1 3->96 11x11/4
+    alex = G._choose_bwdd(128, 3, 227, 227, 96, 11, 11, 4, 1)   # AlexNet conv1 3->96 11x11/4
     assert alex is not None and alex["ct"] == 3
-    l1 = C._choose_bwdd(128, 3, 128, 128, 96, 11, 11, 1, 1)     # convnet-benchmarks L1
+    l1 = G._choose_bwdd(128, 3, 128, 128, 96, 11, 11, 1, 1)     # convnet-benchmarks L1
     assert l1 is not None and l1["ct"] == 3
-    assert C._choose_bwdd(64, 16, 56, 56, 64, 3, 3, 1, 1) is not None     # C < 32
-    assert C._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 2, 1) is not None   # stride 2
-    assert C._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 1, 1) is None       # GEMM: C >= 32, stride 1
-    assert C._choose_bwdd(128, 64, 64, 64, 128, 9, 9, 1, 1) is None       # L2
-    assert C._choose_bwdd(32, 64, 56, 56, 64, 3, 3, 1, 4) is None         # dilated, stride 1
+    assert G._choose_bwdd(64, 16, 56, 56, 64, 3, 3, 1, 1) is not None     # C < 32
+    assert G._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 2, 1) is not None   # stride 2
+    assert G._choose_bwdd(64, 256, 56, 56, 256, 3, 3, 1, 1) is None       # GEMM: C >= 32, stride 1
+    assert G._choose_bwdd(128, 64, 64, 64, 128, 9, 9, 1, 1) is None       # L2
+    assert G._choose_bwdd(32, 64, 56, 56, 64, 3, 3, 1, 4) is None         # dilated, stride 1
 
 
 # ----------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_gpu_tf32_rounds_inputs(cp, rng, monkeypatch, schedule):
 @pytest.mark.gpu
 @pytest.mark.parametrize("schedule", autotune.SCHEDULES)
 @pytest.mark.parametrize("precision", C.PRECISIONS)
-@pytest.mark.parametrize("tile", C._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule):
     """Force each compiled (BM, BN, schedule) entry point and several split counts, so none goes untested.
 
@@ -459,7 +460,7 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
     channels): a 128-row tile's last quarter of A rows is then partly valid, partly not.
     """
     configure(gemm_schedule=schedule)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # small C would pick the direct kernel
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)  # small C would pick the direct kernel
     for g, split_counts in (((2, 21, 11, 13, 75, 3, 3, 1, 1, 1), (1, 2, 7, 50)),
                             ((1, 100, 5, 5, 110, 3, 3, 1, 1, 1), (1, 7))):
         x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
@@ -468,7 +469,7 @@ def test_gpu_every_tile_variant(cp, rng, monkeypatch, tile, precision, schedule)
         dy = _exact(rng.standard_normal(yshape).astype(np.float32), precision)
         gdy = cp.asarray(dy)
         for splits in split_counts:
-            monkeypatch.setattr(C, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
+            monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
             y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision=precision)
             assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < TOL, (g, splits)
             dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape), precision=precision)
@@ -498,8 +499,8 @@ def _misaligned(cp, h):
 
 def _spy_launches(monkeypatch):
     launches: list[str] = []
-    launch = C.cuda.launch
-    monkeypatch.setattr(C.cuda, "launch", lambda m, f, *a, **k: (launches.append(f), launch(m, f, *a, **k))[1])
+    launch = G.cuda.launch
+    monkeypatch.setattr(G.cuda, "launch", lambda m, f, *a, **k: (launches.append(f), launch(m, f, *a, **k))[1])
     return launches
 
 
@@ -513,13 +514,13 @@ WGMMA_GEOMS = [((2, 21, 11, 13, 75, 3, 3, 1, 1, 1), (1, 2, 7)),
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", C._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 def test_gpu_wgmma_every_tile(cp, rng, monkeypatch, tile):
     """Each wgmma entry point (forced tile, several split counts) on TF32-exact operands at
     fp32-accumulation accuracy: a wrong descriptor, swizzle, copy role or fragment position
     moves an element by a row or a k and fails at 1e-4."""
     _use_wgmma(cp, monkeypatch)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)  # the GEMM backward-data at any C and stride
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)  # the GEMM backward-data at any C and stride
     launches = _spy_launches(monkeypatch)
     for g, split_counts in WGMMA_GEOMS:
         x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision="tf32")
@@ -528,7 +529,7 @@ def test_gpu_wgmma_every_tile(cp, rng, monkeypatch, tile):
         dy = _exact(rng.standard_normal(yshape).astype(np.float32), "tf32")
         gdy = cp.asarray(dy)
         for splits in split_counts:
-            monkeypatch.setattr(C, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
+            monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
             y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape), precision="tf32")
             assert rel_error(y, C.conv_forward(x64, w64, b64, s, p, d, relu=True)) < TOL, (g, splits)
             dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape), precision="tf32")
@@ -546,7 +547,7 @@ def test_gpu_wgmma_misaligned_operands(cp, rng, monkeypatch):
     """Tensors 4 bytes off 16-byte alignment take the 4-byte copies where the 16-byte ones
     would otherwise run (Prob::a_vec4 checks the address, not only the sizes)."""
     _use_wgmma(cp, monkeypatch)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)
     x, w, b, _, _, _, s, p, d = _gpu_case(cp, rng, WGMMA_GEOMS[2][0], precision="tf32")
     gx, gw = _misaligned(cp, x), _misaligned(cp, w)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
@@ -612,9 +613,9 @@ def test_wgmma_choice_and_names(monkeypatch):
     assert choice.variant == "gemm-wgmma" and choice.kernels[0].endswith("_tf32_wgmma")
     assert C.select(p, off).variant == "gemm" and C.select(p, off).kernels[0].endswith("_tf32")
     assert C.select(replace(p, precision="fp32"), on).variant == "gemm"
-    assert C._kernel("bwdf", (64, 128, "wgmma"), "tf32") == "conv_bwdf_f32_64x128_tf32_wgmma"
-    assert C._kernel("bwdf", (64, 128, "reg"), "tf32") == "conv_bwdf_f32_64x128_tf32"
-    assert C._launch_opts((64, 128, "wgmma")) == {"defines": ("GEMM_WGMMA",), "shared_mem": C.wgmma_smem(64, 128)}
+    assert G._kernel("bwdf", (64, 128, "wgmma"), "tf32") == "conv_bwdf_f32_64x128_tf32_wgmma"
+    assert G._kernel("bwdf", (64, 128, "reg"), "tf32") == "conv_bwdf_f32_64x128_tf32"
+    assert G._launch_opts((64, 128, "wgmma")) == {"defines": ("GEMM_WGMMA",), "shared_mem": C.wgmma_smem(64, 128)}
     monkeypatch.setattr(cuda, "wgmma_capable", lambda dev_id=None: False)
     assert CV._heuristic(128, 64, "tf32", on)[2] != "wgmma"
     assert C.select(p, on).variant == "gemm"
@@ -629,8 +630,8 @@ def test_wgmma_shared_memory_size_matches_the_kernel():
 
     src = cuda.kernel_source("conv")
     d = dict(re.findall(r"#define (WG_BK|WG_STAGES) (\d+)", src))
-    assert (int(d["WG_BK"]), int(d["WG_STAGES"])) == (C._WG_BK, C._WG_STAGES)
-    assert "constexpr int STAGE = (BM + BN) * 128;" in src and C._WG_BK * 4 == 128
+    assert (int(d["WG_BK"]), int(d["WG_STAGES"])) == (G._WG_BK, G._WG_STAGES)
+    assert "constexpr int STAGE = (BM + BN) * 128;" in src and G._WG_BK * 4 == 128
     assert C.wgmma_smem(128, 128) == 99_328 and C.wgmma_smem(64, 64) == 50_176
 
 
@@ -640,7 +641,7 @@ def test_wgmma_shared_memory_size_matches_the_kernel():
 def test_gpu_gemm_backward_data_at_stride(cp, rng, monkeypatch, g, precision):
     """The implicit-GEMM backward-data at stride > 1 (the direct kernel takes these shapes
     unless its tiles do not fit shared memory): only taps on the output grid contribute."""
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: None)
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)
     x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, precision=precision)
     yshape = C.conv_output_shape(x.shape, w.shape, s, p, d)
     dy = _exact(rng.standard_normal(yshape).astype(np.float32), precision)
@@ -687,13 +688,13 @@ def test_gpu_backward_filter_split_reduction_large(cp, rng):
 
 def _record_launches(monkeypatch) -> list[str]:
     names: list[str] = []
-    real = C.cuda.launch
+    real = G.cuda.launch
 
     def spy(module, function, *a, **kw):  # noqa: ANN001, ANN002, ANN003
         names.append(function)
         return real(module, function, *a, **kw)
 
-    monkeypatch.setattr(C.cuda, "launch", spy)
+    monkeypatch.setattr(G.cuda, "launch", spy)
     return names
 
 
@@ -713,12 +714,12 @@ def _check_direct_bwdd(cp, rng, g, precision: str, launches: list[str], expect: 
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", C._DIRECT_TILES, ids=lambda t: f"{t[0]}x{4 * t[1]}")
-@pytest.mark.parametrize("ct", C._DIRECT_CTS)
+@pytest.mark.parametrize("tile", G._DIRECT_TILES, ids=lambda t: f"{t[0]}x{4 * t[1]}")
+@pytest.mark.parametrize("ct", G._DIRECT_CTS)
 def test_gpu_direct_bwdd_every_variant_random(cp, rng, monkeypatch, ct, tile):
     """Force each direct entry point on random geometries with C = 1..5 and 37."""
     launches = _record_launches(monkeypatch)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: C._bwdd_direct_plan(*a, ct=ct, tile=tile))
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: G._bwdd_direct_plan(*a, ct=ct, tile=tile))
     for c in (1, 2, 3, 4, 5, 37):
         for _ in range(3):
             g = _random_direct_geom(rng, c)
@@ -738,7 +739,7 @@ def test_gpu_direct_bwdd_every_variant_random(cp, rng, monkeypatch, ct, tile):
 def test_gpu_direct_bwdd_forced(cp, rng, monkeypatch, g, precision):
     """Force the direct path with the plan's own variant choice (both precisions)."""
     launches = _record_launches(monkeypatch)
-    monkeypatch.setattr(C, "_choose_bwdd", lambda *a: C._bwdd_direct_plan(*a))
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: G._bwdd_direct_plan(*a))
     _check_direct_bwdd(cp, rng, g, precision, launches)
 
 

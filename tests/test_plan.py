@@ -220,9 +220,14 @@ def test_plan_records_the_kernels_that_run(cp, rng, monkeypatch, precision, algo
     net.bind(device.Device("cuda", cp), seed=0)
     x = cp.asarray(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
     y = cp.asarray(rng.integers(0, 10, 2).astype(np.int32))
-    scores = net.forward(x, train=True)
-    _, dscores = net.loss_and_grad(scores, y)
-    net.backward(dscores)
+    from gpuconv.ops import conv
+    with conv.CONV.recording() as chosen:
+        scores = net.forward(x, train=True)
+        _, dscores = net.loss_and_grad(scores, y)
+        net.backward(dscores)
     recorded = {name for k in plan.kernels for name in k.kernel.split(" + ")}
     ran = {f for f in launched if f.startswith(("conv_", "gemm_", "wino_", "splitk_", "colsum_"))}
     assert recorded == ran
+    # the conv selector's choices at run time, in order, are the plan's conv records
+    planned = [(k.pass_, k.variant, k.kernel, k.workspace_bytes) for k in plan.kernels if k.layer.startswith("conv")]
+    assert [(c.pass_, c.variant, c.kernel, 4 * c.workspace_elems) for c in chosen] == planned

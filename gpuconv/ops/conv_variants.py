@@ -1,4 +1,4 @@
-"""Opt-in conv variants, registered with ``ops.conv.CONV``: none runs unless the kernel
+"""Opt-in conv variants, registered with ``ops.conv_gpu.CONV``: none runs unless the kernel
 configuration asks for it, and none is in the default kernels' code.
 
 * ``gemm-async``   the implicit GEMM with the cp.async main loop (``gemm_schedule="async"``;
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from .. import cuda
 from ..kernel_config import KernelConfig
 from . import autotune
-from .conv import (CONV, WGMMA, ConvProblem, Variant, _TILES, _result, gemm_choice, gemm_launch,
+from .conv_gpu import (CONV, WGMMA, ConvProblem, Variant, _TILES, _result, gemm_choice, gemm_launch,
                    launch_gemm_choice)
 from .selector import Choice
 

@@ -12,8 +12,9 @@ record of what runs is what runs.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from ..kernel_config import KernelConfig
 
@@ -54,6 +55,7 @@ class Selector(Generic[P]):
     def __init__(self, op: str) -> None:
         self.op = op
         self._variants: dict[str, Variant[P]] = {}
+        self._logs: list[list[Choice]] = []
 
     def register(self, name: str, *, priority: int, applies: Callable[[P, KernelConfig], str | None],
                  plan: Callable[[P, KernelConfig, str], Choice], launch: Callable[[P, Choice, dict[str, Any]], Any],
@@ -80,5 +82,19 @@ class Selector(Generic[P]):
         raise LookupError(f"{self.op}: no kernel variant applies to {problem}")
 
     def run(self, problem: P, cfg: KernelConfig, arrays: dict[str, Any]) -> Any:
+        """Select, then launch the chosen variant on the call's arrays (recorded where asked)."""
         v, choice = self.select(problem, cfg)
+        for log in self._logs:
+            log.append(choice)
         return v.launch(problem, choice, arrays)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[Choice]]:
+        """Within: every choice ``run`` makes is appended to the yielded list (what ran, to set
+        beside the plan's record)."""
+        log: list[Choice] = []
+        self._logs.append(log)
+        try:
+            yield log
+        finally:
+            self._logs.remove(log)

@@ -25,7 +25,7 @@ fp32 or TF32 precision (TF32: the 16 GEMMs run on the tensor cores, their operan
 transformed filters and inputs, rounded to TF32; the transforms themselves stay fp32).  The
 conv ops use it when asked (``algo="winograd"``, or the kernel configuration's ``conv_algo``:
 ``GPUCONV_CONV_ALGO=winograd``; it registers itself below as the ``winograd`` variant of
-``ops.conv.CONV``), or time it against the implicit GEMM per layer shape and keep the faster
+``ops.conv_gpu.CONV``), or time it against the implicit GEMM per layer shape and keep the faster
 (``algo="auto"``, ``ops.conv_variants``); the
 default stays the implicit GEMM until the benchmark (bench/bench_winograd.py) has shown on
 a GPU which layers it speeds up.  In float32 its error is a small multiple of the direct
@@ -354,7 +354,7 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
 # ----------------------------------------------------------------------------------
 # The ``winograd`` variant of the conv ops (opt-in: conv_algo="winograd")
 # ----------------------------------------------------------------------------------
-from .conv import CONV, ConvProblem  # noqa: E402  (conv imports this module last)
+from .conv_gpu import CONV, ConvProblem  # noqa: E402  (conv_gpu imports this module last)
 from .selector import Choice  # noqa: E402
 
 
@@ -382,7 +382,7 @@ def _variant_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
         return conv_backward_data_winograd_gpu(a["dy"], a["w"], p.pad, a["dx"], ws, p.precision)
     conv_backward_filter_winograd_gpu(a["x"], a["dy"], p.pad, a["dw"], ws, p.precision)
     if a.get("db") is not None:
-        from .conv import conv_bias_grad_gpu  # noqa: PLC0415
+        from .conv_gpu import conv_bias_grad_gpu  # noqa: PLC0415
         conv_bias_grad_gpu(a["dy"], a["db"])
     return a["dw"], a.get("db")
 
