@@ -4,6 +4,8 @@
     python bench/bench_memory.py --models vgg16 --batches 64
     python bench/bench_memory.py --max-batch --model alexnet --budget 0.5   # validate max_batch: 50 steps, no OOM
     python bench/bench_memory.py --json out.json
+    python bench/bench_memory.py --models resnet18 resnet50 googlenet --modes train --torch-twins
+                                                       # + PyTorch's peak for the same net (its twin), batch, optimizer
 
 Each configuration runs in a FRESH process (CuPy's pool never gives memory back,
 so one process per measurement), which reports NVML's used memory for itself
@@ -98,6 +100,34 @@ def _torch_child(batch: int) -> dict[str, Any]:
             "torch_max_reserved": int(torch.cuda.max_memory_reserved())}
 
 
+def _torch_twin_child(model: str, batch: int, optimizer: str, steps: int) -> dict[str, Any]:
+    """PyTorch's peak for OUR net (bench/torch_nets.py: the twin of the zoo model, same graph and
+    parameters), batch and optimizer: ``max_memory_allocated`` over ``steps`` training steps
+    (tensors only, like our plan total), in a fresh process."""
+    import numpy as np
+    import torch
+
+    from bench.torch_nets import torch_optimizer, torch_twin, twin_loss
+    from gpuconv import zoo
+
+    net = zoo.get_model(model).bind("cpu", seed=0)
+    twin = torch_twin(net, device="cuda")
+    torch.backends.cudnn.benchmark = False
+    opt = torch_optimizer(net, twin, optimizer)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.standard_normal((batch, *net.input_shape)).astype(np.float32), device="cuda")
+    y = torch.as_tensor(rng.integers(0, net.output_shape[0], batch), device="cuda")
+    lossf = twin_loss(net)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=False)
+        lossf(twin(x), y).backward()
+        opt.step()
+    torch.cuda.synchronize()
+    return {"model": model, "batch": batch, "optimizer": optimizer, "ok": True,
+            "torch_max_allocated": int(torch.cuda.max_memory_allocated()),
+            "torch_max_reserved": int(torch.cuda.max_memory_reserved())}
+
+
 def _spawn(args: list[str]) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=900,
                          cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -106,6 +136,21 @@ def _spawn(args: list[str]) -> dict[str, Any]:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
         return {"ok": False, "error": " | ".join(tail), "args": args}
     return json.loads(lines[-1])
+
+
+def _twin_beside(ours: dict[str, Any], optimizer: str, steps: int) -> dict[str, Any]:
+    """PyTorch's peak for the twin of ``ours``'s net, batch and optimizer, printed under our row;
+    a failure (no torch, an out-of-memory) is a printed row too, never a stop."""
+    t = _spawn(["--torch-twin-child", ours["model"], str(ours["batch"]), optimizer, "--steps", str(steps)])
+    label = f"{'':<8} {'':>5} {'torch':<6}"
+    if not t.get("ok"):
+        print(f"{label} PyTorch twin FAILED: {t.get('error')}")
+        return {**t, "torch_twin": True}
+    alloc = t["torch_max_allocated"]
+    print(f"{label} PyTorch twin max_memory_allocated {alloc / 2**30:.3f} GiB (reserved "
+          f"{t['torch_max_reserved'] / 2**30:.3f}); ours planned {ours['plan_bytes'] / 2**30:.3f} GiB "
+          f"({_pct(ours['plan_bytes'], alloc)} vs torch)")
+    return {**t, "torch_twin": True, "ours_plan_bytes": ours["plan_bytes"]}
 
 
 def _pct(pred: float, meas: float) -> str:
@@ -126,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default="0.5", help="budget for --max-batch (default half the device)")
     ap.add_argument("--child", nargs=4, metavar=("MODEL", "BATCH", "MODE", "POOL_LIMIT"), help=argparse.SUPPRESS)
     ap.add_argument("--torch-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-twins", action="store_true",
+                    help="beside every train row, PyTorch's max_memory_allocated for the twin of the same net "
+                         "(bench/torch_nets.py), batch and optimizer, each in a fresh process")
+    ap.add_argument("--torch-twin-child", nargs=3, metavar=("MODEL", "BATCH", "OPTIMIZER"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
     if a.child:
@@ -134,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.torch_child is not None:
         print(json.dumps(_torch_child(a.torch_child)))
+        return 0
+    if a.torch_twin_child:
+        m, b, o = a.torch_twin_child
+        print(json.dumps(_torch_twin_child(m, int(b), o, a.steps)))
         return 0
 
     from gpuconv.memory.budget import measure_context_bytes, overhead_bytes, parse_budget
@@ -171,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{m:<8} {b:>5} {mode:<6} {r['plan_bytes'] / g:>10.3f} {pred / g:>10.3f} "
                           f"{r['nvml_bytes'] / g:>10.3f} {_pct(pred, r['nvml_bytes']):>8} "
                           f"{r['pool_reserved_bytes'] / g:>10.3f} {_pct(r['plan_bytes'], r['pool_reserved_bytes']):>9}")
+                    if a.torch_twins and mode == "train" and not a.no_torch:
+                        rows.append(_twin_beside(r, a.optimizer, a.steps))
         if not a.no_torch and "vgg16" in [MODELS.get(m, m) for m in a.models]:
             t = _spawn(["--torch-child", "64"])
             ours = next((r for r in rows if r.get("ok") and r["model"] == "vgg16" and r["batch"] == 64

@@ -472,3 +472,113 @@ def test_gpu_session_script_names_what_exists() -> None:
         assert set(suite.split(",")) <= set(run_all.SUITES), suite
     for path in re.findall(r"(bench/\w+\.py|tests/\w+\.py)", script):
         assert (ROOT / path).exists(), path
+
+
+# ---- branching nets beside their PyTorch twin (bench_train.gpu_twin_step / twin_epochs, bench_memory) ----
+TINY_BRANCHING = ("INPUT[8x8x3] -> CONV3-8 -> BN -> RELU -> RES3-8 -> INCEPTION(4,4-4,2-2,4) -> GAP "
+                  "-> DROPOUT0.2 -> FC-10")
+
+
+def numpy_twin_reference(model: str) -> Any:
+    """bench_train.twin_reference without torch: the NumPy path of a CPU copy of the net (same
+    parameters, BN statistics, dropout seeds and step), train-mode scores and gradients."""
+    import numpy as np  # noqa: PLC0415
+
+    from gpuconv.zoo import get_model  # noqa: PLC0415
+
+    def reference(net: Any, x: Any, y: Any) -> dict[str, Any]:
+        cpu = get_model(model).bind("cpu", seed=net.seed)
+        cpu.param_buffer[...] = device.to_host(net.param_buffer)
+        for a, b in zip(cpu.layers, net.layers):
+            if a.kind == "BATCHNORM":
+                a.running_mean[...], a.running_var[...] = device.to_host(b.running_mean), device.to_host(b.running_var)
+        cpu.step = net.step
+        scores = cpu.forward(x, train=True)
+        _, d = cpu.loss_and_grad(scores, y)
+        cpu.backward(d)
+        return {"scores": np.array(scores), "grads": np.array(cpu.grad_buffer)}
+    return reference
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_twin_step_bench_times_the_branching_step(precision: str, timed: Timed,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resnet50 step rows (gpu_session.sh): a residual and an Inception block, launched and
+    replayed; each row carries its distance from the reference on the same inputs."""
+    monkeypatch.setattr(bench_train, "twin_reference", numpy_twin_reference(TINY_BRANCHING))
+    rows = bench_train.gpu_twin_step(TINY_BRANCHING, 4, precision)
+    assert [(r.name, r.mode, r.unit) for r in rows] == [
+        (f"{TINY_BRANCHING} train step batch 4{g}", precision, "img/s") for g in ("", " CUDA graph")]
+    eager, graph = (timed.of(r) for r in rows)
+    for first in ("conv_fwd_", "conv_bwdf_", "add_fwd_", "add_bwd_", "gap_fwd_", "gap_bwd_", "bn_apply_",
+                  "momentum_"):
+        assert any(k.startswith(first) for k in eager), (first, eager)
+    assert graph == [REPLAY] and timed.captured[rows[1].ours_ms] == eager
+    for r in rows:
+        assert "invalid" not in r.extra, r.extra
+        assert r.extra["scores_rel_err"] <= bench_train.NET_TOL[precision]["scores"], r.extra
+        if precision == "fp32":
+            assert r.extra["scores_rel_err"] < 1e-5 and r.extra["grads_l2_rel_err"] < 1e-5, r.extra
+
+
+def test_twin_step_bench_marks_a_wrong_kernel(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuconv.ops import add as add_ops  # noqa: PLC0415
+
+    monkeypatch.setattr(bench_train, "twin_reference", numpy_twin_reference(TINY_BRANCHING))
+    add_forward = add_ops.add_forward
+
+    def off(*args: Any, **kwargs: Any) -> Any:   # the residual sum one off on the first example
+        y = add_forward(*args, **kwargs)
+        if isinstance(y, emu.EmuArray) and emu._recording is None:   # the device's (a capture records launches)
+            y[0] += 1.0
+        return y
+    monkeypatch.setattr(add_ops, "add_forward", off)
+    rows = bench_train.gpu_twin_step(TINY_BRANCHING, 4, "fp32")
+    assert all(r.extra.get("invalid") == ["scores", "grads_l2"] for r in rows), [r.extra for r in rows]
+
+
+def test_twin_epochs_bench_rows(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resnet20 on Fashion-MNIST beside the twin (gpu_session.sh): here a branching net on a slice of
+    the synthetic set; the planned step replays its CUDA graph after the first, eager, step."""
+    model = TINY_BRANCHING.replace("8x8x3", "32x32x3")   # the synthetic set's images
+    monkeypatch.setattr(bench_train, "twin_reference", numpy_twin_reference(model))
+    rows = bench_train.twin_epochs(model, device="cuda", epochs=1, batch=16, dataset="synthetic",
+                                   limit_train=40, limit_test=24, cuda_graph=True)
+    assert [r.name.split(" wall")[0].split(" s per")[0] for r in rows] == \
+        [f"{model} synthetic 1 epoch GPU CUDA graph batch 16 adam, 32 train images"] * 2
+    assert all(r.unit == "s" and r.ours_ms and r.ours_ms > 0 and r.theirs_ms is None for r in rows)
+    assert rows[0].extra["train_images"] == 32 and "invalid" not in rows[0].extra, rows[0].extra
+    assert rows[0].extra["grads_l2_rel_err"] < 1e-5
+    assert timed.replays == 1   # 2 steps: eager, then captured and replayed
+
+
+def test_memory_bench_child_plans_a_branching_net(timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_memory's measuring child on a graph (NVML answered by a stand-in): plan, arena, steps."""
+    from bench import bench_memory  # noqa: PLC0415
+    from gpuconv.memory import budget  # noqa: PLC0415
+
+    monkeypatch.setattr(budget, "measure_context_bytes", lambda **kw: 500 << 20)
+    monkeypatch.setattr(budget, "process_used_bytes", lambda *a, **kw: 600 << 20)
+    monkeypatch.setattr(device.Device, "synchronize", lambda self: None)   # the emulator runs synchronously
+    r = bench_memory._child(TINY_BRANCHING, 2, "train", "momentum", 2, None)
+    assert r["ok"] and r["plan_bytes"] > 0 and r["nvml_bytes"] == 600 << 20, r
+
+
+def test_memory_bench_prints_an_error_row_for_a_net_it_cannot_run(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that fails (here: a model that does not exist; on a GPU: a plan that refuses a graph,
+    an out-of-memory) is one FAILED row with the child's error, and the other rows go on."""
+    from bench import bench_memory  # noqa: PLC0415
+
+    monkeypatch.setattr(bench_memory, "_spawn", lambda args: (
+        {"ok": False, "error": "ValueError: make_plan: no plan for it"} if args[1] == "nonet" else
+        {"ok": True, "model": args[1], "batch": int(args[2]), "mode": args[3], "plan_bytes": 2 << 30,
+         "context_bytes": 1 << 29, "nvml_bytes": 5 << 29, "pool_reserved_bytes": 2 << 30}
+        if args[0] == "--child" else {"ok": True, "torch_max_allocated": 3 << 30, "torch_max_reserved": 4 << 30}))
+    monkeypatch.setattr("gpuconv.memory.budget.overhead_bytes", lambda: 0)
+    rc = bench_memory.main(["--models", "nonet", "resnet18", "--batches", "32", "--modes", "train", "--torch-twins"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "nonet" in out and "FAILED: ValueError: make_plan: no plan for it" in out
+    assert "resnet18" in out and "+0.0%" in out                    # 2.5 GiB predicted = 2.5 GiB measured
+    assert "PyTorch twin max_memory_allocated 3.000 GiB" in out and "(-33.3% vs torch)" in out
