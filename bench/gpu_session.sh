@@ -5,6 +5,8 @@
 #                                       #   then wgmma, Winograd and the VGG16 step variants, every row validated
 #                                       #   against PyTorch; bench/targets.py's verdict in $OUT/targets.md
 #   bash bench/gpu_session.sh tests     # GPU test suite, gpuconv check, cold/warm kernel load
+#   bash bench/gpu_session.sh resnet    # resnet50 step (fp32, TF32) and resnet20 10 epochs beside their PyTorch
+#                                       #   twins, plan vs NVML vs PyTorch memory of resnet18/50 and googlenet
 #   bash bench/gpu_session.sh sanitize  # compute-sanitizer memcheck (+ racecheck on shared-memory kernels)
 #   bash bench/gpu_session.sh bench     # benchmarks vs PyTorch/cuDNN and the Fashion-MNIST training run
 #   bash bench/gpu_session.sh verify    # what the last sessions left GPU-unverified: the cp.async GEMM
@@ -58,6 +60,12 @@ budget)  # most important first; each step cut off at the deadline, every row pr
       --vgg16-step fp32,tf32 --json
   step 60 train.log env GPUCONV_CONV_ALGO=auto GPUCONV_GEMM_WGMMA=1 GPUCONV_CACHE_DIR=/tmp/gpuconv-cache \
       python3 bench/bench_train.py --vgg16-step tf32 --json
+  # 2b. branching nets beside their PyTorch twin (same graph and parameters; our scores and gradients
+  #     validated against the twin's on the same inputs): resnet50 step, resnet20 on Fashion-MNIST, memory
+  #     (into train.log: the 8 files that come back are taken)
+  step 90 train.log python3 bench/bench_train.py --twin-step fp32,tf32 --json
+  step 150 train.log env GPUCONV_DATA=${GPUCONV_DATA:-$PWD/.data} python3 bench/bench_train.py --resnet20-gpu --json
+  step 240 train.log python3 bench/bench_memory.py --models resnet18 resnet50 googlenet --modes train --torch-twins
   # 3. the verdict (even past the deadline: it reads logs, no GPU)
   { echo "commit: ${GPUCONV_COMMIT:-unknown}"; cat "$OUT/env.txt"; echo
     python3 bench/targets.py "$OUT"/conv.log "$OUT"/ops.log "$OUT"/train.log "$OUT"/wgmma.log "$OUT"/winograd.log
@@ -123,6 +131,14 @@ memory)
   cp /tmp/prof/profile.html "$OUT/" 2>/dev/null
   timeout 90 python3 bench/bench_conv.py --only "L1,AlexNet conv1" >> "$OUT/gpu_tests.log" 2>&1
   tail -n 3 "$OUT/gpu_tests.log" "$OUT/train.log" "$OUT/memory.log"
+  ;;
+resnet)  # the branching-net rows alone (as budget's step 2b, without its deadline); data: .data/fashion-mnist
+  export GPUCONV_DATA=${GPUCONV_DATA:-$PWD/.data}
+  timeout 150 python3 bench/bench_train.py --twin-step fp32,tf32 --json > "$OUT/resnet.log" 2>&1
+  timeout 200 python3 bench/bench_train.py --resnet20-gpu --json >> "$OUT/resnet.log" 2>&1
+  timeout 240 python3 bench/bench_memory.py --models resnet18 resnet50 googlenet --modes train --torch-twins \
+      --json "$OUT/memory.json" > "$OUT/memory.log" 2>&1
+  grep -E "^\| train|WARNING|Error" "$OUT/resnet.log"; cat "$OUT/memory.log"
   ;;
 memory2)
   timeout 60 python3 -m pytest -q -m "gpu and not emu" -p no:cacheprovider tests/test_net.py tests/test_arena.py tests/test_profile.py tests/test_budget.py > "$OUT/gpu_tests.log" 2>&1
