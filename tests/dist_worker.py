@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                     {"step": step, "ranks": world.size})
         seconds = time.perf_counter() - t0
         in_sync = world.in_sync(net.param_buffer)
+        local_ranks = world.comm.allgather(world.local_rank) if world.comm is not None else [world.local_rank]
         if world.is_root:
             images = step * args.batch
             print(f"ranks {world.size}: {step} steps, {images} images in {seconds:.3f} s: "
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out:
                 np.savez(args.out, params=np.asarray(net.param_buffer), losses=np.array(losses),
                          accs=np.array(accs), in_sync=np.array(in_sync), size=np.array(world.size),
+                         local_ranks=np.array(local_ranks),
                          seconds=np.array(seconds))
     return 0
 

@@ -257,6 +257,7 @@ def test_k_ranks_match_one_process(tmp_path, reference, net, ranks) -> None:
     ref = reference(net)
     got = _train(tmp_path, ranks, net)
     assert int(got["size"]) == ranks and bool(got["in_sync"])
+    assert sorted(got["local_ranks"]) == list(range(ranks))   # one machine: local rank = rank
     np.testing.assert_allclose(got["params"], ref["params"], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got["accs"], ref["accs"], atol=1e-12)
