@@ -1,21 +1,42 @@
-"""``gpuconv check``: trust the kernels on your own GPU, layer by layer.
+"""``gpuconv check``: trust the kernels on your own GPU, node by node.
 
-For every layer of a model: the relative error of the GPU forward and backward
-against the NumPy reference (fp32), and a float64 finite-difference gradient
-check at sampled coordinates (on the GPU when there is one, else on the CPU).
+The model runs as the graph it is (a chain, or a branching net's DAG): one forward pass
+in NumPy (fp32) gives every node its real inputs (an ADD gets both of its branches, a
+CONCAT all of them).  Then, for every node:
+
+- GPU vs NumPy: the node's forward on the same inputs and its backward on the same random
+  dy, on both sides; the relative error of the output, of every input's gradient and of
+  every parameter gradient (a per-node comparison: one wrong kernel shows at its node, not
+  smeared over the nodes after it);
+- a float64 finite-difference check of the node's gradients (every input's, and every
+  parameter's) at sampled coordinates, on the GPU when there is one, else on the CPU.
+
+A last row checks the whole graph: what no single node does, the gradient of a tensor that
+several nodes read is the sum of their gradients (``Net.backward`` accumulates it).  A float64
+finite-difference check of the softmax loss through the whole net, at one sampled coordinate
+of every parameter tensor and at sampled input coordinates, and (on a GPU) the fp32 scores,
+parameter gradients and input gradient against the NumPy run of the same net.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from . import device as devmod
 from .layers import BatchNorm, Dropout, Layer
+from .net import Net, is_merge
 from .zoo import get_model
+
+# Per node: one fp32 kernel against its NumPy reference.  Whole net: fp32 rounding compounds
+# over the depth (a ResNet's 20 layers and their batch norms), so its bound is wider.
+NODE_TOL = 1e-4
+NET_TOL = 1e-3
+GRAD_TOL = 1e-4
+NET_ROW = "whole net"
 
 
 def rel_error(a: Any, b: Any) -> float:
@@ -32,6 +53,13 @@ class LayerCheck:
     fwd_err: float | None
     bwd_err: float | None
     grad_err: float
+    reads: tuple[str, ...] = ()   # the nodes it reads ("input": the data)
+
+    @property
+    def ok(self) -> bool:
+        tol = NET_TOL if self.name == NET_ROW else NODE_TOL
+        return ((self.fwd_err is None or self.fwd_err < tol) and (self.bwd_err is None or self.bwd_err < tol)
+                and self.grad_err < GRAD_TOL)
 
 
 def _instance(layer: Layer, dev: devmod.Device, dtype: Any, params: dict[str, np.ndarray]) -> Layer:
@@ -50,94 +78,296 @@ def _instance(layer: Layer, dev: devmod.Device, dtype: Any, params: dict[str, np
     return new
 
 
-def _run(layer: Layer, x: Any, dy: Any) -> tuple[Any, Any, dict[str, Any]]:
-    y = layer.forward(x, train=True)
+def _arg(layer: Layer, xs: Sequence[Any]) -> Any:
+    """What the layer's forward takes: the list of its inputs (a merge node) or the one input."""
+    return list(xs) if is_merge(layer) else xs[0]
+
+
+def _input_grads(layer: Layer, dx: Any) -> list[Any]:
+    return list(dx) if is_merge(layer) else [dx]
+
+
+def _run(layer: Layer, xs: Sequence[Any], dy: Any) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Forward on copies of ``xs`` (a layer may write into its input), backward on a copy of dy."""
+    y = layer.forward(_arg(layer, [x.copy() for x in xs]), train=True)
     y = y.copy()
-    dx = layer.backward(dy.copy())
-    return y, dx, {k: g.copy() for k, g in layer.grads.items()}
+    dxs = [None if d is None else d.copy() for d in _input_grads(layer, layer.backward(dy.copy()))]
+    return y, dxs, {k: g.copy() for k, g in layer.grads.items()}
 
 
-def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray, dev: devmod.Device,
-                   rng: np.random.Generator, samples: int = 6, eps: float = 1e-6) -> float:
-    """Max relative error of analytic vs central-difference gradients at sampled coordinates (float64)."""
-    x64 = x.astype(np.float64)
+def _max_rel(pairs: Sequence[tuple[Any, Any]]) -> float:
+    return max([rel_error(a, b) for a, b in pairs if a is not None and b is not None], default=0.0)
+
+
+def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray | Sequence[np.ndarray],
+                   dev: devmod.Device, rng: np.random.Generator, samples: int = 6, eps: float = 1e-6) -> float:
+    """Max relative error of analytic vs central-difference gradients at sampled coordinates (float64).
+
+    ``x``: the layer's input, or the list of a merge node's inputs (each input's gradient is checked)."""
+    xs64 = [np.asarray(a, dtype=np.float64) for a in (x if isinstance(x, (list, tuple)) else [x])]
     inst = _instance(layer, dev, np.float64, params)
-    xd = dev.xp.asarray(x64)
-    y = inst.forward(xd, train=True)
-    dy = dev.xp.asarray(rng.standard_normal(y.shape))
-    dx = devmod.to_host(inst.backward(dy.copy()))
+    y = inst.forward(_arg(layer, [dev.xp.asarray(a) for a in xs64]), train=True)
+    dy = dev.xp.asarray(rng.standard_normal(tuple(y.shape)))
+    dxs = [devmod.to_host(d) for d in _input_grads(layer, inst.backward(dy.copy()))]
     grads = {k: devmod.to_host(g) for k, g in inst.grads.items()}
     dy_h = devmod.to_host(dy)
 
-    def objective(xh: np.ndarray, ph: dict[str, np.ndarray]) -> float:
+    def objective(xs: list[np.ndarray], ph: dict[str, np.ndarray]) -> float:
         probe = _instance(layer, dev, np.float64, ph)
-        out = probe.forward(dev.xp.asarray(xh), train=True)
+        out = probe.forward(_arg(layer, [dev.xp.asarray(a) for a in xs]), train=True)
         return float(np.sum(devmod.to_host(out) * dy_h))
 
     worst = 0.0
-    targets: list[tuple[str, np.ndarray, np.ndarray]] = [("x", x64, dx)]
+    targets: list[tuple[str | int, np.ndarray, np.ndarray]] = [(j, a, d) for j, (a, d) in enumerate(zip(xs64, dxs))]
     targets += [(k, params[k].astype(np.float64), grads[k]) for k in params]
     for name, arr, analytic in targets:
+        # The floor: a float64 difference of an objective of size |f| is good to ~1e-16 |f| / eps, which
+        # is no relative accuracy for a coordinate whose gradient is 1e-5 of the tensor's largest.
+        floor = max(1e-6, 1e-3 * float(np.abs(analytic).max(initial=0.0)))
         for _ in range(samples):
             idx = tuple(int(rng.integers(0, s)) for s in arr.shape)
             plus, minus = arr.copy(), arr.copy()
             plus[idx] += eps
             minus[idx] -= eps
-            if name == "x":
-                fp, fm = objective(plus, params), objective(minus, params)
+            if isinstance(name, int):  # input ``name`` of the node
+                fp = objective([plus if j == name else a for j, a in enumerate(xs64)], params)
+                fm = objective([minus if j == name else a for j, a in enumerate(xs64)], params)
             else:
-                fp = objective(x64, {**params, name: plus})
-                fm = objective(x64, {**params, name: minus})
+                fp = objective(xs64, {**params, name: plus})
+                fm = objective(xs64, {**params, name: minus})
             num = (fp - fm) / (2 * eps)
             ana = float(analytic[idx])
-            denom = max(abs(num), abs(ana), 1e-6)
+            denom = max(abs(num), abs(ana), floor)
             worst = max(worst, abs(num - ana) / denom)
     return worst
 
 
-def check_model(model: str, batch: int = 2, seed: int = 0, device: str | None = None) -> list[LayerCheck]:
-    """Per layer: GPU vs NumPy (when ``device`` resolves to the GPU) and the float64 gradient check.
+# ---------------------------------------------------------------------------- the graph
 
-    ``device``: 'auto', 'cpu', 'cuda' or None ($GPUCONV_DEVICE, else auto); on the CPU only the
-    gradient checks run.
+
+def _node_params(net: Net, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Fresh float64 parameters per node, biases and BN parameters moved off their initial 0/1:
+    a zero bias over an all-zero (ReLU'd) window puts a conv's output exactly on the ReLU's kink,
+    where a central difference is no derivative."""
+    out = []
+    for layer in net.layers:
+        p = {k: np.asarray(v, dtype=np.float64) for k, v in layer.init_params(rng).items()}
+        for k in p:
+            if k != "w":
+                p[k] = p[k] + 0.1 * rng.standard_normal(p[k].shape)
+        out.append(p)
+    return out
+
+
+def _forward_values(net: Net, params: list[dict[str, np.ndarray]], x: np.ndarray) -> dict[int, np.ndarray]:
+    """Every node's output of one training-mode forward pass, in NumPy fp32 (-1: the input)."""
+    values: dict[int, np.ndarray] = {-1: x}
+    for i, layer in enumerate(net.layers):
+        inst = _instance(layer, devmod.CPU, np.float32, params[i])
+        y = inst.forward(_arg(layer, [values[p].copy() for p in net.sources[i]]), train=True)
+        values[i] = np.array(y, copy=True)
+    return values
+
+
+def _jitter(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A node's real input moved by 1e-3 of its spread, for the finite differences: a ReLU'd
+    volume's exact zeros are ties for a max pool and kinks for a ReLU (no derivative there)."""
+    scale = float(np.std(a)) or 1.0
+    return a.astype(np.float64) + 1e-3 * scale * rng.standard_normal(a.shape)
+
+
+def _rebuild(net: Net, dtype: Any) -> Net:
+    """The same graph in another dtype: fresh copies of the layers, fused as they are."""
+    layers = []
+    for layer in net.layers:
+        new = object.__new__(type(layer))
+        new.__dict__.update({k: v for k, v in layer.__dict__.items()
+                             if k not in ("params", "grads", "_cache", "in_shape", "out_shape")})
+        new.params, new.grads, new._cache = {}, {}, {}
+        new.in_shape = new.out_shape = None
+        layers.append(new)
+    inputs = [[net.node_name(p) for p in src] for src in net.sources]
+    return Net(layers, net.input_shape, loss=net.loss, dtype=dtype, name=net.name, fuse=False,
+               vector_output=len(net.output_shape) == 1, inputs=inputs)
+
+
+def _bound(net: Net, dev: devmod.Device, dtype: Any, params: list[dict[str, np.ndarray]]) -> Net:
+    new = _rebuild(net, dtype).bind(dev)
+    host = np.empty(new.num_params, dtype=new.dtype)
+    for s in new.slots:
+        host[s.offset:s.offset + s.size] = params[s.layer][s.name].reshape(-1)
+    devmod.copy_into(new.param_buffer, host)
+    return new
+
+
+def _loss_and_grads(net: Net, x: Any, labels: Any) -> tuple[float, Any, np.ndarray, np.ndarray]:
+    """(loss, scores, parameter gradients, input gradient) of one training-mode step, on the host."""
+    scores = net.forward(x, train=True)
+    loss, ds = net.loss_and_grad(scores, labels)
+    dx = net.backward(ds, input_grad=True)  # a freshly bound net: its gradient buffer starts at zero
+    return (float(devmod.to_host(loss)), *(np.array(devmod.to_host(a), copy=True) for a in (scores, net.grad_buffer, dx)))
+
+
+def net_gradient_check(net: Net, params: list[dict[str, np.ndarray]], dev: devmod.Device, rng: np.random.Generator,
+                       batch: int = 2, samples: int = 6, eps: float = 1e-6, max_tensors: int = 64) -> float:
+    """Float64 central differences of the softmax loss through the whole graph against ``Net.backward``
+    (its sums of the gradients of tensors read by several nodes): one coordinate of each parameter
+    tensor (at most ``max_tensors``, spread over the net) and ``samples`` input coordinates.
+
+    The error is ``rel_error`` of the sampled vector (scaled by its largest entry), not the worst
+    coordinate's own: a step of eps through a deep net crosses some of its ReLUs' kinks, which
+    moves a small gradient by ~eps relative to the large ones; a missing or doubled branch
+    gradient moves it by its own size.  A step that crosses a kink is retried smaller (see
+    ``derivative``)."""
+    n64 = _bound(net, dev, np.float64, params)
+    x = rng.standard_normal((batch, *net.input_shape))
+    labels = rng.integers(0, net.output_shape[0], batch).astype(np.int32)
+    xd, yd = dev.xp.asarray(x), dev.xp.asarray(labels)
+    _, _, analytic, dx = _loss_and_grads(n64, xd, yd)
+    host = np.array(devmod.to_host(n64.param_buffer), copy=True)  # on the CPU to_host is the buffer itself
+
+    def loss_at(p: np.ndarray, xh: np.ndarray) -> float:
+        devmod.copy_into(n64.param_buffer, p)
+        s = n64.forward(dev.xp.asarray(xh), train=True)
+        v, _ = n64.loss_and_grad(s, yd)
+        for layer in n64.layers:
+            layer.clear_cache()
+        return float(devmod.to_host(v))
+
+    f0 = loss_at(host, x)
+
+    def derivative(at: Any) -> float:
+        """Central difference along one coordinate (``at(step)``: the (params, input) moved by step).
+        Where the one-sided differences disagree the step crossed a kink (a ReLU's input through
+        zero): again with a step 10x smaller, at most twice."""
+        step = eps
+        for _ in range(3):
+            fp, fm = loss_at(*at(step)), loss_at(*at(-step))
+            central, one_sided_gap = (fp - fm) / (2 * step), abs((fp - f0) - (f0 - fm)) / step
+            if one_sided_gap <= 1e-3 * max(abs(central), 1e-2):
+                break
+            step /= 10
+        return central
+
+    def moved(arr: np.ndarray, idx: Any) -> Any:
+        def at(step: float) -> np.ndarray:
+            out = arr.copy()
+            out[idx] += step
+            return out
+        return at
+
+    slots = n64.slots
+    if len(slots) > max_tensors:
+        slots = [slots[int(k)] for k in np.linspace(0, len(slots) - 1, max_tensors).round()]
+    nums, anas = [], []
+    for s in slots:
+        i = s.offset + int(rng.integers(0, s.size))
+        nums.append(derivative(lambda step, m=moved(host, i): (m(step), x)))
+        anas.append(analytic[i])
+    for _ in range(samples):
+        idx = tuple(int(rng.integers(0, d)) for d in x.shape)
+        nums.append(derivative(lambda step, m=moved(x, idx): (host, m(step))))
+        anas.append(dx[idx])
+    devmod.copy_into(n64.param_buffer, host)
+    num, ana = np.array(nums), np.array(anas)
+    return rel_error(num, ana)
+
+
+def _reads(net: Net, i: int) -> tuple[str, ...]:
+    return tuple(net.node_name(p) for p in net.sources[i])
+
+
+def check_model(model: str | Net, batch: int = 2, seed: int = 0, device: str | devmod.Device | None = None, *,
+                samples: int = 6, whole_net: bool = True) -> list[LayerCheck]:
+    """Per node: GPU vs NumPy (when ``device`` resolves to the GPU) and the float64 gradient check,
+    each node fed its real inputs; then (``whole_net``) the row for the whole graph.
+
+    ``model``: a zoo name, an INPUT[...] pattern or a built Net.  ``device``: 'auto', 'cpu', 'cuda',
+    None ($GPUCONV_DEVICE, else auto) or a Device; on the CPU only the gradient checks run.
     """
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
-    dev = devmod.get_device(device)   # first: `--device cuda` without a GPU fails before any work
-    net = get_model(model)
+    # first: `--device cuda` without a GPU fails before any work
+    dev = device if isinstance(device, devmod.Device) else devmod.get_device(device)
+    net = model if isinstance(model, Net) else get_model(model)
     rng = np.random.default_rng(seed)
     gpu = dev if dev.is_gpu else None
+    params = _node_params(net, rng)
+    x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
+    values = _forward_values(net, params, x)
     results = []
-    for layer in net.layers:
-        params = {k: v.astype(np.float32) for k, v in layer.init_params(rng).items()}
-        x = rng.standard_normal((batch, *layer.in_shape)).astype(np.float32)  # type: ignore[misc]
+    for i, layer in enumerate(net.layers):
+        xs = [values[p] for p in net.sources[i]]
+        p32 = {k: v.astype(np.float32) for k, v in params[i].items()}
         fwd_err = bwd_err = None
         if gpu is not None:
-            cpu_l = _instance(layer, devmod.CPU, np.float32, params)
-            gpu_l = _instance(layer, gpu, np.float32, params)
+            cpu_l = _instance(layer, devmod.CPU, np.float32, p32)
+            gpu_l = _instance(layer, gpu, np.float32, p32)
             dy = rng.standard_normal((batch, *layer.out_shape)).astype(np.float32)  # type: ignore[misc]
-            yc, dxc, gc = _run(cpu_l, x, dy)
-            yg, dxg, gg = _run(gpu_l, gpu.xp.asarray(x), gpu.xp.asarray(dy))
+            yc, dxc, gc = _run(cpu_l, xs, dy)
+            yg, dxg, gg = _run(gpu_l, [gpu.xp.asarray(a) for a in xs], gpu.xp.asarray(dy))
             fwd_err = rel_error(yc, yg)
-            bwd_err = max([rel_error(dxc, dxg)] + [rel_error(gc[k], gg[k]) for k in gc])
-        grad_err = gradient_check(layer, params, x, gpu or devmod.CPU, rng)
-        results.append(LayerCheck(layer.name, layer.describe(), fwd_err, bwd_err, grad_err))
+            bwd_err = _max_rel(list(zip(dxc, dxg)) + [(gc[k], gg[k]) for k in gc])
+        xs64 = [_jitter(a, rng) for a in xs]
+        grad_err = gradient_check(layer, p32, xs64 if is_merge(layer) else xs64[0], gpu or devmod.CPU, rng, samples)
+        results.append(LayerCheck(layer.name, layer.describe(), fwd_err, bwd_err, grad_err, _reads(net, i)))
+    if whole_net:
+        fwd_err = bwd_err = None
+        if gpu is not None:
+            labels = rng.integers(0, net.output_shape[0], batch).astype(np.int32)
+            _, sc, gc, dxc = _loss_and_grads(_bound(net, devmod.CPU, np.float32, params), x, labels)
+            _, sg, gg, dxg = _loss_and_grads(_bound(net, gpu, np.float32, params), gpu.xp.asarray(x),
+                                             gpu.xp.asarray(labels))
+            fwd_err, bwd_err = rel_error(sc, sg), max(rel_error(gc, gg), rel_error(dxc, dxg))
+        grad_err = net_gradient_check(net, params, gpu or devmod.CPU, rng, batch, samples)
+        merges = sum(is_merge(layer) for layer in net.layers)
+        results.append(LayerCheck(NET_ROW, f"{len(net.layers)} nodes, {merges} merges", fwd_err, bwd_err, grad_err))
     return results
+
+
+def format_results(model: str, batch: int, results: Sequence[LayerCheck], where: str) -> tuple[str, int]:
+    """The table ``gpuconv check`` prints, and how many rows are out of tolerance."""
+    reads = [_reads_text(results, k) for k in range(len(results))]
+    graph = any(reads)  # a chain reads the row above everywhere: no column
+    wn = max([len("layer")] + [len(r.name) for r in results])
+    wk = max([len("kind")] + [len(r.kind) for r in results])
+    wr = max([len("reads")] + [len(s) for s in reads])
+    rcol = f"{'reads':<{wr}} " if graph else ""
+    lines = [f"gpuconv check {model}: batch {batch}, float64 gradient check on {where}",
+             f"{'layer':<{wn}} {'kind':<{wk}} {rcol}{'fwd rel err':>12} {'bwd rel err':>12} {'grad check':>12}"]
+    bad = 0
+    for r, src in zip(results, reads):
+        f = "—" if r.fwd_err is None else f"{r.fwd_err:.2e}"
+        b = "—" if r.bwd_err is None else f"{r.bwd_err:.2e}"
+        bad += not r.ok
+        col = f"{src:<{wr}} " if graph else ""
+        lines.append(f"{r.name:<{wn}} {r.kind:<{wk}} {col}{f:>12} {b:>12} {r.grad_err:>12.2e}"
+                     f"{'' if r.ok else '  FAIL'}")
+    if graph:
+        lines.append("'<-' names the inputs of a node that does not read the row above it")
+    if results and results[-1].name == NET_ROW:
+        lines.append(f"'{NET_ROW}': the loss through the graph (gradients of tensors read by several nodes are "
+                     f"summed); fp32 bound {NET_TOL:g} (rounding compounds over the depth), nodes {NODE_TOL:g}")
+    lines.append("all layers agree" if not bad else f"{bad} layer(s) out of tolerance")
+    return "\n".join(lines), bad
+
+
+def _reads_text(results: Sequence[LayerCheck], k: int) -> str:
+    r = results[k]
+    if not r.reads or (k > 0 and r.reads == (results[k - 1].name,)) or (k == 0 and r.reads == ("input",)):
+        return ""
+    return "<- " + ", ".join(r.reads)
 
 
 def check_command(args: argparse.Namespace) -> int:
     device = getattr(args, "device", None)
     results = check_model(args.model, args.batch, args.seed, device)
     where = "GPU" if devmod.get_device(device).is_gpu else "CPU (no GPU: forward/backward comparison skipped)"
-    print(f"gpuconv check {args.model}: batch {args.batch}, float64 gradient check on {where}")
-    print(f"{'layer':<14} {'kind':<22} {'fwd rel err':>12} {'bwd rel err':>12} {'grad check':>12}")
-    bad = 0
-    for r in results:
-        f = "—" if r.fwd_err is None else f"{r.fwd_err:.2e}"
-        b = "—" if r.bwd_err is None else f"{r.bwd_err:.2e}"
-        ok = (r.fwd_err is None or r.fwd_err < 1e-4) and (r.bwd_err is None or r.bwd_err < 1e-4) \
-            and r.grad_err < 1e-4
-        bad += not ok
-        print(f"{r.name:<14} {r.kind:<22} {f:>12} {b:>12} {r.grad_err:>12.2e}{'' if ok else '  FAIL'}")
-    print("all layers agree" if not bad else f"{bad} layer(s) out of tolerance")
+    text, bad = format_results(args.model, args.batch, results, where)
+    print(text)
     return 1 if bad else 0
+
+
+__all__ = ["LayerCheck", "check_command", "check_model", "format_results", "gradient_check", "net_gradient_check",
+           "rel_error"]
+
