@@ -49,6 +49,9 @@ class Buffers:
 
     out: Any = None                                   # forward output
     dx: Any = None                                    # backward output (input gradient)
+    # A merge node's backward outputs, one gradient per input (CONCAT's slices of dy): activation
+    # gradients like ``dx``, not scratch.  Empty: the op allocates them.
+    dxs: list[Any] = field(default_factory=list)
     saved: dict[str, Any] = field(default_factory=dict)
     workspace: dict[str, Any] = field(default_factory=dict)
     # Scalars that change every step, in device memory the kernels read when they run

@@ -136,9 +136,9 @@ class Concat(_Merge):
         return concat_ops.concat_forward(list(xs), out=buf.out)
 
     def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> list[Any]:  # type: ignore[override]
-        # The memory plan's per-branch gradients come as workspace 'dx0', 'dx1', ... (see memory.liveness).
-        outs = [buf.workspace.get(f"dx{j}") for j in range(len(self.in_shapes))]
-        return concat_ops.concat_backward(dy, self.channels, out=None if any(o is None for o in outs) else outs)
+        # The memory plan's per-branch gradients come as ``buf.dxs`` (see memory.liveness).
+        outs = list(buf.dxs)
+        return concat_ops.concat_backward(dy, self.channels, out=outs if len(outs) == len(self.in_shapes) else None)
 
 
 class GlobalAvgPool(Layer):

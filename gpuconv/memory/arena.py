@@ -235,6 +235,7 @@ class PlannedExecutor:
             out.append(_make_buffers(
                 out=self._views[names["out"]] if names["out"] else None,
                 dx=self._views[names["dx"]] if (train and names["dx"]) else None,
+                dxs=[self._views[n] for n in names.get("dxs", [])] if train else [],
                 saved={k: self._views[v] for k, v in names["saved"].items()},
                 workspace={k: self._views[v] for k, v in names["workspace"].items()},
                 step={"keys": keys[i]} if i in keys else {}))

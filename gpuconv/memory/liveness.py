@@ -39,9 +39,10 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
     """The activation and gradient tensors of ``net`` (a :class:`~gpuconv.net.Net`, chain or graph),
     with their intervals; fills ``layer_tensors[i]['out'|'dx']``.
 
-    The other gradients a node's backward needs memory for go to ``layer_tensors[i]['workspace']``,
-    the views the executor hands the layer by key (the plan's table counts them in its scratch
-    column): a merge node's per-input gradients (CONCAT's) as 'dx<j>', the copy of a shared dy that
+    A merge node's per-input gradients (CONCAT's) go to ``layer_tensors[i]['dxs']`` (one per input, in
+    order: the gradients of its inputs' outputs, as a chain's 'dx').  The other gradients a node's
+    backward needs memory for go to ``layer_tensors[i]['workspace']``, the views the executor hands
+    the layer by key (the plan's table counts them in its scratch column): the copy of a shared dy that
     the layer would overwrite as 'dy_copy', the sum of two shared gradients as 'gradsum<j>'."""
     from ..net import _grad_aliases_dy, _overwrites_dy, is_merge  # noqa: PLC0415  (the layers import the ops)
 
@@ -130,8 +131,8 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
             else:
                 name = f"{layer.name}.dx" + (str(j) if merge else "")
                 t, tk = new_grad(name, p, shape_of(p), bwd(i)), _Token()
-                if merge:  # one gradient per input (CONCAT's slices of dy): handed over as buffers of its own
-                    layer_tensors[i]["workspace"][f"dx{j}"] = name
+                if merge:  # one gradient per input (CONCAT's slices of dy): Buffers.dxs[j]
+                    layer_tensors[i]["dxs"].append(name)
                 else:
                     layer_tensors[i]["dx"] = name
             tk.holders += 1

@@ -167,7 +167,7 @@ class Plan:
     misc_bytes: int
     num_params: int
     state_slots: int
-    layer_tensors: list[dict[str, Any]] = field(default_factory=list)  # per layer: out, dx, saved, workspace names
+    layer_tensors: list[dict[str, Any]] = field(default_factory=list)  # per layer: out, dx, dxs, saved, workspace names
     other_mode_total_bytes: int | None = None   # training total for an inference plan and vice versa
     forward_values_per_example: int = 0         # the notes' count: input + every non-aliased test-time output
     kernels: list[KernelChoice] = field(default_factory=list)  # per layer and pass, in execution order
@@ -391,7 +391,8 @@ def make_plan(net: Any, batch: int, *, optimizer: str = "sgd", inference: bool =
         return int(math.prod(shape)) * d.itemsize
 
     tensors: list[PlannedTensor] = []
-    layer_tensors: list[dict[str, Any]] = [{"out": None, "dx": None, "saved": {}, "workspace": {}} for _ in layers]
+    layer_tensors: list[dict[str, Any]] = [{"out": None, "dx": None, "dxs": [], "saved": {}, "workspace": {}}
+                                           for _ in layers]
 
     # ---- misc: the input batch (the tensor activation -1 refers to), labels
     misc: list[PlannedTensor] = []
