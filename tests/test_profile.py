@@ -1,10 +1,12 @@
-"""The profiler: measured bytes per layer equal planned, reports render; GPU steady state allocates nothing."""
+"""The profiler: measured bytes per layer (per node of a branching net) equal planned, reports render (a
+graph's branches as a reads column and arcs); GPU steady state allocates nothing."""
 from __future__ import annotations
 
 import argparse
 import io
 import json
 
+import numpy as np
 import pytest
 
 from gpuconv import zoo
@@ -13,6 +15,7 @@ from gpuconv.memory import make_plan
 from gpuconv.memory.profile import profile
 from gpuconv.memory.report import add_plan_arguments, add_profile_arguments, plan_command, profile_command
 from gpuconv.net import Net
+from gpuconv.spec import net_from_spec
 
 
 def every_kind() -> Net:
@@ -78,13 +81,82 @@ def test_profile_command(tmp_path) -> None:
     args = p.parse_args(["small", "--batch", "2", "--steps", "1", "--device", "cpu", "--out", str(tmp_path)])
     assert profile_command(args, out) == 0
     assert (tmp_path / "profile.html").exists() and "measured" in out.getvalue()
+    out = io.StringIO()   # a zoo ResNet: the table shows its branches
+    assert profile_command(p.parse_args(["resnet20", "--batch", "1", "--steps", "1", "--device", "cpu"]), out) == 0
+    assert "<- " in out.getvalue() and "merge node" in out.getvalue()
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("model", ["lenet5", "alexnet"])
+@pytest.mark.parametrize("model", ["lenet5", "alexnet", "resnet20", "googlenet"])
 def test_gpu_steady_state_allocates_nothing(model: str) -> None:
     r = profile(zoo.get_model(model), 8, "cuda", steps=3, optimizer="momentum")
     assert r.steady_state_device_allocs == 0, r.table()
     for l in r.layers:
         assert l.in_plan and l.measured_bytes == l.planned_bytes, (l.name, l.stray)
     assert r.process_peak_bytes is None or r.process_peak_bytes >= r.plan_total_bytes
+
+
+INCEPTION_RES = ("INPUT[8x8x3] -> CONV3-8 -> BN -> RELU -> INCEPTION(4,4-6,2-4,4) -> RES3-12/2 "
+                 "-> { CONV1-12 -> BN | }+ -> RELU -> GAP -> FC-5")
+
+
+def _arcs(net) -> int:
+    """Edges that do not come from the row above: what the chart draws as arcs."""
+    return sum(p != i - 1 for i, src in enumerate(net.sources) for p in src)
+
+
+@pytest.mark.parametrize("make", [lambda: zoo.resnet20(input_shape=(3, 8, 8)),
+                                  lambda: net_from_spec(INCEPTION_RES)])
+def test_branching_net_measured_per_node_equals_planned(make) -> None:
+    net = make()
+    r = profile(net, 2, "cpu", steps=1, optimizer="momentum")
+    assert r.graph and len(r.layers) == len(net.layers)
+    for l, layer, src in zip(r.layers, net.layers, net.sources):
+        assert l.measured_bytes == l.planned_bytes, (l.name, l.stray)
+        assert l.in_plan, (l.name, l.stray)
+        assert l.reads == [net.node_name(p) for p in src]
+    # a merge's own output counts; CONCAT's per-branch gradients too; ADD hands dy on (no memory)
+    isz = 4
+    for l, layer in zip(r.layers, net.layers):
+        if layer.kind == "CONCAT":
+            out = 2 * int(np.prod(layer.out_shape)) * isz
+            assert l.planned_bytes == 2 * out  # its output + one gradient per branch, which add up to it
+        if layer.kind == "ADD":
+            assert l.planned_bytes == 2 * int(np.prod(layer.out_shape)) * isz  # the output only
+    text = r.table()
+    assert "reads" in text and "<- " in text and "merge node" in text
+    page = r.to_html()
+    assert page.count("<path") == _arcs(net) > 0
+    assert json.loads(r.to_json())["graph"] is True
+
+
+def test_a_chain_shows_no_branches() -> None:
+    r = profile(zoo.lenet5(), 2, "cpu", steps=1)
+    assert not r.graph and "reads" not in r.table() and "<path" not in r.to_html()
+
+
+def test_profile_catches_an_unplanned_merge_gradient() -> None:
+    # Without planned per-branch gradients CONCAT's backward allocates them: measured, not in plan.
+    net = net_from_spec(INCEPTION_RES)
+    plan = make_plan(net, 2)
+    k = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
+    assert len(plan.layer_tensors[k]["dxs"]) == 4
+    plan.layer_tensors[k]["dxs"] = []
+    r = profile(net, 2, "cpu", steps=1, plan=plan)
+    concat = r.layers[k]
+    assert not concat.in_plan and sum("input gradient" in s for s in concat.stray) == 4
+    assert concat.measured_bytes > concat.planned_bytes
+    assert all(l.in_plan for j, l in enumerate(r.layers) if j != k)
+
+
+def test_plan_counts_merge_gradients_as_gradients_not_scratch() -> None:
+    net = net_from_spec(INCEPTION_RES)
+    plan = make_plan(net, 2)
+    k = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
+    names = plan.layer_tensors[k]["dxs"]
+    assert all(plan.tensor(n).kind == "gradient" for n in names)
+    assert not any(n.startswith("dx") for n in plan.layer_tensors[k]["workspace"])
+    assert plan.rows[k].workspace_bytes == 0
+    # each branch gradient is the gradient of that branch's output: the size its row counts
+    for n, p in zip(names, net.sources[k]):
+        assert plan.tensor(n).nbytes == plan.rows[p].gradient_bytes or plan.rows[p].inplace

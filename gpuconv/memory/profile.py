@@ -15,6 +15,13 @@ After a warm-up step, a training step must do ZERO new device allocations
 (cudaMalloc): ``ProfileReport.steady_state_device_allocs`` counts them.  On the
 GPU the process' device memory from NVML is sampled after every step.
 
+A branching net (residual and Inception blocks) is measured node by node the same way: a
+merge node's forward takes all its inputs (its output is compared with each of them, so an
+alias is not counted), and its backward's gradients, one per input, count as what it produced
+(CONCAT's slices, planned as ``Buffers.dxs``; an ADD hands dy itself to both, which is no new
+memory).  ``LayerProfile.reads`` names each node's inputs; the table gets a ``reads`` column
+and the chart draws an arc from each input to a node that does not read the row above it.
+
 Output: ``table()``, ``to_json()``, and ``to_html()`` (an inline SVG bar chart of
 planned vs measured bytes per layer; no matplotlib).
 """
@@ -41,7 +48,7 @@ class LayerProfile:
     index: int
     name: str
     describe: str
-    planned_bytes: int            # output + saved + input gradient, as planned (0 for aliases)
+    planned_bytes: int            # output + saved + input gradient(s), as planned (0 for aliases)
     measured_bytes: int           # the same, read off the arrays the layer produced
     in_plan: bool                 # every produced array is the planned view (same address)
     temp_bytes: int = 0           # ops' own allocations during forward + backward (peak on CPU, sum on GPU)
@@ -49,6 +56,7 @@ class LayerProfile:
     forward_ms: float = 0.0
     backward_ms: float = 0.0
     stray: list[str] = field(default_factory=list)  # produced arrays that were NOT planned views
+    reads: list[str] = field(default_factory=list)  # the nodes whose outputs it reads ("input": the data)
 
 
 @dataclass
@@ -71,6 +79,17 @@ class ProfileReport:
     process_peak_bytes: int | None = None             # NVML, this process, max over steps (GPU)
     pool_reserved_bytes: int | None = None            # cupy pool's total bytes (GPU)
     plan_table: str = ""
+    graph: bool = False                               # a branching net (some node does not read the row above)
+
+    def reads_text(self, k: int) -> str:
+        """'<- a, b' for a node that does not read the row above it (names inside its block relative
+        to it, as ``gpuconv summary`` writes them); '' for the next node of a chain."""
+        l = self.layers[k]
+        above = self.layers[k - 1].name if k > 0 else "input"
+        if not self.graph or l.reads == [above]:
+            return ""
+        scope = l.name[:l.name.rfind(".") + 1]
+        return "<- " + ", ".join(n[len(scope):] if scope and n.startswith(scope) else n for n in l.reads)
 
     @property
     def planned_layer_bytes(self) -> int:
@@ -89,15 +108,26 @@ class ProfileReport:
         return json.dumps(self.to_dict(), indent=indent)
 
     def table(self) -> str:
+        labels = [f"{l.name} {l.describe}" for l in self.layers]
+        reads = [self.reads_text(k) for k in range(len(self.layers))]
+        # a chain keeps the notes' 26 columns; a graph's block-scoped names need more
+        w = 26 if not self.graph else min(max([26] + [len(s) for s in labels]), 48)
+        wr = max([len("reads")] + [len(s) for s in reads])
+        rcol = f" {'reads':<{wr}}" if self.graph else ""
         lines = [f"{self.net_name}: batch {self.batch} on {self.device}, {self.optimizer}, {self.steps} steps",
-                 f"{'layer':<26} {'planned':>11} {'measured':>11} {'in plan':>8} {'temporaries':>12} "
+                 f"{'layer':<{w}}{rcol} {'planned':>11} {'measured':>11} {'in plan':>8} {'temporaries':>12} "
                  f"{'fwd ms':>9} {'bwd ms':>9}"]
         lines.append("-" * len(lines[1]))
-        for l in self.layers:
-            lines.append(f"{(l.name + ' ' + l.describe)[:26]:<26} {fmt_bytes(l.planned_bytes):>11} "
+        for l, label, src in zip(self.layers, labels, reads):
+            col = f" {src:<{wr}}" if self.graph else ""
+            lines.append(f"{label[:w]:<{w}}{col} {fmt_bytes(l.planned_bytes):>11} "
                          f"{fmt_bytes(l.measured_bytes):>11} {'yes' if l.in_plan else 'NO':>8} "
                          f"{fmt_bytes(l.temp_bytes):>12} {l.forward_ms:>9.3f} {l.backward_ms:>9.3f}")
         lines.append("-" * len(lines[1]))
+        if self.graph:
+            merges = sum(len(l.reads) > 1 for l in self.layers)
+            lines.append(f"graph: {len(self.layers)} nodes, {merges} merge node(s); '<-' names the inputs of a node "
+                         f"that does not read the row above it")
         lines.append(f"per-layer tensors: planned {fmt_bytes(self.planned_layer_bytes)}, measured "
                      f"{fmt_bytes(self.measured_layer_bytes)}; optimizer step {self.optimizer_ms:.3f} ms")
         lines.append(f"plan total {fmt_bytes(self.plan_total_bytes)} = param store {fmt_bytes(self.param_store_bytes)}"
@@ -115,21 +145,32 @@ class ProfileReport:
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        """A self-contained page: an inline SVG bar chart (planned vs measured per layer) and the table."""
+        """A self-contained page: an inline SVG bar chart (planned vs measured per layer) and the table.
+
+        A branching net gets lanes at the left: an arc from each input to a node that does not
+        read the row above it (a skip connection, an Inception branch's first layer, a merge)."""
         rows = self.layers
-        bar_h, gap, left, width = 10, 8, 220, 560
+        bar_h, gap, width = 10, 8, 560
+        lanes = 140 if self.graph else 0
+        left = lanes + (max([30] + [len(f"{l.name} {l.describe}") for l in rows]) * 7 + 12 if self.graph else 220)
+        row_h = 2 * bar_h + gap
         top = max([max(l.planned_bytes, l.measured_bytes) for l in rows] + [1])
-        height = len(rows) * (2 * bar_h + gap) + 60
+        height = len(rows) * row_h + 60
         parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" height="{height}" '
                  f'font-family="monospace" font-size="11">',
                  f'<rect x="{left}" y="5" width="12" height="10" fill="#4c72b0"/>'
                  f'<text x="{left + 16}" y="14">planned</text>'
                  f'<rect x="{left + 90}" y="5" width="12" height="10" fill="#dd8452"/>'
                  f'<text x="{left + 106}" y="14">measured</text>']
+        if self.graph:
+            parts += self._lanes(lanes, 30, row_h, bar_h)
         y = 30
         for l in rows:
             label = html.escape(f"{l.name} {l.describe}")
-            parts.append(f'<text x="{left - 6}" y="{y + bar_h + 3}" text-anchor="end">{label}</text>')
+            tip = html.escape(f"{l.name} reads {', '.join(l.reads)}") if l.reads else label
+            bold = ' font-weight="bold"' if len(l.reads) > 1 else ""  # a merge node
+            parts.append(f'<text x="{left - 6}" y="{y + bar_h + 3}" text-anchor="end"{bold}><title>{tip}</title>'
+                         f'{label}</text>')
             for k, (v, color) in enumerate(((l.planned_bytes, "#4c72b0"), (l.measured_bytes, "#dd8452"))):
                 w = width * v / top
                 parts.append(f'<rect x="{left}" y="{y + k * bar_h}" width="{w:.1f}" height="{bar_h - 1}" '
@@ -144,6 +185,32 @@ class ProfileReport:
                 f"<h1>{title}</h1><p>Bytes per layer (output + kept for backward + input gradient): planned vs "
                 f"measured.</p>{''.join(parts)}<h2>Profile</h2><pre>{html.escape(self.table())}</pre>"
                 f"<h2>Plan</h2><pre>{html.escape(self.plan_table)}</pre></body></html>\n")
+
+    def _lanes(self, x0: int, y0: int, row_h: int, bar_h: int) -> list[str]:
+        """SVG arcs in the ``x0`` pixels left of the labels: from the row of each input to the row of
+        a node that does not read the row above it (deeper arcs for longer skips; the input's row is
+        the top).  A dot marks each node's own row on the lane."""
+        index = {l.name: k for k, l in enumerate(self.layers)}
+        index["input"] = -1
+
+        def cy(k: int) -> float:
+            return y0 - 8 if k < 0 else y0 + k * row_h + bar_h
+
+        out = [f'<text x="{x0 - 4}" y="{y0 - 5}" text-anchor="end" fill="#555">input</text>']
+        edge = x0 - 4
+        for k, l in enumerate(self.layers):
+            for name in l.reads:
+                p = index.get(name)
+                if p is None or p == k - 1:
+                    continue  # the row above: the chain's own order, no arc
+                depth = min(x0 - 10, 12 + 18 * (k - p) ** 0.5)
+                color = "#c44e52" if len(l.reads) > 1 else "#55a868"
+                out.append(f'<path d="M {edge} {cy(p):.1f} C {edge - depth:.1f} {cy(p):.1f} {edge - depth:.1f} '
+                           f'{cy(k):.1f} {edge} {cy(k):.1f}" fill="none" stroke="{color}" stroke-width="1.2">'
+                           f'<title>{html.escape(f"{l.name} reads {name}")}</title></path>')
+        for k in range(len(self.layers)):
+            out.append(f'<circle cx="{edge}" cy="{cy(k):.1f}" r="2" fill="#555"/>')
+        return out
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write profile.html, profile.json and profile.txt under ``out_dir``; returns their paths."""
@@ -309,10 +376,11 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
             if recording["on"]:
                 temp[_i] += ph.bytes
                 temp_n[_i] += ph.allocs
-                produced(_i, "output", y, x)
+                xs = list(x) if isinstance(x, (list, tuple)) else [x]  # a merge node reads several
+                produced(_i, "output", y, *xs)
                 for k, v in _l._cache.items():
                     if _is_array(v) and k not in ("x", "y"):
-                        produced(_i, f"saved {k}", v, x, y)
+                        produced(_i, f"saved {k}", v, *xs, y)
             return y
 
         def bwd(dy: Any, buf: Any = None, *, _i: int = i, _b: Any = b0) -> Any:
@@ -323,7 +391,11 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
             if recording["on"]:
                 temp[_i] += ph.bytes
                 temp_n[_i] += ph.allocs
-                produced(_i, "input gradient", dx, dy)
+                if isinstance(dx, (list, tuple)):  # a merge node: one gradient per input (ADD's: dy itself)
+                    for j, d in enumerate(dx):
+                        produced(_i, f"input gradient {j}", d, dy, *dx[:j])
+                else:
+                    produced(_i, "input gradient", dx, dy)
             return dx
 
         originals.append((layer, f0, b0))
@@ -380,19 +452,20 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
     rows = []
     for i, layer in enumerate(net.layers):
         names = plan.layer_tensors[i]
-        planned = sum(plan.tensor(n).nbytes for n in [names["out"], names["dx"], *names["saved"].values()] if n)
+        planned = sum(plan.tensor(n).nbytes for n in [names["out"], names["dx"], *names.get("dxs", []),
+                                                      *names["saved"].values()] if n)
         rows.append(LayerProfile(
             index=i, name=layer.name, describe=layer.describe(), planned_bytes=planned,
             measured_bytes=measured[i] // steps, in_plan=not stray[i], temp_bytes=temp[i] // steps,
             temp_allocs=temp_n[i] // steps,
             forward_ms=statistics.median(fwd_ms[i]) if fwd_ms[i] else 0.0,
             backward_ms=statistics.median(bwd_ms[i]) if bwd_ms[i] else 0.0,
-            stray=sorted(set(stray[i]))))
+            stray=sorted(set(stray[i])), reads=[net.node_name(p) for p in net.sources[i]]))
     report = ProfileReport(
         net_name=plan.net_name, batch=batch, device=str(dev), optimizer=optimizer, steps=steps, layers=rows,
         plan_total_bytes=plan.total_bytes, arena_bytes=plan.arena_bytes, param_store_bytes=plan.param_store_bytes,
         misc_bytes=plan.misc_bytes, losses=losses, optimizer_ms=statistics.median(opt_ms) if opt_ms else 0.0,
-        plan_table=plan.table())
+        plan_table=plan.table(), graph=not net.is_chain)
     if gpu:
         report.steady_state_device_allocs = counter.device_allocs
         report.steady_state_pool_mallocs = counter.pool_mallocs
