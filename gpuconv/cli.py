@@ -111,6 +111,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "it starts if its memory plan does not fit (default: the memory free now)")
     p.add_argument("--unplanned", dest="planned", action="store_false", default=None,
                    help="allocate as you go instead of one planned arena")
+    p.add_argument("--ranks", type=int, default=None, metavar="K",
+                   help="data-parallel training on K ranks of this machine (mpiexec -n K: one GPU per rank, or K "
+                        "processes on the CPU); --batch-size is the global batch, split evenly. Across machines: "
+                        "mpirun -n K gpuconv train ...")
     p.add_argument("--cuda-graph", action="store_true", default=None, help="GPU: capture the planned training "
                    "step once as a CUDA graph and replay it (one launch per step instead of one per kernel)")
     p.set_defaults(func=_train)
@@ -162,19 +166,35 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .distributed import get_world, launch, launched_by_mpi  # noqa: PLC0415
     from .run import CHECKPOINT  # noqa: PLC0415
-    from .train import train  # noqa: PLC0415
+    from .train import check_data, check_ranks, check_run_folder, train  # noqa: PLC0415
 
+    if args.ranks is not None and args.ranks < 1:
+        raise UsageError(f"--ranks must be >= 1, got {args.ranks}")
+    if args.ranks is not None and launched_by_mpi():
+        raise UsageError("--ranks starts the ranks itself: drop it when running under mpirun/mpiexec")
     cfg = train_config(args)
     resolve_device(cfg.device)   # `--device cuda` without a GPU: one line, before any data is read
+    if args.ranks is not None and args.ranks > 1:
+        # The checks that write nothing, once, before any rank starts: one message, exit status 2.
+        cfg.validate()
+        check_ranks(cfg, args.ranks)
+        check_run_folder(cfg)
+        check_data(cfg)
+        return launch(args.ranks, args.raw_argv)
+    world = get_world()
     try:
-        result = train(cfg)
+        with world.guard(debug=args.debug):   # a failing rank names itself and aborts the others
+            result = train(cfg)
     except KeyboardInterrupt:
         if cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
             print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)
         else:
             print("nothing was saved (interrupted before the first checkpoint)", file=sys.stderr)
         raise
+    if not world.is_root:   # one report per run
+        return 0
     out = shlex.quote(result.out_dir)
     if result.finished_before:
         print(f"{result.out_dir}: this run is finished ({result.epochs_done} of {result.epochs_done} epochs, "
@@ -347,7 +367,8 @@ def _exit_status(exc: BaseException) -> int | None:
         pass
     if isinstance(exc, failed):   # it ran and failed (PlanDoesNotFit is a MemoryError)
         return EXIT_FAILED
-    if isinstance(exc, (UsageError, DeviceError, BudgetError, DataError, ValueError, KeyError)):
+    from .distributed import DistributedError  # noqa: PLC0415
+    if isinstance(exc, (UsageError, DeviceError, BudgetError, DataError, ValueError, KeyError, DistributedError)):
         return EXIT_USAGE
     return None
 
@@ -362,12 +383,14 @@ def _message(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    raw_argv = list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["train", *argv]   # the main job: `gpuconv [train flags]` trains (the default model)
     args = parser.parse_args(argv)
+    args.raw_argv, args.debug = raw_argv, debug   # --ranks K starts K ranks with the same command line
     prog = f"gpuconv {args.command or 'train'}"
     try:
         # Which kernels run is decided here, once: flags, then GPUCONV_* variables, then defaults.

@@ -307,7 +307,7 @@ class Net:
         return loss_ops.softmax_cross_entropy(scores, labels, grad_out=grad_out, buffers=buffers)
 
     def backward(self, dscores: Any, buffers: Sequence[Buffers] | None = None, *,
-                 input_grad: bool = False) -> Any:
+                 input_grad: bool = False, after_layer: Any = None) -> Any:
         """Fill every layer's grads (views into grad_buffer), nodes in reverse topological order.
 
         A node's output gradient is the sum of what its readers' backwards return; the sum is
@@ -338,6 +338,8 @@ class Net:
                         dy, tok = concat_forward([dy], out=buf.workspace.get("dy_copy")), _GradToken()
                         tok.holders = 1
                     out = layer.backward(dy, buf)
+                    if after_layer is not None:  # layer i's parameter gradients are final (launched)
+                        after_layer(i)
                     dxs = out if is_merge(layer) else [out]
                     aliases = _grad_aliases_dy(layer)
                     for j, (p, dx) in enumerate(zip(self.sources[i], dxs)):

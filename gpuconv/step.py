@@ -1,7 +1,9 @@
 """One training step, and the inference step beside it: planned or not, eager or replayed as a CUDA graph.
 
-``TrainStep(net, opt, executor=None, cuda_graph=False)`` is the only place that runs
-forward, loss, accuracy count, backward and the optimizer update.  Its modes:
+``TrainStep(net, opt, executor=None, cuda_graph=False, reducer=None)`` is the only place that runs
+forward, loss, accuracy count, backward and the optimizer update; with a ``reducer``
+(:class:`gpuconv.distributed.GradReducer`) the gradients are averaged across ranks between
+backward and the update, bucket by bucket as backward finishes them.  Its modes:
 
 - **unplanned** (``executor=None``): the ops allocate what they need as they go, and
   the scalars that change every step (learning rate, Adam's bias corrections,
@@ -38,7 +40,8 @@ from .ops.dropout import dropout_keys
 class TrainStep:
     """forward, loss, accuracy count, backward and the optimizer update of one step; and inference."""
 
-    def __init__(self, net: Any, opt: Any = None, executor: Any = None, *, cuda_graph: bool = False) -> None:
+    def __init__(self, net: Any, opt: Any = None, executor: Any = None, *, cuda_graph: bool = False,
+                 reducer: Any = None) -> None:
         planned = executor is not None
         if planned and opt is not None and opt.hyper is None:
             raise ValueError("TrainStep: bind the optimizer with hyper=executor.hyper_view() so its "
@@ -50,9 +53,13 @@ class TrainStep:
         if net.device is None:
             raise RuntimeError("TrainStep: bind the net to a device first (net.bind, or a PlannedExecutor)")
         self.net, self.opt, self.executor = net, opt, executor
+        self.reducer = reducer   # gpuconv.distributed.GradReducer: averages gradients across ranks
         self.planned = planned
         self.xp = net.device.xp
         self.use_graph = bool(cuda_graph) and net.device.is_gpu
+        if self.use_graph and reducer is not None:
+            raise ValueError("TrainStep: a CUDA graph with a gradient reducer is not supported yet (NCCL's "
+                             "all-reduce inside a captured graph is not verified)")
         self.graph: Any = None
         self.eager_steps = 0
         self._dropout: list[Any] = []
@@ -106,15 +113,26 @@ class TrainStep:
         _, dscores = net.loss_and_grad(scores, ex.labels_view(), grad_out=ex.dscores_view(), buffers=self._loss)
         # Count now: the scores' memory is reused during backward.
         loss_ops.accuracy_count(scores, ex.labels_view(), into=self.correct)
-        net.backward(dscores, buffers=self._train_bufs)
+        self._backward(dscores, self._train_bufs)
         self.opt.launch_update()
+
+    def _backward(self, dscores: Any, buffers: Any) -> None:
+        """Backward, and with a reducer the gradients averaged across ranks (buckets launched as
+        backward finishes them, all done before the update)."""
+        red = self.reducer
+        if red is None:
+            self.net.backward(dscores, buffers=buffers)
+            return
+        red.start()
+        self.net.backward(dscores, buffers=buffers, after_layer=red.layer_done)
+        red.finish()
 
     def _unplanned(self, xb: Any, yb: Any) -> None:
         net = self.net
         scores = net.forward(xb, train=True)
         loss, dscores = net.loss_and_grad(scores, yb)
         loss_ops.accuracy_count(scores, yb, into=self.correct)   # before backward, as the planned step
-        net.backward(dscores)
+        self._backward(dscores, None)
         self.opt.step()
         self.loss_sum += loss * int(yb.shape[0])
 

@@ -7,6 +7,11 @@ handful of sync points per epoch.  In the planned arena each step is a
 :class:`~gpuconv.step.TrainStep`; ``cuda_graph`` captures it once and replays it.
 Checkpoints are atomic ``.npz`` files (no pickle); ``resume`` continues exactly
 where the run stopped: same seed, same batches, same dropout masks, same numbers.
+
+Data-parallel (``mpirun -n K`` or ``gpuconv train --ranks K``, see :mod:`gpuconv.distributed`):
+each rank plans and runs its B/K share of every global batch, the gradients are averaged
+across ranks before each update, the metrics are summed over ranks at each sync point, and
+rank 0 alone prints and writes the run folder.  A run resumes on any number of ranks.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from .progress import MetricsWriter, Progress
 from .step import TrainStep
 from .zoo import MODELS, get_model
 from . import run as runmod
+from .distributed import DistributedError, GradReducer, ShardIterator, World, get_world, local_batch
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -214,8 +220,33 @@ def check_budget(cfg: TrainConfig, net: Net, dev: devmod.Device, plan: Any = Non
         f"Where the memory goes: {shlex.join(plan_cmd)}")
 
 
+def check_ranks(cfg: TrainConfig, ranks: int) -> None:
+    """Refuse settings that cannot run on ``ranks`` ranks (before any rank starts, when launched by
+    ``--ranks``): a global batch that does not split evenly, and a CUDA graph (NCCL's all-reduce
+    inside a captured graph has not been verified on a GPU yet)."""
+    if ranks > 1 and cfg.cuda_graph:
+        raise DistributedError(f"--cuda-graph cannot run on {ranks} ranks yet (NCCL's all-reduce inside a "
+                               f"captured CUDA graph is not verified): drop --cuda-graph, or train on one rank")
+    local_batch(cfg.batch_size, ranks)
+
+
+def per_rank_dropout(net: Net, rank: int) -> None:
+    """Each rank its own dropout masks: the rank goes into the high 32 bits of every DROPOUT seed.
+
+    Rank 0 keeps the one-process seeds, so its masks are those one process draws for the
+    first B/K rows of each global batch; the other ranks draw distinct masks, the same on
+    every run (the mask hashes the element's index within the rank's batch, so matching one
+    process for every rank would need that index offset in the kernel)."""
+    from .layers import Dropout  # noqa: PLC0415
+
+    for layer in net.layers:
+        if isinstance(layer, Dropout):
+            layer.seed = (int(layer.seed) & 0xFFFFFFFF) | (int(rank) << 32)
+
+
 def build(cfg: TrainConfig, ds: Dataset | None = None, dev: devmod.Device | None = None, *,
-          geometry: tuple[tuple[int, ...], int] | None = None) -> tuple[Net, Optimizer, devmod.Device, Any]:
+          geometry: tuple[tuple[int, ...], int] | None = None, batch: int | None = None
+          ) -> tuple[Net, Optimizer, devmod.Device, Any]:
     """Net, optimizer, device and (when planned) the executor whose arena everything runs in.
 
     The net is built for ``geometry`` (input shape, classes), else for ``ds``'s; the memory plan is
@@ -233,7 +264,7 @@ def build(cfg: TrainConfig, ds: Dataset | None = None, dev: devmod.Device | None
     opt = Optimizer(cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, schedule=schedule)
     from .memory import PlannedExecutor, make_plan  # noqa: PLC0415
 
-    plan = make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
+    plan = make_plan(net, batch or cfg.batch_size, optimizer=cfg.optimizer)   # batch: this rank's share
     check_budget(cfg, net, dev, plan)  # refuse before allocating anything if the plan cannot fit
     if not cfg.planned:
         net.bind(dev, seed=cfg.seed)
@@ -329,6 +360,12 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     stream = stream if stream is not None else sys.stderr
     t0 = time.perf_counter()
     cfg.validate()
+    world = get_world()
+    stream = world.root_stream(stream)             # one progress line per run
+    check_ranks(cfg, world.size)
+    local = local_batch(cfg.batch_size, world.size)
+    if world.distributed and devmod.resolve_device_name(cfg.device) == "cuda":
+        world.use_gpu()                            # the local rank picks the GPU, before any allocation
     dev = devmod.get_device(cfg.device)
     meta = check_run_folder(cfg)
     if cfg.resume and meta is not None and not meta.get("next_batch") and int(meta["epoch"]) >= cfg.epochs:
@@ -340,7 +377,14 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     check_data(cfg)
     geometry = dataset_geometry(cfg)
     ds = None if geometry is not None else load_dataset(cfg)
-    net, opt, dev, executor = build(cfg, ds, dev, geometry=geometry)
+    net, opt, dev, executor = build(cfg, ds, dev, geometry=geometry, batch=local)
+    reducer = None
+    if world.distributed:
+        if dev.is_gpu:
+            world.init_nccl()
+        world.broadcast_(net.param_buffer)         # one start for every replica
+        reducer = GradReducer(world, net)
+        per_rank_dropout(net, world.rank)
     if ds is None:
         ds = load_dataset(cfg)
         if tuple(ds.input_shape) != tuple(net.input_shape):
@@ -360,7 +404,9 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
         start_epoch, start_batch, history = int(meta["epoch"]), int(meta["next_batch"]), list(meta["history"])
         t_offset = float(meta.get("seconds", history[-1]["seconds"] if history else 0.0))
         print(f"resuming {out / CHECKPOINT}: epoch {start_epoch + 1}, batch {start_batch}", file=stream)
-    if cfg.save:  # the checks passed: from here on the run folder is written
+    save = cfg.save and world.is_root              # rank 0 writes the run folder
+    world.barrier()   # every rank has checked the run folder before rank 0 writes it
+    if save:  # the checks passed: from here on the run folder is written
         if out is None:
             out = runmod.new_run_dir(cfg.model)
             cfg.out_dir = str(out)
@@ -368,25 +414,32 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
             runmod.clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         runmod.save_run_config(out, _settings(cfg))
+    if cfg.save and world.distributed:
+        out = Path(world.bcast(str(out)))
+        cfg.out_dir = str(out)
     out = out if out is not None else Path(".")
     # Upload once; from here on batches are gathered on the device.
     x_train, y_train = xp.asarray(ds.x_train), xp.asarray(ds.y_train)
     x_test, y_test = xp.asarray(ds.x_test), xp.asarray(ds.y_test)
     # Planned runs use full batches only (the arena is laid out for exactly batch_size).
-    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                            drop_last=executor is not None)
+    if world.distributed:   # each rank its share of every global batch (full batches only)
+        batches: BatchIterator = ShardIterator(x_train, y_train, cfg.batch_size, world, seed=cfg.seed)
+    else:
+        batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                drop_last=executor is not None)
     opt.steps_per_epoch = len(batches)
     norm = (ds.mean, ds.std)
-    if cfg.save:
+    if save:
         out.mkdir(parents=True, exist_ok=True)
         write_run_classes(out, ds)  # class names and input shape, for gpuconv predict/evaluate
-    metrics = MetricsWriter(out / METRICS, append=True) if cfg.save else None   # never truncated
+    metrics = MetricsWriter(out / METRICS, append=True) if save else None   # never truncated
     graph = cfg.cuda_graph and dev.is_gpu
     note = ", CUDA graph" if graph else (" (no CUDA graph on the CPU)" if cfg.cuda_graph else "")
     print(f"gpuconv: training {net.name} ({net.num_params:,} params) on {ds.name} "
           f"({len(ds.x_train):,} train / {len(ds.x_test):,} test) on {dev.name}{note}, {cfg.optimizer} "
-          f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs", file=stream)
-    step = TrainStep(net, opt, executor, cuda_graph=graph)
+          f"lr {opt.base_lr:g}, batch {cfg.batch_size}, {cfg.epochs} epochs"
+          + (f", {world.describe()}" if world.distributed else ""), file=stream)
+    step = TrainStep(net, opt, executor, cuda_graph=graph, reducer=reducer)
     acc, test_loss, train_loss = float("nan"), float("nan"), float("nan")
     epoch = start_epoch
     # A graph is captured on, and replayed in, a stream of its own (the default stream cannot be).
@@ -397,8 +450,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
             for epoch in range(start_epoch, cfg.epochs):
                 it = batches.for_epoch(epoch, start_batch if epoch == start_epoch else 0)
-                train_loss, train_acc = _train_epoch(step, it, cfg, epoch, stream)
-                acc, test_loss = step.evaluate(x_test, y_test, cfg.eval_batch)
+                train_loss, train_acc = _train_epoch(step, it, cfg, epoch, stream, world)
+                acc, test_loss = _evaluate(step, world, x_test, y_test, cfg.eval_batch)
                 record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                           "test_loss": test_loss, "test_acc": acc,
                           "lr": opt.lr(), "seconds": round(t_offset + time.perf_counter() - t0, 3)}
@@ -408,10 +461,10 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
                     draw_curves(history, out / CURVES)  # the training-curves picture, redrawn each epoch
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, test loss {test_loss:.4f}, "
                       f"test accuracy {acc * 100:.2f}%", file=stream)
-                if cfg.save:
+                if save:
                     _save(out, net, opt, cfg, epoch + 1, 0, history, norm, t_offset + time.perf_counter() - t0)
     except KeyboardInterrupt:
-        if cfg.save and getattr(net, "_batches_done", None) is not None:
+        if save and getattr(net, "_batches_done", None) is not None:
             done = net._batches_done  # type: ignore[attr-defined]
             _save(out, net, opt, cfg, epoch, done, history, norm, t_offset + time.perf_counter() - t0)
             print(f"\ninterrupted: saved {out / CHECKPOINT} (epoch {epoch + 1}, {done} batches done)", file=stream)
@@ -437,20 +490,38 @@ def _batches(it: BatchIterator, step: TrainStep, augment: bool, epoch: int, seed
     def rng(b: int) -> np.random.Generator:
         return np.random.default_rng([seed, epoch, b])
 
-    if not step.planned:
-        for b, (xb, yb) in enumerate(it, start=it.start_batch):
-            yield (augment_batch(xb, rng(b), pad=pad) if augment else xb), yb
-        return
     xp = devmod.array_module(it.x)
+    bs = it.batch_size
+    if isinstance(it, ShardIterator):
+        # One rank's share of global batch b: the draws one process makes for the whole global
+        # batch, rows of this rank's share, so K ranks augment each image as one process would.
+        lo = it.rank * bs
+
+        def batch_draws(b: int) -> np.ndarray:
+            return augment_draws(rng(b), it.global_batch, pad=pad)[lo:lo + bs]
+    else:
+        def batch_draws(b: int) -> np.ndarray:
+            return augment_draws(rng(b), bs, pad=pad)
+
+    if not step.planned:
+        sharded = isinstance(it, ShardIterator)
+        for b, (xb, yb) in enumerate(it, start=it.start_batch):
+            if augment and sharded:
+                n = int(xb.shape[0])
+                xb = augment_into(xp.empty_like(xb), xb, xp.arange(n, dtype=np.int64),
+                                  xp.asarray(batch_draws(b)), pad=pad)
+            elif augment:
+                xb = augment_batch(xb, rng(b), pad=pad)   # a last partial batch draws for its own rows
+            yield xb, yb
+        return
     ex = step.executor
     x_in, y_in = ex.input_view(), ex.labels_view()
     perm = xp.asarray(it.permutation())
-    bs = it.batch_size
     draws = xp.empty((bs, 3), dtype=np.int32) if augment else None   # the host's draws, per batch
     for b in range(it.start_batch, len(it)):
         idx = perm[b * bs:(b + 1) * bs]
         if draws is not None:
-            devmod.copy_into(draws, augment_draws(rng(b), bs, pad=pad))
+            devmod.copy_into(draws, batch_draws(b))
             augment_into(x_in, it.x, idx, draws, pad=pad)
         else:
             xp.take(it.x, idx, axis=0, out=x_in)
@@ -458,7 +529,24 @@ def _batches(it: BatchIterator, step: TrainStep, augment: bool, epoch: int, seed
         yield x_in, y_in
 
 
-def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: int, stream: IO[str]) -> tuple[float, float]:
+def _evaluate(step: TrainStep, world: World, x: Any, y: Any, batch: int) -> tuple[float, float]:
+    """(accuracy, mean loss) over the test set: each rank its contiguous share, totals summed.
+    BN layers use rank 0's running statistics (the ones the checkpoint keeps)."""
+    if not world.distributed:
+        return step.evaluate(x, y, batch)
+    for layer in step.net.layers:
+        if getattr(layer, "kind", "") == "BATCHNORM":
+            world.broadcast_(layer.running_mean)
+            world.broadcast_(layer.running_var)
+    n = int(x.shape[0])
+    lo, hi = n * world.rank // world.size, n * (world.rank + 1) // world.size
+    acc, loss = step.evaluate(x[lo:hi], y[lo:hi], batch) if hi > lo else (0.0, 0.0)
+    tot_correct, tot_loss, tot_n = world.sum([acc * (hi - lo), loss * (hi - lo), hi - lo])
+    return float(round(tot_correct) / tot_n), float(tot_loss / tot_n)
+
+
+def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: int, stream: IO[str],
+                 world: World | None = None) -> tuple[float, float]:
     """One epoch of ``step`` (planned or not: its loss/accuracy totals are planned device scalars
     or device temporaries).  Returns the epoch's mean training loss and accuracy."""
     net = step.net
@@ -477,6 +565,9 @@ def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: in
         if pending == cfg.log_every or b + 1 == len(it):
             loss_sum = float(devmod.to_host(loss_acc))   # the only sync points of the loop
             correct = int(devmod.to_host(correct_acc))
+            if world is not None and world.distributed:   # totals of all ranks: every rank sees the same
+                loss_sum, c, images_acc = world.sum([loss_sum, correct, images_acc])
+                correct, images_acc = int(c), int(images_acc)
             if not math.isfinite(loss_sum):
                 progress.close()
                 raise TrainingDiverged(

@@ -434,3 +434,197 @@ def test_gpu_one_rank_nccl_step_matches_the_plain_step() -> None:
             opt.step()
         out.append(device.to_host(net.param_buffer))
     np.testing.assert_array_equal(out[0], out[1])
+
+
+# ------------------------------------------------------------------------------------ through the CLI
+# `gpuconv train --ranks K` against `gpuconv train` at the same global batch, on the synthetic set
+# (48 training images: 4 global batches of 12 per epoch).  A chain and a branching net (a residual
+# add and a concat), no BN: BN statistics are per rank by design (see test_batch_norm_statistics_are_per_rank).
+CLI_NETS = {
+    "chain": "INPUT[32x32x3] -> CONV3-4 -> RELU -> POOL2 -> CONV3-6 -> RELU -> FC-10",
+    "branch": "INPUT[32x32x3] -> CONV3-4 -> RELU -> { CONV3-4 -> RELU -> CONV3-4 | }+ -> "
+              "{ CONV1-4 | CONV3-4 -> RELU } -> POOL2 -> FC-10",
+}
+CLI_BASE = ("--dataset", "synthetic", "--limit-train", "48", "--limit-test", "24", "--batch-size", "12",
+            "--optimizer", "momentum", "--lr", "0.02", "--device", "cpu", "--log-every", "2")
+
+
+def _cli(cwd: Path, *args: str, ranks: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gpuconv.cli", "train", *args] + (["--ranks", str(ranks)] if ranks else [])
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
+
+
+def _cli_run(cwd: Path, out: str, *args: str, ranks: int | None = None) -> tuple[np.ndarray, list[dict], str]:
+    """(final parameters, metrics.jsonl records, stderr) of a finished run into ``cwd/out``."""
+    import json
+
+    r = _cli(cwd, "--out", out, *args, ranks=ranks)
+    assert r.returncode == 0, f"ranks={ranks}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    arrays, _ = load_checkpoint(cwd / out / "checkpoint.npz")
+    records = [json.loads(line) for line in (cwd / out / "metrics.jsonl").read_text().splitlines()]
+    return arrays["params"], records, r.stderr
+
+
+def _same_history(got: list[dict], want: list[dict]) -> None:
+    assert [g["epoch"] for g in got] == [w["epoch"] for w in want]
+    for g, w in zip(got, want):
+        for k in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(g[k], w[k], rtol=RTOL, atol=ATOL)
+        for k in ("train_acc", "test_acc"):     # totals over every rank, not one rank's
+            assert g[k] == w[k], (k, g, w)
+
+
+@pytest.fixture(scope="module")
+def cli_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    cache: dict[tuple[str, ...], tuple[np.ndarray, list[dict], str]] = {}
+
+    def get(*args: str) -> tuple[np.ndarray, list[dict], str]:
+        if args not in cache:
+            cache[args] = _cli_run(tmp, f"ref{len(cache)}", *args)
+        return cache[args]
+
+    return get
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("net", ["chain", "branch"])
+def test_cli_k_ranks_match_one_process(tmp_path, cli_reference, net, ranks) -> None:
+    """`gpuconv train --ranks K` (planned arena, K ranks of 12/K rows) gives one process's parameters
+    (within float32 summation order) and its metrics, averaged over the ranks, after 8 steps."""
+    args = (*CLI_BASE, "--model", CLI_NETS[net], "--epochs", "2")
+    ref, ref_hist, _ = cli_reference(*args)
+    got, hist, err = _cli_run(tmp_path, "run", *args, ranks=ranks)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+    _same_history(hist, ref_hist)
+    # one header and one progress line per epoch for the whole run (rank 0's), naming the ranks
+    assert err.count("gpuconv: training") == 1 and f", {ranks} ranks (0: pid " in err, err
+    assert err.count("img/s") == 2, err
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode", ["planned", "unplanned"])
+def test_cli_ranks_with_augmentation_match_one_process(tmp_path, cli_reference, mode) -> None:
+    """Each rank crops and flips its rows as one process does (its rows of the global batch's draws),
+    planned (gathered into the arena) and unplanned."""
+    extra = ("--unplanned",) if mode == "unplanned" else ()
+    args = (*CLI_BASE, "--model", CLI_NETS["chain"], "--epochs", "1", "--augment", *extra)
+    ref, ref_hist, _ = cli_reference(*args)
+    got, hist, _ = _cli_run(tmp_path, "run", *args, ranks=2)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+    _same_history(hist, ref_hist)
+    plain, _, _ = cli_reference(*(a for a in args if a != "--augment"))
+    assert np.abs(plain - ref).max() > 1000 * ATOL     # augmentation changed the run: the check can fail
+
+
+@needs_mpi
+def test_cli_resume_on_another_number_of_ranks(tmp_path, cli_reference) -> None:
+    """Epoch 1 on 2 ranks, epoch 2 resumed on 3: the parameters and history of 2 epochs in one process."""
+    args = (*CLI_BASE, "--model", CLI_NETS["branch"], "--epochs", "2")
+    ref, ref_hist, _ = cli_reference(*args)
+    first = [a for a in args]
+    first[first.index("--epochs") + 1] = "1"
+    _cli_run(tmp_path, "run", *first, ranks=2)
+    r = _cli(tmp_path, "--resume", "run", "--epochs", "2", ranks=3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in r.stderr and "3 ranks" in r.stderr
+    arrays, meta = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    np.testing.assert_allclose(arrays["params"], ref, rtol=RTOL, atol=ATOL)
+    assert int(meta["step"]) == 8 and int(meta["epoch"]) == 2
+    import json
+
+    _same_history([json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()], ref_hist)
+    # and on one process again
+    r = _cli(tmp_path, "--resume", "run", "--epochs", "3")
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stdout + r.stderr
+
+
+@needs_mpi
+def test_cli_a_killed_rank_stops_the_run_and_the_checkpoint_survives(tmp_path) -> None:
+    """Rank 1 killed mid-epoch: the run ends (no rank left waiting), the message names rank 1, and
+    rank 0's last checkpoint (an epoch's end) is intact and resumes."""
+    import signal
+
+    cmd = [sys.executable, "-m", "gpuconv.cli", "train", *CLI_BASE, "--model", CLI_NETS["chain"],
+           "--limit-train", "480", "--epochs", "100", "--out", "run", "--ranks", "2"]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+    ckpt = tmp_path / "run" / "checkpoint.npz"
+    try:
+        header = ""
+        while "ranks (0: pid" not in header:
+            line = proc.stderr.readline()
+            assert line, "the run ended before its header"
+            header = line
+        pids = {int(r): int(p) for r, p in
+                __import__("re").findall(r"(\d+): pid (\d+)", header[header.index("ranks ("):])}
+        while not ckpt.exists():                  # the end of epoch 1
+            assert proc.poll() is None and time.monotonic() - t0 < 60, "no checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.15)                          # into epoch 2 (20 steps of ~10 ms)
+        os.kill(pids[1], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out + err
+    assert proc.returncode != 0, text
+    assert f"gpuconv: rank 1 of 2 (pid {pids[1]}) died" in text, text
+    assert time.monotonic() - t0 < 90
+    arrays, meta = load_checkpoint(ckpt)         # atomic: the last one written is whole
+    assert int(meta["epoch"]) >= 1 and np.isfinite(arrays["params"]).all()
+    r = _cli(tmp_path, "--resume", "run", "--epochs", str(int(meta["epoch"]) + 1))
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stdout + r.stderr
+
+
+def test_cli_refuses_bad_rank_settings(tmp_path, monkeypatch, capsys) -> None:
+    """One line, exit status 2, before any rank starts (nothing written)."""
+    from gpuconv import cli
+
+    for k in dist.LAUNCH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    base = ["train", *CLI_BASE, "--model", CLI_NETS["chain"], "--epochs", "1", "--out", "run"]
+    cases = [
+        (["--ranks", "0"], "--ranks must be >= 1, got 0"),
+        (["--ranks", "5"], r"the global batch 12 does not split evenly over 5 ranks: choose a multiple of 5 "
+                           r"\(e\.g\. --batch-size 10 or 15\)"),
+        (["--ranks", "2", "--cuda-graph"], "--cuda-graph cannot run on 2 ranks yet .NCCL's all-reduce inside a "
+                                           "captured CUDA graph is not verified"),
+    ]
+    import re
+
+    for extra, msg in cases:
+        assert cli.main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert re.search(msg, err) and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+    # no MPI launcher: say what to install
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert cli.main(base + ["--ranks", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--ranks needs MPI's launcher (mpiexec), which is not installed: pip install -e '.[mpi]'" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dropout_masks_per_rank() -> None:
+    """Rank 0 keeps the one-process dropout seeds (its rows' masks are one process's); other ranks
+    get distinct seeds, the same on every run."""
+    from gpuconv.ops.dropout import dropout_forward
+    from gpuconv.train import per_rank_dropout
+
+    seeds = []
+    for rank in range(3):
+        net = get_model("INPUT[4x4x1] -> FC-8 -> DROPOUT0.5 -> FC-8 -> DROPOUT0.5 -> FC-2")
+        net.bind("cpu", seed=3)
+        per_rank_dropout(net, rank)
+        seeds.append([layer.seed for layer in net.layers if layer.kind == "DROPOUT"])
+    one = get_model("INPUT[4x4x1] -> FC-8 -> DROPOUT0.5 -> FC-8 -> DROPOUT0.5 -> FC-2")
+    one.bind("cpu", seed=3)
+    assert seeds[0] == [layer.seed for layer in one.layers if layer.kind == "DROPOUT"]
+    assert len({s for ss in seeds for s in ss}) == 6
+    x = np.ones((4, 8), dtype=np.float32)
+    masks = [dropout_forward(x, 0.5, s[0], 7)[1] for s in seeds]
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
