@@ -7,15 +7,24 @@ image in one forward pass: each output position equals the original net on the
 corresponding crop (offset by the product of the strides before the first FC).
 The equality is exact when the convolutions are unpadded; zero padding makes a
 crop's border pixels see zeros where the big image has neighbours.
+
+Branching nets (residual and Inception blocks) convert the same way: the body, whatever
+its graph, is kept node for node (each node reads the same inputs), FLATTEN disappears,
+and the head's global average pooling, which on the trained size averages the whole
+HxW feature map, becomes an HxW average POOL with stride 1, so that on a larger image
+it averages each crop's feature map and the FC after it becomes a 1x1 CONV.  A node
+that cannot slide (a LOCAL layer: weights per position) or a window that is not
+square is refused with an error naming the node.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from . import device as devmod
 from .geometry import GeometryError
-from .layers import FC, Conv, Flatten, Layer
-from .net import Net
+from .layers import FC, AvgPool, Conv, Flatten, GlobalAvgPool, Layer
+from .net import INPUT, Net, is_merge
 
 
 def _clone(layer: Layer) -> Layer:
@@ -28,48 +37,68 @@ def _clone(layer: Layer) -> Layer:
     return new
 
 
+def _window(node: str, what: str, shape: tuple[int, ...]) -> int:
+    """The sliding window that covers a whole (C, H, W) volume of the trained size."""
+    if len(shape) != 3:
+        raise GeometryError(f"{node}: {what} reads a vector {shape}, not a volume: there is no image to slide "
+                            f"over (the net's input or a node before it is not spatial)")
+    _, h, w = shape
+    if h != w:
+        raise GeometryError(f"{node}: {what} over a {h}x{w} volume needs a square window to slide")
+    return h
+
+
 def fc_to_conv(net: Net, input_shape: Sequence[int]) -> Net:
-    """A bound copy of ``net`` with every FC replaced by the equivalent CONV, for a larger input."""
+    """A bound copy of ``net`` with every FC replaced by the equivalent CONV (and a global average
+    pooling by the average POOL over the trained feature map), for a larger input."""
     if net.device is None:
         raise RuntimeError(f"{net.name}: bind (and train) the net before converting it")
     layers: list[Layer] = []
-    mapping: list[tuple[int, int, str]] = []  # (old layer index, new layer index, kind of copy)
-    shape = net.input_shape
+    inputs: list[list[str]] = []
+    mapping: list[tuple[int, int]] = []  # (old layer index, new layer index)
+    # The new node that stands for an old node's output, and that output's shape on the trained size.
+    stands_for: dict[str, str] = {INPUT: INPUT}
+    shape: dict[str, tuple[int, ...]] = {INPUT: tuple(net.input_shape)}
     for i, layer in enumerate(net.layers):
+        src = [stands_for[net.node_name(p)] for p in net.sources[i]]
         if isinstance(layer, Flatten):
-            continue  # CONV layers keep the volume; no flattening needed
+            stands_for[layer.name] = src[0]  # CONV layers keep the volume; no flattening needed
+            continue
         if isinstance(layer, FC):
-            in_shape = layer.in_shape
-            if len(in_shape) == 3:  # type: ignore[arg-type]
-                c, h, w = in_shape  # type: ignore[misc]
-                if h != w:
-                    raise GeometryError(f"{layer.name}: FC over a {h}x{w} volume needs a square window to "
-                                        f"become a CONV layer")
-                f = h
-            else:
-                f = 1
-            conv = Conv(layer.M, f, 1, 0, bias=layer.bias, name=f"{layer.name}_conv")
-            mapping.append((i, len(layers), "fc"))
-            layers.append(conv)
+            f = _window(layer.name, "FC", shape[src[0]])
+            new: Layer = Conv(layer.M, f, 1, 0, bias=layer.bias, name=f"{layer.name}_conv")
+            new.fused_relu = layer.fused_relu  # type: ignore[attr-defined]  (the RELU after it stays fused)
+        elif isinstance(layer, GlobalAvgPool):
+            new = AvgPool(_window(layer.name, "GAP", shape[src[0]]), 1, 0, name=f"{layer.name}_pool")
         else:
-            mapping.append((i, len(layers), "same"))
-            layers.append(_clone(layer))
-        shape = layer.out_shape  # type: ignore[assignment]
-    for layer in layers:  # fusion is redone by the new Net
-        if hasattr(layer, "fused_relu"):
-            layer.fused_relu = False  # type: ignore[attr-defined]
-        if hasattr(layer, "fused"):
-            layer.fused = False  # type: ignore[attr-defined]
-    new = Net(layers, input_shape, loss=net.loss, dtype=net.dtype, name=f"{net.name}-conv", vector_output=False)
-    new.bind(net.device, seed=net.seed)
-    for old_i, new_i, how in mapping:
-        old, dst = net.layers[old_i], new.layers[new_i]
+            new = _clone(layer)
+        mapping.append((i, len(layers)))
+        layers.append(new)
+        inputs.append(src)
+        stands_for[layer.name] = new.name
+        # its shape on the trained size (an FC's (M,) is a 1x1 CONV's (M, 1, 1) now); the Net builds it again
+        shape[new.name] = (new.build_inputs([shape[n] for n in src], src) if is_merge(new)  # type: ignore[attr-defined]
+                           else new.build(shape[src[0]]))
+    # The fusion decisions are kept as they are (fuse=False): an ADD's own ReLU and a fused one look alike.
+    new_net = Net(layers, input_shape, loss=net.loss, dtype=net.dtype, name=f"{net.name}-conv", fuse=False,
+                  vector_output=False, inputs=inputs)
+    for old_i, new_i in mapping:
+        old, dst = net.layers[old_i], new_net.layers[new_i]
+        for pname, shp in dst.param_shapes().items():
+            size = int(old.params[pname].size)
+            if math.prod(shp) != size:
+                raise GeometryError(f"{old.name}: {old.kind} has {size:,} values in {pname!r} on the trained size "
+                                    f"but needs {shp} on {tuple(input_shape)}: its weights depend on the input "
+                                    f"size, so it cannot slide over a larger image")
+    new_net.bind(net.device, seed=net.seed)
+    for old_i, new_i in mapping:
+        old, dst = net.layers[old_i], new_net.layers[new_i]
         for pname, value in old.params.items():
             dst.params[pname][...] = value.reshape(dst.params[pname].shape)
         for attr in ("running_mean", "running_var"):
             if getattr(old, attr, None) is not None:
                 getattr(dst, attr)[...] = getattr(old, attr)
-    return new
+    return new_net
 
 
 def sliding_crops(x, size: Sequence[int], stride: int):  # type: ignore[no-untyped-def]
