@@ -74,6 +74,8 @@ COMMANDS: dict[str, Run | Covered] = {
         Run(setup=(_PHOTOS_RUN,), expect=r"photos/cat/1\.jpg: \w+ [\d.]+%, \w+ [\d.]+%"),
     "gpuconv evaluate runs/photos": Run(setup=(_PHOTOS_RUN,), expect=r"accuracy [\d.]+%"),
     "gpuconv evaluate runs/photos --data more-photos": Run(setup=(_PHOTOS_RUN,), expect=r"confusion matrix"),
+    "gpuconv train --model fmnist --ranks 2 --out runs/fm-2ranks":
+        Run(extra=("--epochs", "1", "--device", "cpu"), expect=r"2 ranks \(0: pid \d+, 1: pid \d+\)"),
 }
 
 
@@ -155,6 +157,15 @@ def workdir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path, env
 
 
+def _mpiexec() -> bool:
+    from gpuconv.distributed import DistributedError, mpiexec_path  # noqa: PLC0415
+
+    try:
+        return bool(mpiexec_path())
+    except DistributedError:
+        return False
+
+
 def _gpu() -> bool:
     from gpuconv import device  # noqa: PLC0415
 
@@ -202,6 +213,8 @@ def test_command_runs(command: str, workdir: tuple[Path, dict[str, str]]) -> Non
         pytest.skip("needs a CUDA GPU")
     if any(a.startswith("photos") or a.endswith("photos") for a in argv) and not _have("PIL"):
         pytest.skip("needs Pillow")
+    if "--ranks" in argv and not (_have("mpi4py") and _mpiexec()):
+        pytest.skip("needs MPI (pip install -e '.[mpi]')")
     cwd, env = workdir
     for setup in how.setup:
         r = _gpuconv(list(setup), cwd, env)
