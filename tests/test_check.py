@@ -11,6 +11,7 @@ from gpuconv import check, device, zoo
 from gpuconv.graph import Graph
 from gpuconv.layers import Add, Concat
 from gpuconv.ops import add as add_ops
+from gpuconv.ops import concat as concat_ops
 from gpuconv.spec import net_from_spec
 
 INCEPTION = ("INPUT[6x6x3] -> CONV3-4 -> BN -> RELU -> INCEPTION(2,2-3,1-2,2) -> RES3-6/2 -> GAP -> FC-3")
@@ -131,19 +132,29 @@ def test_device_agrees_with_numpy_per_node(cp, make):
     assert all(r.fwd_err is not None and r.bwd_err is not None for r in results)
 
 
-@pytest.mark.gpu
-def test_a_wrong_kernel_result_is_caught(cp, monkeypatch):
-    """The ADD kernel's output off by 1e-2 on the device: every node is fed the NumPy inputs, so
-    the error shows at that node and at no node after it."""
-    launch = add_ops.add_forward_gpu
-
+def _off_add_forward(launch):
     def off(a, b, relu, y):
         launch(a, b, relu, y)
         y += 1e-2
+    return off
 
-    monkeypatch.setattr(add_ops, "add_forward_gpu", off)
+
+def _off_concat_backward(launch):
+    def off(dy, outs):
+        launch(dy, outs)
+        outs[-1] += 1e-2   # the last branch's gradient slice
+    return off
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op,launcher,wrong,node,column", [
+    (add_ops, "add_forward_gpu", _off_add_forward, "res1.add", "fwd_err"),
+    (concat_ops, "concat_backward_gpu", _off_concat_backward, "inception1.concat", "bwd_err")])
+def test_a_wrong_kernel_result_is_caught(cp, monkeypatch, op, launcher, wrong, node, column):
+    """A kernel's result off by 1e-2 on the device: every node is fed the NumPy inputs, so the
+    error shows at that node, and at no node after it."""
+    monkeypatch.setattr(op, launcher, wrong(getattr(op, launcher)))
     dev = device.Device("cuda", cp)
-    net = net_from_spec(INCEPTION)
-    results = check.check_model(net, batch=2, seed=2, device=dev, samples=1, whole_net=False)
+    results = check.check_model(net_from_spec(INCEPTION), batch=2, seed=2, device=dev, samples=1, whole_net=False)
     failed = [r for r in results if not r.ok]
-    assert [r.name for r in failed] == ["res1.add"] and failed[0].fwd_err > 1e-4
+    assert [r.name for r in failed] == [node] and getattr(failed[0], column) > 1e-4
