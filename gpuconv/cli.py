@@ -166,23 +166,39 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .distributed import get_world, launch, launched_by_mpi  # noqa: PLC0415
+    from .distributed import DistributedError, get_world, launch, launched_by_mpi  # noqa: PLC0415
     from .run import CHECKPOINT  # noqa: PLC0415
     from .train import check_data, check_ranks, check_run_folder, train  # noqa: PLC0415
 
     if args.ranks is not None and args.ranks < 1:
         raise UsageError(f"--ranks must be >= 1, got {args.ranks}")
-    if args.ranks is not None and launched_by_mpi():
-        raise UsageError("--ranks starts the ranks itself: drop it when running under mpirun/mpiexec")
-    cfg = train_config(args)
-    resolve_device(cfg.device)   # `--device cuda` without a GPU: one line, before any data is read
-    if args.ranks is not None and args.ranks > 1:
-        # The checks that write nothing, once, before any rank starts: one message, exit status 2.
-        cfg.validate()
-        check_ranks(cfg, args.ranks)
-        check_run_folder(cfg)
-        check_data(cfg)
-        return launch(args.ranks, args.raw_argv)
+    under_mpi = launched_by_mpi()
+    ranks = get_world().size if under_mpi else (args.ranks or 1)
+    failure: Exception | None = None
+    try:
+        if args.ranks is not None and under_mpi:
+            raise UsageError("--ranks starts the ranks itself: drop it when running under mpirun/mpiexec")
+        cfg = train_config(args)
+        resolve_device(cfg.device)   # `--device cuda` without a GPU: one line, before any data is read
+        if ranks > 1:
+            # The checks that write nothing, before any rank trains: one message, exit status 2.
+            cfg.validate()
+            check_ranks(cfg, ranks)
+            check_run_folder(cfg)
+            check_data(cfg)
+    except Exception as exc:  # noqa: BLE001
+        if ranks == 1 or not under_mpi:
+            raise
+        failure = exc
+    if under_mpi and ranks > 1:
+        # Every rank runs the checks; if any fails, rank 0 alone says why and every rank exits.
+        first = get_world().first_failure(failure)
+        if first is not None:
+            if get_world().is_root:
+                raise failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
+            return (_exit_status(failure) or EXIT_FAILED) if failure is not None else EXIT_USAGE
+    elif ranks > 1:
+        return launch(ranks, args.raw_argv)
     world = get_world()
     try:
         with world.guard(debug=args.debug):   # a failing rank names itself and aborts the others

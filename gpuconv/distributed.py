@@ -192,6 +192,13 @@ class World:
         """A small picklable object from ``root`` to everyone (settings, a resume point)."""
         return obj if self.size == 1 else self.comm.bcast(obj, root=root)
 
+    def first_failure(self, exc: BaseException | None) -> tuple[int, str] | None:
+        """Each rank says whether a check failed on it (``exc``, or None); every rank gets the
+        lowest failing rank and its message, or None when the check passed everywhere."""
+        mine = None if exc is None else f"{type(exc).__name__}: {exc}"
+        every = [mine] if self.size == 1 else self.comm.allgather(mine)
+        return next(((r, m) for r, m in enumerate(every) if m is not None), None)
+
     def barrier(self) -> None:
         if self.size > 1:
             self.comm.Barrier()

@@ -609,6 +609,22 @@ def test_cli_refuses_bad_rank_settings(tmp_path, monkeypatch, capsys) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@needs_mpi
+def test_mpirun_with_a_bad_setting_says_it_once(tmp_path) -> None:
+    """Under your own mpiexec every rank checks the settings; rank 0 alone prints the message and
+    every rank exits with status 2 (none is left waiting, nothing is written)."""
+    argv = ["train", *CLI_BASE, "--model", CLI_NETS["chain"], "--out", "run"]
+    for extra, msg in ((["--batch-size", "13"], "gpuconv train: the global batch 13 does not split evenly over 2 ranks"),
+                       (["--ranks", "2"], "gpuconv train: --ranks starts the ranks itself: drop it when running "
+                                          "under mpirun/mpiexec")):
+        cmd, extra_env = dist.launch_command(2, argv + extra)
+        cmd = cmd[:cmd.index("gpuconv.cli") + 1] + argv + extra     # launch_command drops --ranks: keep it here
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**_env(), **extra_env}, cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.count(msg) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_dropout_masks_per_rank() -> None:
     """Rank 0 keeps the one-process dropout seeds (its rows' masks are one process's); other ranks
     get distinct seeds, the same on every run."""
