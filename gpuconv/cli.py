@@ -198,7 +198,11 @@ def _train(args: argparse.Namespace) -> int:
                 raise failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
             return (_exit_status(failure) or EXIT_FAILED) if failure is not None else EXIT_USAGE
     elif ranks > 1:
-        return launch(ranks, args.raw_argv)
+        code = launch(ranks, args.raw_argv)
+        if code != 0 and cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
+            # a rank failed or was stopped: rank 0's last checkpoint is whole (written atomically)
+            print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)
+        return code
     world = get_world()
     try:
         with world.guard(debug=args.debug):   # a failing rank names itself and aborts the others

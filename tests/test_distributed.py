@@ -570,7 +570,8 @@ def test_cli_a_killed_rank_stops_the_run_and_the_checkpoint_survives(tmp_path) -
             proc.kill()
     text = out + err
     assert proc.returncode != 0, text
-    assert f"gpuconv: rank 1 of 2 (pid {pids[1]}) died" in text, text
+    assert f"gpuconv: rank 1 of 2 (pid {pids[1]}) died" in text or "process rank 1" in text, text
+    assert "continue with: gpuconv train --resume run" in err, err
     assert time.monotonic() - t0 < 90
     arrays, meta = load_checkpoint(ckpt)         # atomic: the last one written is whole
     assert int(meta["epoch"]) >= 1 and np.isfinite(arrays["params"]).all()
