@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -99,6 +99,23 @@ def _max_rel(pairs: Sequence[tuple[Any, Any]]) -> float:
     return max([rel_error(a, b) for a, b in pairs if a is not None and b is not None], default=0.0)
 
 
+def central_difference(f: Callable[[float], float], f0: float, eps: float) -> float:
+    """f'(0) by central differences, ``f(step)``: the objective with one coordinate moved by step,
+    ``f0 = f(0)``.  Where the one-sided differences disagree by more than a smooth function's
+    curvature and rounding allow, the step crossed a kink (some ReLU's input, or a max pool's
+    tie, went through zero: a big layer has so many that some lie within eps of it) and the
+    difference is no derivative: again with a step 10x smaller, at most twice."""
+    step = eps
+    for _ in range(3):
+        fp, fm = f(step), f(-step)
+        central = (fp - fm) / (2 * step)
+        rounding = 64 * np.finfo(np.float64).eps * max(abs(f0), 1.0) / step  # float64 differences of f
+        if abs((fp - f0) - (f0 - fm)) / step <= 1e-5 * max(abs(central), 1e-2) + rounding:
+            break
+        step /= 10
+    return central
+
+
 def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray | Sequence[np.ndarray],
                    dev: devmod.Device, rng: np.random.Generator, samples: int = 6, eps: float = 1e-6) -> float:
     """Max relative error of analytic vs central-difference gradients at sampled coordinates (float64).
@@ -117,6 +134,7 @@ def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray | 
         out = probe.forward(_arg(layer, [dev.xp.asarray(a) for a in xs]), train=True)
         return float(np.sum(devmod.to_host(out) * dy_h))
 
+    f0 = objective(xs64, params)
     worst = 0.0
     targets: list[tuple[str | int, np.ndarray, np.ndarray]] = [(j, a, d) for j, (a, d) in enumerate(zip(xs64, dxs))]
     targets += [(k, params[k].astype(np.float64), grads[k]) for k in params]
@@ -126,16 +144,15 @@ def gradient_check(layer: Layer, params: dict[str, np.ndarray], x: np.ndarray | 
         floor = max(1e-6, 1e-3 * float(np.abs(analytic).max(initial=0.0)))
         for _ in range(samples):
             idx = tuple(int(rng.integers(0, s)) for s in arr.shape)
-            plus, minus = arr.copy(), arr.copy()
-            plus[idx] += eps
-            minus[idx] -= eps
-            if isinstance(name, int):  # input ``name`` of the node
-                fp = objective([plus if j == name else a for j, a in enumerate(xs64)], params)
-                fm = objective([minus if j == name else a for j, a in enumerate(xs64)], params)
-            else:
-                fp = objective(xs64, {**params, name: plus})
-                fm = objective(xs64, {**params, name: minus})
-            num = (fp - fm) / (2 * eps)
+
+            def f(step: float, name: str | int = name, arr: np.ndarray = arr, idx: Any = idx) -> float:
+                moved = arr.copy()
+                moved[idx] += step
+                if isinstance(name, int):  # input ``name`` of the node
+                    return objective([moved if j == name else a for j, a in enumerate(xs64)], params)
+                return objective(xs64, {**params, name: moved})
+
+            num = central_difference(f, f0, eps)
             ana = float(analytic[idx])
             denom = max(abs(num), abs(ana), floor)
             worst = max(worst, abs(num - ana) / denom)
@@ -218,7 +235,7 @@ def net_gradient_check(net: Net, params: list[dict[str, np.ndarray]], dev: devmo
     coordinate's own: a step of eps through a deep net crosses some of its ReLUs' kinks, which
     moves a small gradient by ~eps relative to the large ones; a missing or doubled branch
     gradient moves it by its own size.  A step that crosses a kink is retried smaller (see
-    ``derivative``)."""
+    ``central_difference``)."""
     n64 = _bound(net, dev, np.float64, params)
     x = rng.standard_normal((batch, *net.input_shape))
     labels = rng.integers(0, net.output_shape[0], batch).astype(np.int32)
@@ -237,17 +254,8 @@ def net_gradient_check(net: Net, params: list[dict[str, np.ndarray]], dev: devmo
     f0 = loss_at(host, x)
 
     def derivative(at: Any) -> float:
-        """Central difference along one coordinate (``at(step)``: the (params, input) moved by step).
-        Where the one-sided differences disagree the step crossed a kink (a ReLU's input through
-        zero): again with a step 10x smaller, at most twice."""
-        step = eps
-        for _ in range(3):
-            fp, fm = loss_at(*at(step)), loss_at(*at(-step))
-            central, one_sided_gap = (fp - fm) / (2 * step), abs((fp - f0) - (f0 - fm)) / step
-            if one_sided_gap <= 1e-3 * max(abs(central), 1e-2):
-                break
-            step /= 10
-        return central
+        """Along one coordinate (``at(step)``: the (params, input) moved by step)."""
+        return central_difference(lambda step: loss_at(*at(step)), f0, eps)
 
     def moved(arr: np.ndarray, idx: Any) -> Any:
         def at(step: float) -> np.ndarray:
@@ -356,7 +364,9 @@ def _reads_text(results: Sequence[LayerCheck], k: int) -> str:
     r = results[k]
     if not r.reads or (k > 0 and r.reads == (results[k - 1].name,)) or (k == 0 and r.reads == ("input",)):
         return ""
-    return "<- " + ", ".join(r.reads)
+    # inside a block, its own nodes relative to it ('b1.relu1' for 'inception3a.b1.relu1'), as the summary
+    scope = r.name[:r.name.rfind(".") + 1]
+    return "<- " + ", ".join(n[len(scope):] if scope and n.startswith(scope) else n for n in r.reads)
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -368,6 +378,6 @@ def check_command(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-__all__ = ["LayerCheck", "check_command", "check_model", "format_results", "gradient_check", "net_gradient_check",
-           "rel_error"]
+__all__ = ["LayerCheck", "central_difference", "check_command", "check_model", "format_results", "gradient_check",
+           "net_gradient_check", "rel_error"]
 
