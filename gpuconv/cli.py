@@ -166,7 +166,7 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .distributed import DistributedError, get_world, launch, launched_by_mpi  # noqa: PLC0415
+    from .distributed import StopRank, get_world, launch, launched_by_mpi  # noqa: PLC0415
     from .run import CHECKPOINT  # noqa: PLC0415
     from .train import check_data, check_ranks, check_run_folder, train  # noqa: PLC0415
 
@@ -192,11 +192,10 @@ def _train(args: argparse.Namespace) -> int:
         failure = exc
     if under_mpi and ranks > 1:
         # Every rank runs the checks; if any fails, rank 0 alone says why and every rank exits.
-        first = get_world().first_failure(failure)
-        if first is not None:
-            if get_world().is_root:
-                raise failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
-            return (_exit_status(failure) or EXIT_FAILED) if failure is not None else EXIT_USAGE
+        try:
+            get_world().settle(failure, lambda e: _exit_status(e) or EXIT_FAILED)
+        except StopRank as stop:
+            return stop.status
     elif ranks > 1:
         code = launch(ranks, args.raw_argv)
         if code != 0 and cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
@@ -207,6 +206,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         with world.guard(debug=args.debug):   # a failing rank names itself and aborts the others
             result = train(cfg)
+    except StopRank as stop:   # another rank's error, reported by rank 0
+        return stop.status
     except KeyboardInterrupt:
         if cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
             print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)

@@ -59,6 +59,15 @@ class DistributedError(RuntimeError):
     """A multi-rank run cannot work as asked (the message says why and what to do)."""
 
 
+class StopRank(Exception):
+    """Raised on ranks other than 0 when a step every rank runs failed (see :meth:`World.settle`):
+    rank 0 reports the error, this rank ends quietly with exit status ``status``."""
+
+    def __init__(self, status: int = 1) -> None:
+        super().__init__(f"stopped: another rank reports the error (exit status {status})")
+        self.status = status
+
+
 def launched_by_mpi(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return any(k in env for k in LAUNCH_ENV)
@@ -84,6 +93,7 @@ class World:
     def __init__(self, comm: Any = None) -> None:
         self.comm = comm
         self.nccl: Any = None  # a gpuconv.nccl.Communicator once init_nccl() ran
+        self._settled: BaseException | None = None   # an error every rank stops on together (no abort)
         if comm is None:
             self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
             self.pids = [os.getpid()]
@@ -199,6 +209,24 @@ class World:
         every = [mine] if self.size == 1 else self.comm.allgather(mine)
         return next(((r, m) for r, m in enumerate(every) if m is not None), None)
 
+    def settle(self, failure: BaseException | None, status: Callable[[BaseException], int] = lambda e: 1) -> None:
+        """After a step that every rank runs (settings checks, building the net, reading the data):
+        if it failed on any rank, every rank raises together, so none is left waiting and none
+        aborts the others: rank 0 its own error (or one naming the failing rank), the others
+        :class:`StopRank` (quietly, with ``status(their error)``, else 1).  One rank: ``failure`` itself."""
+        if not self.distributed:
+            if failure is not None:
+                raise failure
+            return
+        first = self.first_failure(failure)
+        if first is None:
+            return
+        if self.is_root:
+            err = failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
+            self._settled = err
+            raise err
+        raise StopRank(status(failure) if failure is not None else 1)
+
     def barrier(self) -> None:
         if self.size > 1:
             self.comm.Barrier()
@@ -226,6 +254,8 @@ class World:
         except BaseException as exc:  # noqa: BLE001  (KeyboardInterrupt too: a half-stopped job hangs)
             if not self.distributed or (isinstance(exc, SystemExit) and exc.code in (0, None)):
                 raise
+            if isinstance(exc, StopRank) or (exc is self._settled and exc is not None):
+                raise   # every rank stopped together (settle): nobody waits, rank 0 reports it
             out = stream if stream is not None else sys.stderr
             code = 130 if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, SystemExit)
                                                                       and isinstance(exc.code, int) else 1)

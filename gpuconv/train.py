@@ -207,16 +207,18 @@ def check_budget(cfg: TrainConfig, net: Net, dev: devmod.Device, plan: Any = Non
     best = max_batch(net, cfg.budget, cfg.optimizer, device=where)
     budget = f"the budget {cfg.budget}" if cfg.budget is not None else (
         "the GPU's free memory" if dev.is_gpu else "this machine's available memory")
-    advice = (f"The largest batch that fits is {best}: run with --batch-size {best}" if best > 0 else
-              f"Not even batch 1 fits {budget}: choose a smaller model or a larger budget")
+    ranks = max(1, cfg.batch_size // int(plan.batch))   # several ranks: each plans its share of the batch
+    per_rank = f" per rank ({ranks} ranks)" if ranks > 1 else ""
+    advice = (f"The largest batch that fits is {best}{per_rank}: run with --batch-size {best * ranks}"
+              if best > 0 else f"Not even batch 1 fits {budget}: choose a smaller model or a larger budget")
     plan_cmd = ["gpuconv", "plan", cfg.model]
     if not cfg.model.strip().upper().startswith("INPUT"):
         plan_cmd += ["--input", _hwc(net.input_shape), "--classes", str(net.layers[-1].out_shape[0])]
-    plan_cmd += ["--batch", str(cfg.batch_size), "--optimizer", cfg.optimizer, "--device", where]
+    plan_cmd += ["--batch", str(plan.batch), "--optimizer", cfg.optimizer, "--device", where]
     if cfg.budget is not None:
         plan_cmd += ["--budget", str(cfg.budget)]
     raise PlanExceedsBudget(
-        f"{net.name} at batch {cfg.batch_size} does not fit {budget}: it {detail['summary']}. {advice}. "
+        f"{net.name} at batch {plan.batch}{per_rank} does not fit {budget}: it {detail['summary']}. {advice}. "
         f"Where the memory goes: {shlex.join(plan_cmd)}")
 
 
@@ -377,7 +379,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     check_data(cfg)
     geometry = dataset_geometry(cfg)
     ds = None if geometry is not None else load_dataset(cfg)
-    net, opt, dev, executor = build(cfg, ds, dev, geometry=geometry, batch=local)
+    # Each rank plans its share; a plan that does not fit stops every rank together (one message).
+    net, opt, dev, executor = _together(world, build, cfg, ds, dev, geometry=geometry, batch=local)
     reducer = None
     if world.distributed:
         if dev.is_gpu:
@@ -386,10 +389,7 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
         reducer = GradReducer(world, net)
         per_rank_dropout(net, world.rank)
     if ds is None:
-        ds = load_dataset(cfg)
-        if tuple(ds.input_shape) != tuple(net.input_shape):
-            raise ValueError(f"model {cfg.model!r} takes {_hwc(net.input_shape)} inputs, dataset {ds.name} has "
-                             f"{_hwc(ds.input_shape)}")
+        ds = _together(world, _load_for, cfg, net)
     if cfg.planned and len(ds.x_train) < cfg.batch_size:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} images)")
     xp = dev.xp
@@ -479,6 +479,30 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
             metrics.close()
     return TrainResult(len(history), acc, test_loss, train_loss, t_offset + time.perf_counter() - t0, history, net,
                        str(out) if cfg.save else "")
+
+
+def _load_for(cfg: TrainConfig, net: Net) -> Dataset:
+    ds = load_dataset(cfg)
+    if tuple(ds.input_shape) != tuple(net.input_shape):
+        raise ValueError(f"model {cfg.model!r} takes {_hwc(net.input_shape)} inputs, dataset {ds.name} has "
+                         f"{_hwc(ds.input_shape)}")
+    return ds
+
+
+def _together(world: World, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; on several ranks an error on any rank stops every rank together
+    (:meth:`World.settle`: rank 0 reports it, no rank is left waiting in a collective)."""
+    if not world.distributed:
+        return fn(*args, **kwargs)
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        from .cli import _exit_status  # noqa: PLC0415
+
+        world.settle(exc, lambda e: _exit_status(e) or 1)
+        raise
+    world.settle(None)
+    return result
 
 
 def _batches(it: BatchIterator, step: TrainStep, augment: bool, epoch: int, seed: int) -> Any:

@@ -626,6 +626,17 @@ def test_mpirun_with_a_bad_setting_says_it_once(tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@needs_mpi
+def test_cli_a_plan_that_does_not_fit_stops_every_rank_with_one_message(tmp_path) -> None:
+    """Each rank plans its share of the batch; when it does not fit, every rank stops together (no
+    abort) and rank 0 alone says so, per rank, with exit status 1 (it ran and failed)."""
+    r = _cli(tmp_path, *CLI_BASE, "--model", CLI_NETS["chain"], "--budget", "100KiB", "--out", "run", ranks=2)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("gpuconv train: custom at batch 6 per rank (2 ranks) does not fit the budget 100KiB") == 1
+    assert "abort" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_dropout_masks_per_rank() -> None:
     """Rank 0 keeps the one-process dropout seeds (its rows' masks are one process's); other ranks
     get distinct seeds, the same on every run."""
