@@ -198,7 +198,8 @@ def _train(args: argparse.Namespace) -> int:
             return stop.status
     elif ranks > 1:
         code = launch(ranks, args.raw_argv)
-        if code != 0 and cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
+        saved = cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file()
+        if code not in (0, EXIT_INTERRUPTED) and saved:
             # a rank failed or was stopped: rank 0's last checkpoint is whole (written atomically)
             print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)
         return code
@@ -209,10 +210,16 @@ def _train(args: argparse.Namespace) -> int:
     except StopRank as stop:   # another rank's error, reported by rank 0
         return stop.status
     except KeyboardInterrupt:
+        if not world.is_root:   # every rank stopped together; rank 0 saved the run and says so
+            return EXIT_INTERRUPTED
         if cfg.out_dir is not None and (Path(cfg.out_dir) / CHECKPOINT).is_file():
             print(f"continue with: gpuconv train --resume {shlex.quote(str(cfg.out_dir))}", file=sys.stderr)
         else:
             print("nothing was saved (interrupted before the first checkpoint)", file=sys.stderr)
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if world.together and not world.is_root:   # every rank met the same error: rank 0 reports it
+            return _exit_status(exc) or EXIT_FAILED
         raise
     if not world.is_root:   # one report per run
         return 0

@@ -93,7 +93,10 @@ class World:
     def __init__(self, comm: Any = None) -> None:
         self.comm = comm
         self.nccl: Any = None  # a gpuconv.nccl.Communicator once init_nccl() ran
-        self._settled: BaseException | None = None   # an error every rank stops on together (no abort)
+        # Set when every rank raises the same error at the same point (a failed check, a diverged
+        # loss, a Ctrl-C agreed at a sync point): the guard then lets it through instead of aborting.
+        self.together = False
+        self.interrupted = False   # Ctrl-C seen while deferred_interrupt() is active
         if comm is None:
             self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
             self.pids = [os.getpid()]
@@ -221,11 +224,32 @@ class World:
         first = self.first_failure(failure)
         if first is None:
             return
+        self.together = True
         if self.is_root:
-            err = failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
-            self._settled = err
-            raise err
+            raise failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
         raise StopRank(status(failure) if failure is not None else 1)
+
+    @contextlib.contextmanager
+    def deferred_interrupt(self) -> Iterator["World"]:
+        """On several ranks, Ctrl-C (SIGINT, which mpiexec forwards to every rank) only sets
+        :attr:`interrupted`; the training loop sums it over ranks at its next sync point and every
+        rank stops there together, so rank 0 can save a checkpoint that every rank agrees with.
+        One rank, or not the main thread: KeyboardInterrupt as usual."""
+        import signal  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        if not self.distributed or threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+
+        def note(signum: int, frame: Any) -> None:  # noqa: ARG001
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, note)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def barrier(self) -> None:
         if self.size > 1:
@@ -254,8 +278,8 @@ class World:
         except BaseException as exc:  # noqa: BLE001  (KeyboardInterrupt too: a half-stopped job hangs)
             if not self.distributed or (isinstance(exc, SystemExit) and exc.code in (0, None)):
                 raise
-            if isinstance(exc, StopRank) or (exc is self._settled and exc is not None):
-                raise   # every rank stopped together (settle): nobody waits, rank 0 reports it
+            if isinstance(exc, StopRank) or self.together:
+                raise   # every rank stopped together: nobody waits, rank 0 reports it
             out = stream if stream is not None else sys.stderr
             code = 130 if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc, SystemExit)
                                                                       and isinstance(exc.code, int) else 1)

@@ -445,7 +445,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     # A graph is captured on, and replayed in, a stream of its own (the default stream cannot be).
     run_stream = cuda.capture_stream() if graph else contextlib.nullcontext()
     try:
-        with run_stream, warnings.catch_warnings():
+        # several ranks: Ctrl-C stops every rank at the same sync point (see _train_epoch)
+        with run_stream, world.deferred_interrupt(), warnings.catch_warnings():
             # A diverging loss makes NumPy warn on every op; the guard in the epoch loop says it once, clearly.
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
             for epoch in range(start_epoch, cfg.epochs):
@@ -589,11 +590,14 @@ def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: in
         if pending == cfg.log_every or b + 1 == len(it):
             loss_sum = float(devmod.to_host(loss_acc))   # the only sync points of the loop
             correct = int(devmod.to_host(correct_acc))
+            stop = False
             if world is not None and world.distributed:   # totals of all ranks: every rank sees the same
-                loss_sum, c, images_acc = world.sum([loss_sum, correct, images_acc])
+                loss_sum, c, images_acc, stop = world.sum([loss_sum, correct, images_acc, world.interrupted])
                 correct, images_acc = int(c), int(images_acc)
             if not math.isfinite(loss_sum):
                 progress.close()
+                if world is not None:
+                    world.together = world.distributed   # every rank saw the same loss: all stop here
                 raise TrainingDiverged(
                     f"loss became {loss_sum / images_acc} at epoch {epoch + 1}, batch {b + 1}: stopping. The last "
                     f"good checkpoint (end of epoch {epoch}) is kept; try a lower --lr")
@@ -603,5 +607,9 @@ def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: in
             epoch_correct += correct
             step.reset_metrics()
             images_acc, pending = 0, 0
+            if stop:   # Ctrl-C on some rank: every rank stops after the same batch, rank 0 saves it
+                progress.close()
+                world.together = True   # type: ignore[union-attr]
+                raise KeyboardInterrupt
     progress.close()
     return epoch_loss / max(epoch_images, 1), epoch_correct / max(epoch_images, 1)

@@ -579,6 +579,47 @@ def test_cli_a_killed_rank_stops_the_run_and_the_checkpoint_survives(tmp_path) -
     assert r.returncode == 0 and "resuming" in r.stderr, r.stdout + r.stderr
 
 
+@needs_mpi
+def test_cli_ctrl_c_stops_every_rank_at_one_batch_and_rank_0_saves_it(tmp_path) -> None:
+    """Ctrl-C (SIGINT to the launcher's process group, as a terminal sends it) mid-epoch: every rank
+    stops after the same batch, rank 0 saves that point, exit status 130; resumed on one process,
+    the run ends where an uninterrupted one does."""
+    import json
+    import re
+    import signal
+
+    args = [*CLI_BASE, "--model", CLI_NETS["chain"], "--limit-train", "480", "--log-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "gpuconv.cli", "train", *args, "--epochs", "100", "--out", "run",
+                             "--ranks", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            cwd=tmp_path, start_new_session=True)
+    t0 = time.monotonic()
+    try:
+        while not (tmp_path / "run" / "checkpoint.npz").exists():     # the training loop is running
+            assert proc.poll() is None and time.monotonic() - t0 < 60, "no checkpoint"
+            time.sleep(0.05)
+        time.sleep(0.15)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    m = re.search(r"interrupted: saved run/checkpoint\.npz \(epoch (\d+), (\d+) batches done\)", err)
+    assert m and err.count("continue with: gpuconv train --resume run") == 1, err
+    assert "abort" not in err.replace("force abort", "").lower(), err
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    assert (int(meta["epoch"]) + 1, int(meta["next_batch"])) == (int(m[1]), int(m[2]))
+    assert int(meta["step"]) == 40 * int(meta["epoch"]) + int(meta["next_batch"])
+    epochs = str(int(meta["epoch"]) + 1)
+    r = _cli(tmp_path, "--resume", "run", "--epochs", epochs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ref, ref_hist, _ = _cli_run(tmp_path, "ref", *args, "--epochs", epochs)
+    arrays, _ = load_checkpoint(tmp_path / "run" / "checkpoint.npz")
+    np.testing.assert_allclose(arrays["params"], ref, rtol=RTOL, atol=ATOL)
+    hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [h["epoch"] for h in ref_hist]
+
+
 def test_cli_refuses_bad_rank_settings(tmp_path, monkeypatch, capsys) -> None:
     """One line, exit status 2, before any rank starts (nothing written)."""
     from gpuconv import cli
