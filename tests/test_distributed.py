@@ -678,6 +678,16 @@ def test_cli_a_plan_that_does_not_fit_stops_every_rank_with_one_message(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@needs_mpi
+def test_cli_a_diverged_loss_stops_every_rank_with_one_message(tmp_path) -> None:
+    """Every rank sees the same summed loss, so all stop at the same batch: one message, exit 1."""
+    r = _cli(tmp_path, *CLI_BASE, "--model", CLI_NETS["chain"], "--optimizer", "sgd", "--lr", "1e30",
+             "--log-every", "1", "--out", "run", ranks=2)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("gpuconv train: loss became nan at epoch 1, batch ") == 1, r.stderr
+    assert "abort" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+
+
 def test_dropout_masks_per_rank() -> None:
     """Rank 0 keeps the one-process dropout seeds (its rows' masks are one process's); other ranks
     get distinct seeds, the same on every run."""
