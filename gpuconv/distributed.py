@@ -16,8 +16,16 @@ seed) and reads its contiguous share of each global batch of B examples, B/K row
 loss is a mean over the local batch, so the mean of the K local gradients is the
 gradient of the mean over the global batch: K ranks at global batch B follow one
 process at batch B up to float32 summation order (tests/test_distributed.py measures it).
-What is not equivalent, by design: batch-norm statistics are per rank (PyTorch's default;
-the running averages of rank 0 are the ones saved), and dropout masks are drawn per rank.
+Augmentation is: each rank takes its rows of the draws one process makes for the global
+batch.  What is not equivalent, by design: batch-norm statistics are per rank (PyTorch's
+default; the running averages of rank 0 are the ones saved), and dropout masks are drawn
+per rank (rank 0's are one process's for its rows; the mask hashes the element's index in
+the rank's own batch).
+
+Stopping: an error every rank meets at the same point (a failed check, a plan that does not
+fit, a diverged loss, a Ctrl-C agreed at a sync point) stops every rank together and rank 0
+reports it (:meth:`World.settle`, :attr:`World.together`); an error on one rank aborts them
+all, naming the rank (:meth:`World.guard`).
 
 Buckets (:func:`plan_buckets`): the flat buffer holds all weights first (layer order),
 then all biases/BN parameters, so the gradients of layers a..b are two contiguous ranges,
