@@ -334,13 +334,12 @@ def conv_backward_filter_cpu(x: np.ndarray, dy: np.ndarray, stride: int, pad: in
 # geometry above; it imports the opt-in variants, which register themselves with its selector).
 from . import conv_gpu  # noqa: E402
 
-_GPU_EXPORTS = frozenset({"CONV", "ConvProblem", "problem", "select", "conv_forward_gpu", "conv_backward_data_gpu",
-                          "conv_backward_filter_gpu", "conv_bias_grad_gpu", "wgmma_smem"})
-
-
 def __getattr__(name: str) -> Any:
-    """The GPU path's public names, from ``ops.conv_gpu`` (looked up on use: either module may
-    be imported first)."""
-    if name in _GPU_EXPORTS:
-        return getattr(conv_gpu, name)
+    """The GPU path's names (CONV, ConvProblem, problem, select, conv_forward_gpu, ...), from
+    ``ops.conv_gpu`` (looked up on use: either module may be imported first)."""
+    if not name.startswith("__"):
+        try:
+            return getattr(conv_gpu, name)
+        except AttributeError:
+            pass
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

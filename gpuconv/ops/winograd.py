@@ -289,7 +289,7 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out: Any, flip: bool,
                           ws: Workspace, flat: Any, precision: str) -> Any:
     """out = conv(src, w') by F(2x2,3x3): w' = w (forward) or rotated+transposed (flip)."""
-    from .fc import gemm_batched_gpu  # noqa: PLC0415
+    from .fc_gpu import gemm_batched_gpu  # noqa: PLC0415
     n, c_in, h, wd = src.shape
     _, c_out, ho, wo = out.shape
     k0, c0 = w.shape[:2]
@@ -330,7 +330,7 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
                                       precision: str = "fp32") -> Any:
     """dW into ``dw`` (overwritten): per chunk, transforms of x and dy and the 16 GEMMs
     D += Y V^T (split-K slices kept apart), then dW = G^T (sum of slices) G."""
-    from .fc import gemm_batched_gpu  # noqa: PLC0415
+    from .fc_gpu import gemm_batched_gpu  # noqa: PLC0415
     n, c, h, wd = x.shape
     k = dw.shape[0]
     _, _, ho, wo = dy.shape
