@@ -395,7 +395,9 @@ def _exit_status(exc: BaseException) -> int | None:
         pass
     if isinstance(exc, failed):   # it ran and failed (PlanDoesNotFit is a MemoryError)
         return EXIT_FAILED
-    from .distributed import DistributedError  # noqa: PLC0415
+    from .distributed import DistributedError, RankFailed  # noqa: PLC0415
+    if isinstance(exc, RankFailed):   # another rank's error, with its status
+        return exc.status
     if isinstance(exc, (UsageError, DeviceError, BudgetError, DataError, ValueError, KeyError, DistributedError)):
         return EXIT_USAGE
     return None

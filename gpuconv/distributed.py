@@ -67,6 +67,14 @@ class DistributedError(RuntimeError):
     """A multi-rank run cannot work as asked (the message says why and what to do)."""
 
 
+class RankFailed(DistributedError):
+    """Rank 0's report of an error another rank met (its message), with that error's exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StopRank(Exception):
     """Raised on ranks other than 0 when a step every rank runs failed (see :meth:`World.settle`):
     rank 0 reports the error, this rank ends quietly with exit status ``status``."""
@@ -233,9 +241,14 @@ class World:
         if first is None:
             return
         self.together = True
+        # every rank exits with the reported error's status (mpiexec ORs the ranks' statuses)
+        statuses = self.comm.allgather(status(failure) if failure is not None else 0)
+        reported = statuses[0] if statuses[0] else statuses[first[0]]
         if self.is_root:
-            raise failure if failure is not None else DistributedError(f"rank {first[0]}: {first[1]}")
-        raise StopRank(status(failure) if failure is not None else 1)
+            if failure is not None:
+                raise failure
+            raise RankFailed(f"rank {first[0]} of {self.size}: {first[1]}", reported)
+        raise StopRank(reported)
 
     @contextlib.contextmanager
     def deferred_interrupt(self) -> Iterator["World"]:

@@ -688,6 +688,53 @@ def test_cli_a_diverged_loss_stops_every_rank_with_one_message(tmp_path) -> None
     assert "abort" not in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
 
 
+class _TwoRanks:
+    """A communicator stand-in for World.settle: allgather returns what the two ranks give."""
+
+    def __init__(self, other: list) -> None:
+        self.other = list(other)   # the other rank's contributions, in call order
+
+    def allgather(self, mine):  # noqa: ANN001, ANN201
+        theirs = self.other.pop(0)
+        return [mine, theirs] if self.rank == 0 else [theirs, mine]
+
+
+def _world_of_two(rank: int, other: list) -> dist.World:
+    w = dist.World()
+    w.comm = _TwoRanks(other)
+    w.comm.rank = rank
+    w.rank, w.size = rank, 2
+    return w
+
+
+def test_settle_stops_every_rank_with_the_reported_status() -> None:
+    status = lambda e: 2 if isinstance(e, ValueError) else 1  # noqa: E731
+    w = _world_of_two(0, [None, 0])
+    w.settle(None, status)                                   # nobody failed: nothing happens
+    assert not w.together
+    # only rank 1 failed: rank 0 reports it, naming the rank, with rank 1's status; rank 1 stops quietly
+    w = _world_of_two(0, ["ValueError: bad data", 2])
+    with pytest.raises(dist.RankFailed, match="rank 1 of 2: ValueError: bad data") as e:
+        w.settle(None, status)
+    assert e.value.status == 2 and w.together
+    w = _world_of_two(1, [None, 0])
+    with pytest.raises(dist.StopRank) as stop:
+        w.settle(ValueError("bad data"), status)
+    assert stop.value.status == 2
+    # both failed: rank 0 raises its own error, rank 1 exits with rank 0's status
+    w = _world_of_two(0, ["RuntimeError: x", 1])
+    with pytest.raises(ValueError, match="mine"):
+        w.settle(ValueError("mine"), status)
+    w = _world_of_two(1, ["ValueError: mine", 2])
+    with pytest.raises(dist.StopRank) as stop:
+        w.settle(RuntimeError("x"), status)
+    assert stop.value.status == 2
+    # the guard lets an error through without aborting once the ranks stop together
+    with pytest.raises(ValueError):
+        with w.guard():
+            raise ValueError("together")
+
+
 def test_dropout_masks_per_rank() -> None:
     """Rank 0 keeps the one-process dropout seeds (its rows' masks are one process's); other ranks
     get distinct seeds, the same on every run."""
