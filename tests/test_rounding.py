@@ -96,3 +96,16 @@ def test_padded_volume_is_planned_workspace():
     i = [layer.name for layer in net.layers].index("conv1")
     assert stem.intervals == ((i, i), (2 * L - 1 - i, 2 * L - 1 - i))
     assert not any(t.name.endswith(".pad") and "layer1" in t.name for t in plan.tensors)  # exact layers
+
+
+@pytest.mark.parametrize("h,f,s,p", [(8, 1, 2, 0), (8, 3, 2, 1), (6, 2, 4, 0), (10, 3, 3, 0), (10, 3, 4, 1)])
+def test_ceil_never_adds_a_window_of_padding_only(h, f, s, p):
+    """PyTorch's ceil_mode rule: the extra window must start inside the input or its left padding."""
+    pool = MaxPoolRounded(f, s, p, rounding="ceil")
+    pool.name = "pool"
+    out = pool.build((1, h, h))[1]
+    ceil = _size(h, f, s, p, "ceil")
+    expect = ceil - 1 if (ceil - 1) * s >= h + p else ceil
+    assert out == expect
+    x = np.arange(h * h, dtype=np.float32).reshape(1, 1, h, h) - 1e3   # all negative: -inf shows
+    assert np.isfinite(pool.forward(x, train=False)).all()

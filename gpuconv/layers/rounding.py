@@ -39,7 +39,10 @@ def _rounded_size(layer: Any, n: int, f: int, s: int, p: int, d: int, axis: str,
         raise GeometryError(f"{layer.name}: filter does not fit the input {axis}: W={n}, F={fe}, P={p}, S={s} "
                             f"gives (W - F + 2P) = {num} < 0")
     r = num % s
-    if rounding == "ceil" and r:
+    # Ceil adds one window reaching past the input, as PyTorch's ceil_mode does, but only where it
+    # starts inside the input or its left padding: a window wholly in the right padding would
+    # hold only padding (-inf for max POOL).
+    if rounding == "ceil" and r and (num // s + 1) * s < n + p:
         return num // s + 2, p + s - r
     return num // s + 1, p - r
 
