@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -162,6 +161,11 @@ def train_config(args: argparse.Namespace) -> Any:
         settings = dict(given)
     if "device" not in given and not (resume and "device" in settings):
         settings["device"] = device_choice(None)   # $GPUCONV_DEVICE, else auto
+    # The kernel settings the run records (and a resume restores): the flags, else what main()
+    # resolved from GPUCONV_PRECISION / GPUCONV_CONV_ALGO, else the defaults.
+    from .kernel_config import current  # noqa: PLC0415
+    for key in ("precision", "conv_algo"):
+        settings.setdefault(key, getattr(current(), key))
     return TrainConfig(**settings, out_dir=out, resume=resume, overwrite=bool(args.overwrite))
 
 

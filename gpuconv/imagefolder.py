@@ -119,8 +119,9 @@ def read_image(path: str | os.PathLike[str], shape: Sequence[int]) -> np.ndarray
 
 def cache_dir() -> Path:
     """``$GPUCONV_CACHE_DIR/images`` (default ``~/.cache/gpuconv/images``)."""
-    root = os.environ.get("GPUCONV_CACHE_DIR", "").strip()
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "gpuconv") / CACHE_SUBDIR
+    from .kernel_config import current  # noqa: PLC0415
+
+    return current().cache_dir / CACHE_SUBDIR
 
 
 def _cache_key(root: Path, files: list[tuple[Path, int]], shape: Sequence[int]) -> str:

@@ -36,7 +36,6 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASETS, BatchIterator, Dataset
 from .curves import CURVES, draw_curves
 from .net import CONV_ALGOS, Net
-from .ops import loss as loss_ops
 from .optim import STATE_SLOTS, Optimizer, Schedule
 from .predict import write_run_classes
 from .progress import MetricsWriter, Progress
@@ -76,7 +75,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     precision: str = "fp32"
-    conv_algo: str | None = None    # gemm | winograd | auto | None ($GPUCONV_CONV_ALGO)
+    conv_algo: str | None = None    # gemm | winograd | auto | None (the kernel configuration's)
     eval_batch: int = 1000
     save: bool = True
     budget: str | None = None       # e.g. "12GiB" or "0.9"; GPU default: the free device memory

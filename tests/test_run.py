@@ -38,7 +38,7 @@ def test_the_whole_configuration_is_saved_beside_the_checkpoint(tmp_path, capsys
     saved = json.loads((tmp_path / "r" / runmod.RUN_CONFIG).read_text())
     expected = dict(model=TINY, dataset="synthetic", limit_train=96, limit_test=32, batch_size=32, optimizer="momentum",
                     lr=0.02, weight_decay=0.001, schedule="step", seed=7, augment=True, device="cpu", epochs=1,
-                    precision="fp32", planned=True, cuda_graph=False, conv_algo=None)
+                    precision="fp32", planned=True, cuda_graph=False, conv_algo="gemm")
     assert {k: saved[k] for k in expected} == expected
     assert "out_dir" not in saved and "resume" not in saved
 
@@ -156,3 +156,20 @@ def test_differences_compare_numbers_by_value():
     saved = {"lr": 0.001, "seed": 0, "model": "small", "augment": False, "epochs": 3, "log_every": 50}
     assert runmod.differences(saved, {"lr": 1e-3, "seed": 0, "epochs": 9, "log_every": 1}) == []
     assert runmod.differences(saved, {"augment": True}) == ["--augment: the run has off, given on"]
+
+
+def test_kernel_settings_from_the_environment_are_recorded_and_restored(tmp_path, monkeypatch):
+    """GPUCONV_PRECISION / GPUCONV_CONV_ALGO apply to a run without flags, and its run.json keeps them,
+    so a resume in another environment trains as the run began."""
+    monkeypatch.setenv("GPUCONV_PRECISION", "tf32")
+    monkeypatch.setenv("GPUCONV_CONV_ALGO", "winograd")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32",
+                     "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--out", str(out)]) == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert (saved["precision"], saved["conv_algo"]) == ("tf32", "winograd")
+    monkeypatch.delenv("GPUCONV_PRECISION")
+    monkeypatch.delenv("GPUCONV_CONV_ALGO")
+    args = cli.build_parser().parse_args(["train", "--resume", str(out), "--epochs", "2"])
+    cfg = cli.train_config(args)
+    assert (cfg.precision, cfg.conv_algo) == ("tf32", "winograd")

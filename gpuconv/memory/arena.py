@@ -26,7 +26,6 @@ out-of-bounds write that the shared arena would hide.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -34,7 +33,6 @@ import numpy as np
 from .. import device as devmod
 from .plan import Plan, PlannedTensor, fmt_bytes
 
-DEBUG_ENV = "GPUCONV_DEBUG_ALLOC"
 
 
 class PlanDoesNotFit(MemoryError):

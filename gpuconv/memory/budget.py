@@ -128,8 +128,9 @@ def process_used_bytes(index: int | None = None, pid: int | None = None) -> int:
 
 
 def _cache_file() -> Path:
-    base = os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gpuconv")
-    return Path(base) / "context_bytes.json"
+    from ..kernel_config import current  # noqa: PLC0415
+
+    return current().cache_dir / "context_bytes.json"
 
 
 def measure_context_bytes(*, refresh: bool = False) -> int:
