@@ -511,6 +511,9 @@ class CudaBackend(device.Backend):
     def time_ms(self, fn: Any, reps: int = 5, warmup: int = 1) -> float:
         return _cuda_time_ms(fn, reps, warmup)
 
+    def synchronize(self) -> None:
+        device._cupy().cuda.get_current_stream().synchronize()
+
     def device_key(self) -> str:
         return _cuda_device_key()
 

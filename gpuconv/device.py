@@ -93,7 +93,7 @@ class Device:
 
     def synchronize(self) -> None:
         if self.is_gpu:
-            self.xp.cuda.get_current_stream().synchronize()
+            backend().synchronize()
 
     def __str__(self) -> str:
         return self.name
@@ -167,6 +167,10 @@ class Backend:
         return False
 
     def time_ms(self, fn: Callable[[], None], reps: int = 5, warmup: int = 1) -> float:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait until the work enqueued so far has run."""
         raise NotImplementedError
 
     def device_key(self) -> str:

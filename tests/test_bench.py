@@ -559,7 +559,6 @@ def test_memory_bench_child_plans_a_branching_net(timed: Timed, monkeypatch: pyt
 
     monkeypatch.setattr(budget, "measure_context_bytes", lambda **kw: 500 << 20)
     monkeypatch.setattr(budget, "process_used_bytes", lambda *a, **kw: 600 << 20)
-    monkeypatch.setattr(device.Device, "synchronize", lambda self: None)   # the emulator runs synchronously
     r = bench_memory._child(TINY_BRANCHING, 2, "train", "momentum", 2, None)
     assert r["ok"] and r["plan_bytes"] > 0 and r["nvml_bytes"] == 600 << 20, r
 
