@@ -23,7 +23,7 @@ from bench.harness import HEADER, Row, comma_choices  # noqa: E402
 # memory, one process per configuration) and bench_step.py (host cost of a step) print tables of
 # their own columns and run by themselves.
 SUITES = ["conv", "winograd", "pool", "fc", "train", "activation", "dropout", "batchnorm", "lrn", "local", "loss", "optim",
-          "add", "gap", "concat"]
+          "add", "gap", "concat", "augment"]
 
 
 def _describe_device() -> str:

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from bench import (bench_activation, bench_add, bench_batchnorm, bench_concat, bench_conv, bench_dropout, bench_fc,
-                   bench_gap, bench_local, bench_loss, bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd,
-                   harness, run_all)
+from bench import (bench_activation, bench_add, bench_augment, bench_batchnorm, bench_concat, bench_conv,
+                   bench_dropout, bench_fc, bench_gap, bench_local, bench_loss, bench_lrn, bench_optim, bench_pool,
+                   bench_train, bench_winograd, harness, run_all)
 from bench.harness import Row
 from gpuconv import cuda, device, emu
 from gpuconv.ops import conv as conv_ops
@@ -29,7 +29,7 @@ from gpuconv.ops import winograd
 
 pytestmark = [pytest.mark.emu, pytest.mark.skipif(not emu.available(), reason="no C++ compiler: no emulator")]
 
-BENCHES = (bench_activation, bench_add, bench_batchnorm, bench_concat, bench_conv, bench_dropout, bench_fc, bench_gap,
+BENCHES = (bench_activation, bench_add, bench_augment, bench_batchnorm, bench_concat, bench_conv, bench_dropout, bench_fc, bench_gap,
            bench_local, bench_loss, bench_lrn, bench_optim, bench_pool, bench_train, bench_winograd)
 ROOT = Path(__file__).resolve().parent.parent
 REPLAY = "(CUDA-graph replay)"
@@ -413,6 +413,7 @@ def test_fc_bench_rows_and_their_kernels(timed: Timed, monkeypatch: pytest.Monke
     (bench_add, {"QUICK_SHAPE": (2, 3, 5, 5)}),
     (bench_gap, {"QUICK_SHAPES": [(2, 3, 5, 5), (3, 2, 1, 1)]}),
     (bench_concat, {"QUICK_SHAPES": [(2, (2, 3), 3, 3)]}),
+    (bench_augment, {"QUICK_SHAPES": [(16, 3, 8, 8, 4)]}),
 ], ids=lambda v: v.__name__.split(".")[-1] if hasattr(v, "__name__") else "")
 def test_op_benches_run(bench: Any, shapes: dict[str, Any], timed: Timed, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in shapes.items():
