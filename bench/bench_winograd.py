@@ -14,9 +14,10 @@ multiplies are 1/2.25 of that.  Each row's result is validated against PyTorch's
 forward and gradients on the same inputs (``<pass>_rel_err``; ``invalid`` past
 harness.REL_TOL); ``extra['ws_mib']`` is the workspace one pass allocated (the memory plan's figure).
 
-Why this suite exists: in bench/RESULTS.md's first H100 pass, cuDNN's fp32 fwd+bwd rates
+Why this suite exists: in the first H100 pass of bench/RESULTS.md, cuDNN's fp32 fwd+bwd rates
 for some layers are above the H100's fp32 FMA peak, i.e. cuDNN runs Winograd or FFT
-there, which an implicit-GEMM kernel cannot match at any efficiency.
+there, which an implicit-GEMM kernel cannot match at any efficiency (docs/performance.md,
+"cuDNN's fp32 rates above the FMA peak").
 
 Importing this module needs no GPU; all GPU work happens inside ``run``.
 """
