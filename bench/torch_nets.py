@@ -32,7 +32,7 @@ from torch.nn import functional as tf
 from gpuconv import device as devmod
 from gpuconv.layers import (FC, LRN, Add, AvgPool, BatchNorm, Concat, Conv, Dropout, Flatten, GlobalAvgPool,
                             MaxPool, ReLU)
-from gpuconv.layers.rounding import ConvRounded, MaxPoolRounded
+from gpuconv.geometry import window_pad_after
 from gpuconv.net import Net
 
 __all__ = ["TwinNet", "torch_twin", "copy_params", "twin_grads", "twin_params", "twin_loss", "torch_optimizer", "to_torch"]
@@ -60,7 +60,7 @@ def _pool_out(n: int, f: int, s: int, p: int, ceil: bool) -> int:
 
 
 class _Pad(nn.Module):
-    """Pad (P before, ``after`` after; negative crops) on both spatial axes: our rounded layers' volume."""
+    """Pad (P before, ``after`` after) on both spatial axes: a ceil CONV's windows past the padding."""
 
     def __init__(self, before: int, after: tuple[int, int], value: float) -> None:
         super().__init__()
@@ -141,10 +141,17 @@ def _module(layer: Any, net: Net, dropout: str) -> nn.Module:
     """The torch module computing what ``layer`` computes (its parameters still to be copied)."""
     if isinstance(layer, Conv) and type(layer).__name__ in ("Conv", "ConvRounded"):
         c = layer.in_shape[0]
-        exact = not isinstance(layer, ConvRounded) or layer.exact or layer.rounding == "floor"
-        conv = nn.Conv2d(c, layer.K, layer.F, stride=layer.S, padding=layer.P if exact else 0,
+        # PyTorch's conv rounds down; a ceil CONV (no PyTorch option) is zero padding after,
+        # as far as its last window reaches, then a conv without padding
+        plain = layer.rounding != "ceil" or layer.exact
+        conv = nn.Conv2d(c, layer.K, layer.F, stride=layer.S, padding=layer.P if plain else 0,
                          dilation=layer.dilation, bias=layer.bias)
-        mod: nn.Module = conv if exact else nn.Sequential(_Pad(layer.P, layer._pads, 0.0), conv)
+        if plain:
+            mod: nn.Module = conv
+        else:
+            after = tuple(max(layer.P, window_pad_after(n, layer.F, layer.S, layer.P, o, layer.dilation))
+                          for n, o in zip(layer.in_shape[1:], layer.out_shape[1:]))
+            mod = nn.Sequential(_Pad(layer.P, after, 0.0), conv)
         return _Then(mod) if layer.fused_relu else mod
     if isinstance(layer, FC):
         lin = _Linear(layer.in_features, layer.M, bias=layer.bias)
@@ -155,14 +162,14 @@ def _module(layer: Any, net: Net, dropout: str) -> nn.Module:
     if isinstance(layer, ReLU):
         return nn.Identity() if layer.fused else _Relu(layer.slope)
     if isinstance(layer, MaxPool):
-        if isinstance(layer, MaxPoolRounded) and not layer.exact:
-            ceil = layer.rounding == "ceil"
-            _, h, w = layer.in_shape
-            want = layer.out_shape[1:]
-            if (_pool_out(h, layer.F, layer.S, layer.P, ceil), _pool_out(w, layer.F, layer.S, layer.P, ceil)) == want:
-                return nn.MaxPool2d(layer.F, layer.S, layer.P, ceil_mode=ceil)
-            return nn.Sequential(_Pad(layer.P, layer._pads, -float("inf")), nn.MaxPool2d(layer.F, layer.S))
-        return nn.MaxPool2d(layer.F, layer.S, layer.P)
+        # our rounding is PyTorch's: floor (and exact) is its default, ceil its ceil_mode
+        ceil = layer.rounding == "ceil"
+        _, h, w = layer.in_shape
+        want = tuple(layer.out_shape[1:])
+        got = (_pool_out(h, layer.F, layer.S, layer.P, ceil), _pool_out(w, layer.F, layer.S, layer.P, ceil))
+        if got != want:
+            raise AssertionError(f"{layer.name}: output {want}, PyTorch's {got}")
+        return nn.MaxPool2d(layer.F, layer.S, layer.P, ceil_mode=ceil)
     if isinstance(layer, AvgPool):
         return nn.AvgPool2d(layer.F, layer.S, layer.P, count_include_pad=True)
     if isinstance(layer, GlobalAvgPool):

@@ -17,7 +17,7 @@ Conventions follow the pattern language: ``conv(x, F, K)`` is CONV<F>-<K> with '
 padding unless ``pad`` is given.  ``rounding="floor"`` (used by the blocks for their strided
 layers) rounds the output size down as PyTorch does, where the notes' integer rule has
 no answer (a stride-2 window over an even width); "ceil" rounds up as Caffe's pooling:
-see :mod:`gpuconv.layers.rounding`.
+see :func:`gpuconv.geometry.window_output_size`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import numpy as np
 from .geometry import GeometryError
 from .layers import FC, LRN, Add, AvgPool, BatchNorm, Concat, Conv, Dropout, Flatten, GlobalAvgPool, Layer, \
     MaxPool, ReLU
-from .layers.rounding import ConvRounded, MaxPoolRounded
 from .layers.merge import _Merge
 from .net import INPUT, Net
 
@@ -120,9 +119,7 @@ class Graph:
         """CONV<F>-<K>[/stride]; ``pad`` defaults to 'same' ((F-1)/2, dilated: D*(F-1)/2).
         ``rounding`` 'floor'/'ceil': the output size where (W - F + 2P)/S is not an integer."""
         P = (dilation * (F - 1)) // 2 if pad is None else pad
-        if rounding is None:
-            return self.layer(Conv(K, F, stride, P, dilation, bias=bias), x, name=name)
-        return self.layer(ConvRounded(K, F, stride, P, dilation, bias=bias, rounding=rounding), x, name=name)
+        return self.layer(Conv(K, F, stride, P, dilation, bias=bias, rounding=rounding or "exact"), x, name=name)
 
     def bn(self, x: Node, *, name: str | None = None) -> Node:
         return self.layer(BatchNorm(), x, name=name)
@@ -133,9 +130,7 @@ class Graph:
     def pool(self, x: Node, F: int = 2, stride: int | None = None, *, pad: int = 0, rounding: str | None = None,
              name: str | None = None) -> Node:
         """Max POOL<F>[/stride]; ``rounding`` as for :meth:`conv`."""
-        if rounding is None:
-            return self.layer(MaxPool(F, stride, pad), x, name=name)
-        return self.layer(MaxPoolRounded(F, stride, pad, rounding=rounding), x, name=name)
+        return self.layer(MaxPool(F, stride, pad, rounding=rounding or "exact"), x, name=name)
 
     def avgpool(self, x: Node, F: int = 2, stride: int | None = None, *, pad: int = 0,
                 name: str | None = None) -> Node:

@@ -773,3 +773,97 @@ def test_gpu_errors(cp, rng):
         C.conv_backward_filter(gx, cp.asnumpy(gy), w.shape, 1, 1)
     with pytest.raises(OpArgumentError, match="conv_backward_filter: out is on cpu"):
         C.conv_backward_filter(gx, gy, w.shape, 1, 1, dw_out=np.empty(w.shape, np.float32))
+
+
+# ----------------------------------------------------------------------------------
+# GPU: rounded output sizes (floor / ceil where (W - F + 2P)/S + 1 is not an integer)
+# ----------------------------------------------------------------------------------
+
+# 3x3/2 p1 over 8x8 (ResNet's strided 3x3), 1x1/2 over 8x8 (its projection: the last row is
+# never read), 7x7/2 p3 over 16x16 (its stem), stride and dilation over a non-square input.
+ROUNDED_GEOMS = [(2, 3, 8, 8, 4, 3, 3, 2, 1, 1), (2, 4, 8, 8, 5, 1, 1, 2, 0, 1),
+                 (1, 3, 16, 16, 4, 7, 7, 2, 3, 1), (1, 2, 9, 7, 3, 3, 3, 3, 0, 2)]
+
+
+def _check_rounded(cp, rng, g, rounding, precision="fp32", dtype=np.float32, launches=None, expect=None):
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, g, dtype, precision)
+    yshape = C.conv_output_shape(x.shape, w.shape, s, p, d, rounding)
+    x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+    tol = 1e-10 if dtype == np.float64 else TOL
+    # the NumPy spec itself against the loops with the windows written out
+    ref = C.conv_forward(x64, w64, b64, s, p, d, relu=True, rounding=rounding)
+    assert rel_error(ref, np.maximum(C.conv_forward_loops(x64, w64, b64, s, p, d, rounding), 0)) < 1e-12
+    if launches is not None:
+        launches.clear()
+    y = C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=poison(cp, yshape, dtype), precision=precision,
+                       rounding=rounding)
+    assert rel_error(y, ref) < tol, (g, rounding, precision)
+    dy = _exact(rng.standard_normal(yshape), precision).astype(dtype)
+    gdy = cp.asarray(dy)
+    dx = C.conv_backward_data(gdy, gw, x.shape, s, p, d, out=poison(cp, x.shape, dtype), precision=precision,
+                              rounding=rounding)
+    assert rel_error(dx, C.conv_backward_data(dy.astype(np.float64), w64, x.shape, s, p, d,
+                                              rounding=rounding)) < tol, (g, rounding, precision)
+    dw, db = C.conv_backward_filter(gx, gdy, w.shape, s, p, d, dw_out=poison(cp, w.shape, dtype),
+                                    db_out=poison(cp, b.shape, dtype), precision=precision, rounding=rounding)
+    dw_ref, db_ref = C.conv_backward_filter(x64, dy.astype(np.float64), w.shape, s, p, d, rounding=rounding)
+    assert rel_error(dw, dw_ref) < tol and rel_error(db, db_ref) < tol, (g, rounding, precision)
+    if expect is not None:
+        assert any(n.startswith(expect) for n in launches), (launches, expect)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+def test_gpu_rounded_geometry_gemm(cp, rng, monkeypatch, precision, rounding):
+    """The implicit GEMMs (forward, backward-data forced off the direct kernel, backward-filter)
+    take the rounded output size: windows past the input read zeros, skipped rows get dx = 0."""
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)
+    launches = _record_launches(monkeypatch)
+    for g in ROUNDED_GEOMS:
+        _check_rounded(cp, rng, g, rounding, precision, launches=launches, expect="conv_bwdd_f32_")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", [s for s in autotune.SCHEDULES if s != "reg"])
+def test_gpu_rounded_geometry_schedules(cp, rng, monkeypatch, schedule):
+    configure(gemm_schedule=schedule)
+    for g in ROUNDED_GEOMS[:3]:
+        _check_rounded(cp, rng, g, "floor", "tf32")
+
+
+@pytest.mark.gpu
+def test_gpu_rounded_geometry_wgmma(cp, rng, monkeypatch):
+    _use_wgmma(cp, monkeypatch)
+    launches = _spy_launches(monkeypatch)
+    for g in ROUNDED_GEOMS[:3]:
+        _check_rounded(cp, rng, g, "ceil", "tf32")
+    assert any(n.endswith("_wgmma") for n in launches), launches
+
+
+@pytest.mark.gpu
+def test_gpu_rounded_geometry_direct(cp, rng, monkeypatch):
+    """The direct backward-data kernel (forced) and the float64 direct kernels."""
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: G._bwdd_direct_plan(*a))
+    launches = _record_launches(monkeypatch)
+    for g in ROUNDED_GEOMS:
+        for rounding in ("floor", "ceil"):
+            _check_rounded(cp, rng, g, rounding, launches=launches, expect="conv_bwdd_direct_f32_")
+            _check_rounded(cp, rng, g, rounding, dtype=np.float64, launches=launches, expect="conv_fwd_direct_f64")
+
+
+def test_rounded_output_shape_and_cpu_gradients(rng):
+    assert C.conv_output_shape((1, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1, "floor") == (1, 64, 112, 112)
+    assert C.conv_output_shape((1, 3, 8, 8), (4, 3, 3, 3), 2, 1, 1, "ceil") == (1, 4, 5, 5)
+    with pytest.raises(GeometryError, match="not an integer"):
+        C.conv_output_shape((1, 3, 8, 8), (4, 3, 3, 3), 2, 1, 1)
+    for g in ROUNDED_GEOMS:
+        for rounding in ("floor", "ceil"):
+            x, w, b, s, p, d = _make(rng, g)
+            y = C.conv_forward(x, w, b, s, p, d, rounding=rounding)
+            assert rel_error(y, C.conv_forward_loops(x, w, b, s, p, d, rounding)) < 1e-12
+            dy = rng.standard_normal(y.shape)
+            f = lambda: float(np.sum(C.conv_forward(x, w, b, s, p, d, rounding=rounding) * dy))  # noqa: E731
+            dx = C.conv_backward_data(dy, w, x.shape, s, p, d, rounding=rounding)
+            dw, db = C.conv_backward_filter(x, dy, w.shape, s, p, d, rounding=rounding)
+            assert rel_error(dx, numeric_grad(f, x)) < 1e-6 and rel_error(dw, numeric_grad(f, w)) < 1e-6

@@ -1,7 +1,7 @@
 """The notes' output-size formula and its errors."""
 import pytest
 
-from gpuconv.geometry import GeometryError, effective_filter, window_output_size
+from gpuconv.geometry import GeometryError, effective_filter, window_output_size, window_pad_after
 
 
 @pytest.mark.parametrize("w,f,s,p,d,expected", [
@@ -43,3 +43,29 @@ def test_bad_hyperparameters(kw):
 
 def test_effective_filter():
     assert effective_filter(3, 1) == 3 and effective_filter(3, 2) == 5 and effective_filter(5, 4) == 17
+
+
+@pytest.mark.parametrize("w,f,s,p,d,floor,ceil", [
+    (8, 3, 2, 1, 1, 4, 5),        # ResNet's strided 3x3: the ceil window starts at 7, inside
+    (8, 1, 2, 0, 1, 4, 4),        # 1x1/2: a ceil window at 8 would hold padding only
+    (224, 7, 2, 3, 1, 112, 113),  # the 7x7/2 stem
+    (112, 3, 2, 0, 1, 55, 56),    # GoogLeNet's ceil max pool
+    (9, 3, 3, 0, 2, 2, 3),        # dilation: effective F = 5
+    (7, 3, 2, 0, 1, 3, 3),        # exact: every rounding agrees
+])
+def test_rounded_output_size(w, f, s, p, d, floor, ceil):
+    assert window_output_size(w, f, s, p, d, rounding="floor") == floor
+    assert window_output_size(w, f, s, p, d, rounding="ceil") == ceil
+    if floor == ceil and (w - effective_filter(f, d) + 2 * p) % s == 0:
+        assert window_output_size(w, f, s, p, d) == floor
+    else:
+        with pytest.raises(GeometryError, match="not an integer"):
+            window_output_size(w, f, s, p, d, rounding="exact")
+
+
+def test_rounding_errors():
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        window_output_size(8, 3, 2, 1, rounding="round", layer="c")
+    with pytest.raises(GeometryError, match="does not fit"):
+        window_output_size(2, 5, 2, 0, rounding="floor")
+    assert window_pad_after(224, 7, 2, 3, 112) == 2 and window_pad_after(8, 3, 2, 1, 5) == 2

@@ -32,9 +32,19 @@ def _distinct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 # plain-loop references (one output at a time, straight from the definitions)
 # ------------------------------------------------------------------------------------------
 
-def loop_forward(x: np.ndarray, F: int, S: int, pad: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def loop_size(n: int, F: int, S: int, pad: int, rounding: str = "exact") -> int:
+    """Outputs along one axis: floor (and exact), or ceil with PyTorch's rule that the last
+    window starts inside the input or its left padding."""
+    out = (n + 2 * pad - F) // S + 1
+    if rounding == "ceil" and (n + 2 * pad - F) % S and out * S < n + pad:
+        out += 1
+    return out
+
+
+def loop_forward(x: np.ndarray, F: int, S: int, pad: int, kind: str,
+                 rounding: str = "exact") -> tuple[np.ndarray, np.ndarray]:
     n, c, h, w = x.shape
-    ho, wo = (h - F + 2 * pad) // S + 1, (w - F + 2 * pad) // S + 1
+    ho, wo = loop_size(h, F, S, pad, rounding), loop_size(w, F, S, pad, rounding)
     y = np.zeros((n, c, ho, wo))
     sw = np.zeros((n, c, ho, wo), np.uint8)
     for i in range(n):
@@ -56,10 +66,11 @@ def loop_forward(x: np.ndarray, F: int, S: int, pad: int, kind: str) -> tuple[np
     return y, sw
 
 
-def loop_backward(dy: np.ndarray, x: np.ndarray, F: int, S: int, pad: int, kind: str) -> np.ndarray:
+def loop_backward(dy: np.ndarray, x: np.ndarray, F: int, S: int, pad: int, kind: str,
+                  rounding: str = "exact") -> np.ndarray:
     n, c, h, w = x.shape
     _, _, ho, wo = dy.shape
-    y, sw = loop_forward(x, F, S, pad, kind)
+    y, sw = loop_forward(x, F, S, pad, kind, rounding)
     dx = np.zeros(x.shape)
     for i in range(n):
         for ch in range(c):
@@ -80,21 +91,21 @@ def loop_backward(dy: np.ndarray, x: np.ndarray, F: int, S: int, pad: int, kind:
     return dx
 
 
-def run_forward(kind: str, x, F, S, pad, out=None, switches_out=None):
+def run_forward(kind: str, x, F, S, pad, out=None, switches_out=None, rounding="exact"):
     if kind == "max":
-        return pool.maxpool_forward(x, F, S, pad, out=out, switches_out=switches_out)
+        return pool.maxpool_forward(x, F, S, pad, out=out, switches_out=switches_out, rounding=rounding)
     fn = pool.avgpool_forward if kind == "avg" else pool.l2pool_forward
-    return fn(x, F, S, pad, out=out), None
+    return fn(x, F, S, pad, out=out, rounding=rounding), None
 
 
-def run_backward(kind: str, dy, x, F, S, pad, out=None):
+def run_backward(kind: str, dy, x, F, S, pad, out=None, rounding="exact"):
     if kind == "max":
-        _, sw = pool.maxpool_forward(x, F, S, pad)
-        return pool.maxpool_backward(dy, sw, x.shape, F, S, pad, out=out)
+        _, sw = pool.maxpool_forward(x, F, S, pad, rounding=rounding)
+        return pool.maxpool_backward(dy, sw, x.shape, F, S, pad, out=out, rounding=rounding)
     if kind == "avg":
-        return pool.avgpool_backward(dy, x.shape, F, S, pad, out=out)
-    y = pool.l2pool_forward(x, F, S, pad)
-    return pool.l2pool_backward(dy, x, y, F, S, pad, out=out)
+        return pool.avgpool_backward(dy, x.shape, F, S, pad, out=out, rounding=rounding)
+    y = pool.l2pool_forward(x, F, S, pad, rounding=rounding)
+    return pool.l2pool_backward(dy, x, y, F, S, pad, out=out, rounding=rounding)
 
 
 KINDS = ["max", "avg", "l2"]
@@ -437,3 +448,64 @@ def test_max_first_nan_wins_unpadded() -> None:
     x[0, 0, 2, 2] = 9.0
     y, sw = pool.maxpool_forward(x, 3, 1)
     assert np.isnan(y[0, 0, 0, 0]) and sw[0, 0, 0, 0] == 2
+
+
+# ------------------------------------------------------------------------------------------
+# rounded output sizes (floor / ceil where (W - F + 2P)/S + 1 is not an integer)
+# ------------------------------------------------------------------------------------------
+
+# 3x3/2 p1 over 8x8 (ResNet's max pool), 1x1/2 over 8x8, 3x3/2 over 12x9 (GoogLeNet's ceil
+# pools), 2x2/2 over odd sizes (the 16-byte-load path must not take them), stride 3 and 4
+ROUNDED_CASES = [(2, 3, 8, 8, 3, 2, 1), (1, 2, 8, 8, 1, 2, 0), (2, 3, 12, 9, 3, 2, 0),
+                 (1, 2, 9, 8, 2, 2, 0), (1, 2, 7, 12, 2, 2, 0), (1, 2, 10, 10, 3, 3, 1), (1, 1, 10, 9, 2, 4, 0)]
+ROUNDED = [(kind, r) for kind in KINDS for r in ("floor", "ceil") if not (kind != "max" and r == "ceil")]
+
+
+def test_rounded_output_shape() -> None:
+    assert pool.pool_output_shape((1, 64, 112, 112), 3, 2, 1, "floor") == (1, 64, 56, 56)
+    assert pool.pool_output_shape((1, 64, 112, 112), 3, 2, 0, "ceil") == (1, 64, 56, 56)
+    assert pool.pool_output_shape((1, 1, 8, 8), 3, 2, 1, "ceil") == (1, 1, 5, 5)   # the last window starts at 7
+    assert pool.pool_output_shape((1, 1, 8, 8), 1, 2, 0, "ceil") == (1, 1, 4, 4)   # not one at 8: only padding
+    with pytest.raises(OpArgumentError, match="max pooling only"):
+        pool.avgpool_forward(np.zeros((1, 1, 8, 8)), 3, 2, 0, rounding="ceil")
+    with pytest.raises(ValueError, match="rounding"):
+        pool.pool_output_shape((1, 1, 8, 8), 3, 2, 0, "round")
+
+
+@pytest.mark.parametrize("kind,rounding", ROUNDED)
+@pytest.mark.parametrize("case", ROUNDED_CASES)
+def test_rounded_matches_loops_and_gradients(kind: str, rounding: str, case, rng: np.random.Generator) -> None:
+    n, c, h, w, F, S, pad = case
+    x = _distinct(rng, (n, c, h, w))
+    if kind == "l2":
+        x += np.sign(x) * 0.1
+    y, sw = run_forward(kind, x, F, S, pad, rounding=rounding)
+    y_ref, sw_ref = loop_forward(x, F, S, pad, kind, rounding)
+    assert y.shape == y_ref.shape and rel_error(y, y_ref) < 1e-12
+    if kind == "max":
+        np.testing.assert_array_equal(sw, sw_ref)
+    dy = rng.standard_normal(y.shape)
+    dx = run_backward(kind, dy, x, F, S, pad, rounding=rounding)
+    assert rel_error(dx, loop_backward(dy, x, F, S, pad, kind, rounding)) < 1e-12
+    num = numeric_grad(lambda: float(np.sum(run_forward(kind, x, F, S, pad, rounding=rounding)[0] * dy)), x, eps=1e-6)
+    assert rel_error(dx, num) < 1e-7
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,rounding", ROUNDED)
+def test_gpu_rounded_matches_cpu(kind: str, rounding: str, cp, rng: np.random.Generator) -> None:
+    """The kernels given a rounded output size (windows past the input read padding), float32
+    and float64, against the NumPy spec."""
+    for case in ROUNDED_CASES + [(2, 3, 9, 12, 2, 2, 0)]:   # W % 4 == 0, odd H: not the 16-byte path
+        n, c, h, w, F, S, pad = case
+        for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+            x = _distinct(rng, (n, c, h, w)).astype(dt)
+            y_ref, sw_ref = run_forward(kind, x, F, S, pad, rounding=rounding)
+            dy = rng.standard_normal(y_ref.shape).astype(dt)
+            y, sw = run_forward(kind, cp.asarray(x), F, S, pad, out=poison(cp, y_ref.shape, dt), rounding=rounding)
+            assert rel_error(y, y_ref) < tol, (case, dt)
+            if kind == "max":
+                np.testing.assert_array_equal(cp.asnumpy(sw), sw_ref)
+            dx = run_backward(kind, cp.asarray(dy), cp.asarray(x), F, S, pad, out=poison(cp, x.shape, dt),
+                              rounding=rounding)
+            assert rel_error(dx, run_backward(kind, dy, x, F, S, pad, rounding=rounding)) < tol, (case, dt)

@@ -1,12 +1,13 @@
 """CONV and max POOL that round their output size (PyTorch's floor, Caffe's ceil) where the notes'
 integer rule has no answer: against loop code with the padded windows written out, and float64
-gradient checks."""
+gradient checks.  The layers give the ops the rounded size; nothing pads a copy of the input."""
 import math
 
 import numpy as np
 import pytest
 
 from gpuconv.geometry import GeometryError
+from gpuconv.layers import Conv, MaxPool
 from gpuconv.layers.rounding import ConvRounded, MaxPoolRounded
 from tests.helpers import numeric_grad, rel_error
 
@@ -35,12 +36,15 @@ def _layer(layer, in_shape, params=None):
     return layer
 
 
+@pytest.mark.parametrize("rounding", ["floor", "ceil"])
 @pytest.mark.parametrize("h,f,s,p", [(8, 3, 2, 1), (8, 1, 2, 0), (10, 7, 2, 3), (9, 3, 2, 1), (7, 5, 3, 1)])
-def test_conv_floor_matches_loops_and_gradients(rng, h, f, s, p):
+def test_conv_rounding_matches_loops_and_gradients(rng, rounding, h, f, s, p):
     w = rng.standard_normal((3, 2, f, f))
     b = rng.standard_normal(3)
-    conv = _layer(ConvRounded(3, f, s, p), (2, h, h), {"w": w, "b": b})
-    ho = _size(h, f, s, p, "floor")
+    conv = _layer(Conv(3, f, s, p, rounding=rounding), (2, h, h), {"w": w, "b": b})
+    ho = _size(h, f, s, p, rounding)
+    if rounding == "ceil" and (ho - 1) * s >= h + p:
+        ho -= 1  # PyTorch's rule: the last window starts inside the input or its left padding
     assert conv.out_shape == (3, ho, ho)
     x = rng.standard_normal((2, 2, h, h))
     y = conv.forward(x, train=True)
@@ -60,10 +64,10 @@ def test_conv_floor_matches_loops_and_gradients(rng, h, f, s, p):
 @pytest.mark.parametrize("rounding", ["floor", "ceil"])
 @pytest.mark.parametrize("h,f,s,p", [(112, 3, 2, 1), (8, 3, 2, 0), (9, 3, 2, 0), (6, 2, 2, 0)])
 def test_maxpool_rounding_matches_loops(rng, rounding, h, f, s, p):
-    pool = _layer(MaxPoolRounded(f, s, p, rounding=rounding), (2, h, h))
+    pool = _layer(MaxPool(f, s, p, rounding=rounding), (2, h, h))
     ho = _size(h, f, s, p, rounding)
     assert pool.out_shape == (2, ho, ho)
-    x = rng.standard_normal((1, 2, h, h))
+    x = rng.permutation(2 * h * h).reshape(1, 2, h, h) * 1e-2   # distinct: no ties, finite differences safe
     y = pool.forward(x, train=True)
     big = np.full((1, 2, h + 2 * p + f + s, h + 2 * p + f + s), -np.inf)
     big[:, :, p:p + h, p:p + h] = x
@@ -72,30 +76,40 @@ def test_maxpool_rounding_matches_loops(rng, rounding, h, f, s, p):
     assert rel_error(y, ref) == 0.0
     dx = pool.backward(np.ones_like(y))
     assert dx.shape == x.shape and dx.sum() == y.size  # each output's gradient lands on one input
+    if h < 20:
+        dy = rng.standard_normal(y.shape)
+        pool.forward(x, train=True)
+        dx = pool.backward(dy.copy())
+        assert rel_error(numeric_grad(lambda: float(np.sum(pool.forward(x, train=False) * dy)), x, 1e-6), dx) < 1e-7
 
 
 def test_exact_geometry_is_the_ordinary_layer(rng):
     conv = _layer(ConvRounded(4, 3, 1, 1), (2, 6, 6), {"w": rng.standard_normal((4, 2, 3, 3)), "b": np.zeros(4)})
-    assert conv.exact and conv.out_shape == (4, 6, 6)
+    assert conv.exact and conv.out_shape == (4, 6, 6) and conv.rounding == "floor"
+    assert not _layer(Conv(4, 3, 2, 1, rounding="floor"), (2, 8, 8)).exact
+    assert MaxPoolRounded(3, 2).rounding == "floor" and isinstance(MaxPoolRounded(3, 2), MaxPool)
+    with pytest.raises(GeometryError, match="not an integer"):
+        Conv(4, 3, 2, 1, name="c").build((2, 8, 8))   # the notes' rule stays the default
     with pytest.raises(GeometryError, match="does not fit"):
         ConvRounded(4, 5, 2, 0, name="c").build((2, 3, 3))
     with pytest.raises(ValueError, match="rounding"):
         MaxPoolRounded(3, 2, rounding="nearest")
+    with pytest.raises(ValueError, match="max pooling only"):
+        from gpuconv.layers import AvgPool
+        AvgPool(3, 2, rounding="ceil")
 
 
-def test_padded_volume_is_planned_workspace():
+def test_rounded_layers_plan_no_padded_copy():
     from gpuconv.memory import make_plan
     from gpuconv.zoo import get_model
     net = get_model("resnet18")
+    layers = {layer.name: layer for layer in net.layers}
+    assert layers["conv1"].out_shape == (64, 112, 112) and layers["conv1"].rounding == "floor"   # 7x7/2 p3 over 224
+    assert layers["maxpool"].out_shape == (64, 56, 56)
+    assert layers["layer2.0.proj"].out_shape == (128, 28, 28)   # 1x1/2 over 56: the last row never read
     plan = make_plan(net, 2, optimizer="sgd")
-    stem = plan.tensor("conv1.pad")   # 7x7/2 p3 over 224: padded 3 before, 2 after
-    assert stem.kind == "workspace" and stem.shape == (2, 3, 229, 229)
-    assert plan.tensor("maxpool.pad").shape == (2, 64, 113, 113)
-    assert plan.tensor("layer2.0.proj.pad").shape == (2, 64, 55, 55)  # 1x1/2 over 56: the last row cropped
-    L = len(net.layers)
-    i = [layer.name for layer in net.layers].index("conv1")
-    assert stem.intervals == ((i, i), (2 * L - 1 - i, 2 * L - 1 - i))
-    assert not any(t.name.endswith(".pad") and "layer1" in t.name for t in plan.tensors)  # exact layers
+    assert not any(t.name.endswith(".pad") for t in plan.tensors)
+    assert not any(t.kind == "workspace" and t.name.startswith(("conv1", "maxpool")) for t in plan.tensors)
 
 
 @pytest.mark.parametrize("h,f,s,p", [(8, 1, 2, 0), (8, 3, 2, 1), (6, 2, 4, 0), (10, 3, 3, 0), (10, 3, 4, 1)])

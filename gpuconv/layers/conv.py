@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import GeometryError, window_output_size
+from ..geometry import GeometryError, check_rounding, window_output_size
 from ..kernel_config import current
 from ..ops import activation as act_ops
 from ..ops import conv as conv_ops
@@ -31,17 +31,22 @@ class Conv(Layer):
     the plan holds the workspace either way); None follows the kernel configuration's
     ``conv_algo`` (``gpuconv.kernel_config``).  ``precision``: 'fp32', 'tf32', or None (the
     kernel configuration's); both are set with ``set_kernel_options``.
+    ``rounding``: 'exact' (the notes' rule: (W - F + 2P)/S + 1 must be an integer), 'floor'
+    (PyTorch's output size) or 'ceil' (see ``geometry.window_output_size``); the kernels take
+    the rounded output size directly (windows at -P + i*S, zeros outside the input).
     """
 
     kind = "CONV"
     can_skip_input_grad = True
 
     def __init__(self, K: int, F: int, S: int = 1, P: int = 0, dilation: int = 1, *,
-                 bias: bool = True, init: str = "he", algo: str | None = None, name: str | None = None) -> None:
+                 bias: bool = True, init: str = "he", algo: str | None = None, rounding: str = "exact",
+                 name: str | None = None) -> None:
         super().__init__(name)
         check_positive_int(self.name, K=K, F=F, S=S, dilation=dilation)
         if not isinstance(P, (int, np.integer)) or P < 0:
             raise GeometryError(f"{self.name}: P={P!r} must be an integer >= 0")
+        self.rounding = check_rounding(rounding, self.name)
         if algo is not None and algo not in winograd.ALGOS:
             raise ValueError(f"{self.name}: algo must be one of {winograd.ALGOS} or None, got {algo!r}")
         self.K, self.F, self.S, self.P, self.dilation = int(K), int(F), int(S), int(P), int(dilation)
@@ -69,9 +74,20 @@ class Conv(Layer):
 
     def infer_shape(self, in_shape: Shape) -> Shape:
         c, h, w = _require_volume(self, in_shape)
-        ho = window_output_size(h, self.F, self.S, self.P, self.dilation, layer=self.name, axis="height")
-        wo = window_output_size(w, self.F, self.S, self.P, self.dilation, layer=self.name, axis="width")
+        rounding = getattr(self, "rounding", "exact")
+        ho = window_output_size(h, self.F, self.S, self.P, self.dilation, layer=self.name, axis="height",
+                                rounding=rounding)
+        wo = window_output_size(w, self.F, self.S, self.P, self.dilation, layer=self.name, axis="width",
+                                rounding=rounding)
         return (self.K, ho, wo)
+
+    @property
+    def exact(self) -> bool:
+        """True where (W - F + 2P)/S + 1 is an integer (rounding changes nothing)."""
+        _, h, w = self.in_shape  # type: ignore[misc]
+        _, ho, wo = self.out_shape  # type: ignore[misc]
+        fe = self.dilation * (self.F - 1) + 1
+        return (ho - 1) * self.S + fe == h + 2 * self.P and (wo - 1) * self.S + fe == w + 2 * self.P
 
     def param_shapes(self) -> dict[str, Shape]:
         assert self.in_shape is not None
@@ -105,7 +121,7 @@ class Conv(Layer):
         dt = np.dtype(self.dtype if dtype is None else dtype)
         return [conv_ops.select(conv_ops.problem(p, x_shape, w_shape, self.S, self.P, self.dilation, dt,
                                                  self.precision, self.algo, has_bias=self.bias,
-                                                 relu=self.fused_relu and p == "fwd"))
+                                                 relu=self.fused_relu and p == "fwd", rounding=self.rounding))
                 for p in passes]
 
     def workspace_specs(self, batch: int, train: bool = True) -> list[TensorSpec]:
@@ -117,13 +133,14 @@ class Conv(Layer):
 
     def describe(self) -> str:
         extra = "".join([f"/{self.S}" if self.S != 1 else "", f" p{self.P}" if self.P else "",
-                         f" d{self.dilation}" if self.dilation != 1 else ""])
+                         f" d{self.dilation}" if self.dilation != 1 else "",
+                         " ceil" if self.rounding == "ceil" else ""])
         return f"CONV{self.F}-{self.K}{extra}" + ("+RELU" if self.fused_relu else "")
 
     def forward(self, x: Any, train: bool, buf: Buffers = NO_BUFFERS) -> Any:
         y = conv_ops.conv_forward(x, self.params["w"], self.params.get("b"), self.S, self.P, self.dilation,
                                   relu=self.fused_relu, out=buf.out, precision=self.precision, algo=self.algo,
-                                  workspace=buf.workspace.get("winograd"))
+                                  workspace=buf.workspace.get("winograd"), rounding=self.rounding)
         if train:
             self._cache["x"] = x
             if self.fused_relu:
@@ -137,12 +154,12 @@ class Conv(Layer):
         conv_ops.conv_backward_filter(x, dy, self.params["w"].shape, self.S, self.P, self.dilation,
                                       with_bias=self.bias, dw_out=self.grads["w"],
                                       db_out=self.grads.get("b"), precision=self.precision, algo=self.algo,
-                                      workspace=buf.workspace.get("winograd"))
+                                      workspace=buf.workspace.get("winograd"), rounding=self.rounding)
         if not self.input_grad:
             return None
         return conv_ops.conv_backward_data(dy, self.params["w"], x.shape, self.S, self.P, self.dilation,
                                            out=buf.dx, precision=self.precision, algo=self.algo,
-                                           workspace=buf.workspace.get("winograd"))
+                                           workspace=buf.workspace.get("winograd"), rounding=self.rounding)
 
 
 class LocallyConnected(Layer):

@@ -3,7 +3,8 @@
 Conventions (the notes'): x[N,C,H,W], w[K,C,FH,FW], b[K], y[N,K,Ho,Wo]; the
 operation is a cross-correlation; stride S, zero padding P and dilation D are
 ints applied to both axes (D=1 is an ordinary filter, effective size D*(F-1)+1);
-Ho = (H - F_eff + 2P)/S + 1.
+Ho = (H - F_eff + 2P)/S + 1, exact unless ``rounding`` is 'floor' or 'ceil' (see
+``geometry``: the windows still start at -P + i*S; any read outside the input is zero).
 
 CPU path (``*_cpu``): im2col + one matrix multiply, as the notes describe.  The
 column matrix is read from the padded input through a strided view and copied
@@ -61,7 +62,7 @@ def _check_hparams(op: str, stride: int, pad: int, dilation: int) -> None:
 
 
 def conv_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: int = 1, pad: int = 0,
-                      dilation: int = 1) -> tuple[int, int, int, int]:
+                      dilation: int = 1, rounding: str = "exact") -> tuple[int, int, int, int]:
     """(N, K, Ho, Wo) of conv(x[N,C,H,W], w[K,C,FH,FW]); GeometryError if the window does not fit."""
     op = "conv"
     if len(x_shape) != 4:
@@ -76,8 +77,8 @@ def conv_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: in
     if min(n, c, h, wd, k, fh, fw) < 1:
         raise OpArgumentError(f"{op}: empty dimension in x {tuple(x_shape)} or w {tuple(w_shape)}")
     _check_hparams(op, stride, pad, dilation)
-    ho = window_output_size(h, fh, stride, pad, dilation, layer=op, axis="height")
-    wo = window_output_size(wd, fw, stride, pad, dilation, layer=op, axis="width")
+    ho = window_output_size(h, fh, stride, pad, dilation, layer=op, axis="height", rounding=rounding)
+    wo = window_output_size(wd, fw, stride, pad, dilation, layer=op, axis="width", rounding=rounding)
     return (n, k, ho, wo)
 
 
@@ -130,7 +131,7 @@ def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Seq
 
 def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, dilation: int = 1,
                  relu: bool = False, out: Any = None, precision: str | None = None, algo: str | None = None,
-                 workspace: Any = None) -> Any:
+                 workspace: Any = None, rounding: str = "exact") -> Any:
     """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
 
     ``precision`` (GPU, float32): 'fp32' or 'tf32'; None: the kernel configuration's.
@@ -138,7 +139,8 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     used where ``winograd.eligible``; elsewhere the GEMM) or 'auto' (where eligible, the faster
     of the two, timed once per shape and cached); None: the kernel configuration's ``conv_algo``.
     ``workspace``: a float32 array for Winograd's transformed tensors (the memory plan's; None
-    allocates one).  The CPU path ignores all three.
+    allocates one).  The CPU path ignores all three.  ``rounding``: the output size's
+    ('exact', 'floor' or 'ceil'; ``geometry.window_output_size``).
     """
     op = "conv_forward"
     dt = _check_dtype(op, "x", x)
@@ -147,10 +149,11 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
         check_array(op, "b", b, shape=(w.shape[0],), dtype=dt, like=x)
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
-    shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
+    shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation, rounding)
     y = check_out(op, out, shape, like=x, dtype=dt)
     if device.is_gpu_array(x):
-        p = conv_gpu.problem("fwd", x.shape, w.shape, stride, pad, dilation, dt, precision, algo, b is not None, relu)
+        p = conv_gpu.problem("fwd", x.shape, w.shape, stride, pad, dilation, dt, precision, algo, b is not None, relu,
+                             rounding=rounding)
         return conv_gpu.run(p, {"x": x, "w": w, "b": b, "y": y, "workspace": workspace})
     _check_algo(algo)  # a bad algo is an error on every device
     return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
@@ -158,7 +161,7 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
 
 def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
                        dilation: int = 1, out: Any = None, precision: str | None = None, algo: str | None = None,
-                       workspace: Any = None) -> Any:
+                       workspace: Any = None, rounding: str = "exact") -> Any:
     """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``precision``/``algo``/``workspace``: as conv_forward."""
     op = "conv_backward_data"
     dt = _check_dtype(op, "dy", dy)
@@ -166,11 +169,11 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
     x_shape = _check_shape_tuple(op, "x_shape", x_shape)
-    y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation)
+    y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation, rounding)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
     if device.is_gpu_array(dy):
-        p = conv_gpu.problem("bwdd", x_shape, w.shape, stride, pad, dilation, dt, precision, algo)
+        p = conv_gpu.problem("bwdd", x_shape, w.shape, stride, pad, dilation, dt, precision, algo, rounding=rounding)
         return conv_gpu.run(p, {"dy": dy, "w": w, "dx": dx, "workspace": workspace})
     _check_algo(algo)
     return conv_backward_data_cpu(dy, w, stride, pad, dilation, dx)
@@ -179,7 +182,7 @@ def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1,
 def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 1, pad: int = 0,
                          dilation: int = 1, with_bias: bool = True, dw_out: Any = None, db_out: Any = None,
                          precision: str | None = None, algo: str | None = None,
-                         workspace: Any = None) -> tuple[Any, Any]:
+                         workspace: Any = None, rounding: str = "exact") -> tuple[Any, Any]:
     """(dw[K,C,FH,FW], db[K] or None): gradients of sum(y*dy) for y = conv(x, w) + b.
 
     The buffers are overwritten (not accumulated into).  ``precision``/``algo``/``workspace``:
@@ -191,12 +194,13 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
     w_shape = _check_shape_tuple(op, "w_shape", w_shape)
-    y_shape = conv_output_shape(x.shape, w_shape, stride, pad, dilation)
+    y_shape = conv_output_shape(x.shape, w_shape, stride, pad, dilation, rounding)
     check_array(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
     if device.is_gpu_array(x):
-        p = conv_gpu.problem("bwdf", x.shape, w_shape, stride, pad, dilation, dt, precision, algo, db is not None)
+        p = conv_gpu.problem("bwdf", x.shape, w_shape, stride, pad, dilation, dt, precision, algo, db is not None,
+                             rounding=rounding)
         return conv_gpu.run(p, {"x": x, "dy": dy, "dw": dw, "db": db, "workspace": workspace})
     _check_algo(algo)
     return conv_backward_filter_cpu(x, dy, stride, pad, dilation, dw, db)
@@ -207,12 +211,14 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
 # ----------------------------------------------------------------------------------
 
 def conv_forward_loops(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int,
-                       dilation: int) -> np.ndarray:
-    """The notes' definition, one output neuron at a time (float64)."""
+                       dilation: int, rounding: str = "exact") -> np.ndarray:
+    """The notes' definition, one output neuron at a time (float64); zeros wherever a window
+    reaches past the input (a 'ceil' window may reach past the padding too)."""
     n_, c_, h_, w_ = x.shape
     k_, _, fh_, fw_ = w.shape
-    _, _, ho_, wo_ = conv_output_shape(x.shape, w.shape, stride, pad, dilation)
-    xp = np.zeros((n_, c_, h_ + 2 * pad, w_ + 2 * pad), dtype=np.float64)
+    _, _, ho_, wo_ = conv_output_shape(x.shape, w.shape, stride, pad, dilation, rounding)
+    big = stride + dilation * max(fh_, fw_)  # zeros past the padding on the right and bottom
+    xp = np.zeros((n_, c_, h_ + 2 * pad + big, w_ + 2 * pad + big), dtype=np.float64)
     xp[:, :, pad:pad + h_, pad:pad + w_] = x
     y = np.zeros((n_, k_, ho_, wo_), dtype=np.float64)
     ext_h, ext_w = dilation * (fh_ - 1) + 1, dilation * (fw_ - 1) + 1
@@ -230,11 +236,20 @@ def conv_forward_loops(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strid
 # CPU path: im2col + GEMM (the spec)
 # ----------------------------------------------------------------------------------
 
-def _pad(x: np.ndarray, pad: int) -> np.ndarray:
-    if pad == 0:
-        return x
+def _padded_size(n: int, f: int, out: int, stride: int, pad: int, dilation: int) -> int:
+    """Rows the windows span in the padded input: n + 2P, or more where a 'ceil' window reaches
+    past the padding (floor's windows never do; the rows they skip are simply not read)."""
+    return max(n + 2 * pad, (out - 1) * stride + dilation * (f - 1) + 1)
+
+
+def _pad(x: np.ndarray, pad: int, hp: int | None = None, wp: int | None = None) -> np.ndarray:
+    """x zero-padded by ``pad`` before, to ``hp`` x ``wp`` in all (default: ``pad`` after too)."""
     n, c, h, w = x.shape
-    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    hp = h + 2 * pad if hp is None else hp
+    wp = w + 2 * pad if wp is None else wp
+    if (hp, wp) == (h, w):
+        return x
+    xp = np.zeros((n, c, hp, wp), dtype=x.dtype)
     xp[:, :, pad:pad + h, pad:pad + w] = x
     return xp
 
@@ -242,7 +257,8 @@ def _pad(x: np.ndarray, pad: int) -> np.ndarray:
 def _im2col(x: np.ndarray, fh: int, fw: int, ho: int, wo: int, stride: int, pad: int,
             dilation: int) -> np.ndarray:
     """X_col[C*FH*FW, N*Ho*Wo]: every column one receptive field (the notes' im2col)."""
-    xp = _pad(x, pad)
+    xp = _pad(x, pad, _padded_size(x.shape[2], fh, ho, stride, pad, dilation),
+              _padded_size(x.shape[3], fw, wo, stride, pad, dilation))
     n, c = xp.shape[:2]
     sn, sc, sh, sw = xp.strides
     # view [C, FH, FW, N, Ho, Wo] of the padded input; the reshape copies it once
@@ -291,7 +307,8 @@ def conv_backward_data_cpu(dy: np.ndarray, w: np.ndarray, stride: int, pad: int,
         dcols = (w_t @ dy2).reshape(c, fh, fw, m, ho, wo)
         # col2im: each filter tap (i, j) adds one strided slab into the padded gradient;
         # [C, n, Hp, Wp] order keeps the slabs of dcols contiguous.
-        dxp = np.zeros((c, m, h + 2 * pad, wd + 2 * pad), dtype=dy.dtype)
+        dxp = np.zeros((c, m, _padded_size(h, fh, ho, stride, pad, dilation),
+                        _padded_size(wd, fw, wo, stride, pad, dilation)), dtype=dy.dtype)
         for i in range(fh):
             for j in range(fw):
                 hi_, wj = i * dilation, j * dilation

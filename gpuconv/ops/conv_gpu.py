@@ -74,10 +74,11 @@ class ConvProblem:
     algo: str = "gemm"                       # gemm | winograd | auto
     has_bias: bool = False                   # fwd: bias added; bwdf: bias gradient computed
     relu: bool = False                       # fwd: fused ReLU
+    rounding: str = "exact"                  # the output size's (geometry.window_output_size)
 
     @property
     def y_shape(self) -> tuple[int, int, int, int]:
-        return conv_output_shape(self.x_shape, self.w_shape, self.stride, self.pad, self.dilation)
+        return conv_output_shape(self.x_shape, self.w_shape, self.stride, self.pad, self.dilation, self.rounding)
 
     @property
     def geo(self) -> list[int]:
@@ -99,13 +100,14 @@ class ConvProblem:
 
 def problem(pass_: str, x_shape: Sequence[int], w_shape: Sequence[int], stride: int = 1, pad: int = 0,
             dilation: int = 1, dtype: Any = np.float32, precision: str | None = None, algo: str | None = None,
-            has_bias: bool = False, relu: bool = False, cfg: KernelConfig | None = None) -> ConvProblem:
+            has_bias: bool = False, relu: bool = False, cfg: KernelConfig | None = None,
+            rounding: str = "exact") -> ConvProblem:
     """A ConvProblem with ``precision``/``algo`` None taken from ``cfg`` (default: current())."""
     cfg = current() if cfg is None else cfg
     return ConvProblem(pass_, tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape),  # type: ignore[arg-type]
                        int(stride), int(pad), int(dilation), np.dtype(dtype).name,
                        cfg.precision if precision is None else precision, winograd.chosen_algo(algo, cfg),
-                       bool(has_bias), bool(relu))
+                       bool(has_bias), bool(relu), rounding)
 
 
 CONV: Selector[ConvProblem] = Selector("conv")

@@ -2,8 +2,11 @@
 
 Layout is NCHW.  A window of F x F inputs slides with stride S over the input padded by
 ``pad`` on each side of both spatial axes; the output size is the notes' (W - F + 2P)/S + 1
-(``geometry.window_output_size``), which must be an integer.  ``pad < F`` is required, so
-every window covers at least one real input element.
+(``geometry.window_output_size``), which must be an integer unless ``rounding`` is 'floor'
+(PyTorch's) or 'ceil' (Caffe's, PyTorch's ceil_mode; max pooling only): the windows still
+start at -pad + i*S, and every position outside the input is padding.  ``pad < F`` is
+required, and ceil's last window starts inside the input or its left padding, so every window
+covers at least one real input element.
 
 * Max: padding never wins; ties go to the first maximum in raster order inside the window;
   a NaN in the window wins (propagates).  ``switches`` (uint8, shaped like y) holds the
@@ -46,7 +49,8 @@ def _int_param(op: str, name: str, v: Any, low: int) -> int:
     return int(v)
 
 
-def _geometry(op: str, x_shape: Sequence[int], F: Any, S: Any, pad: Any) -> tuple[Shape4, int, int, int]:
+def _geometry(op: str, x_shape: Sequence[int], F: Any, S: Any, pad: Any,
+              rounding: str = "exact") -> tuple[Shape4, int, int, int]:
     """Checked (N, C, Ho, Wo) and the window parameters as ints."""
     F = _int_param(op, "F", F, 1)
     S = _int_param(op, "S", S, 1)
@@ -61,14 +65,18 @@ def _geometry(op: str, x_shape: Sequence[int], F: Any, S: Any, pad: Any) -> tupl
     if pad >= F:
         raise GeometryError(f"{op}: padding pad={pad} must be smaller than the window F={F} "
                             f"(otherwise some windows hold only padding)")
-    ho = window_output_size(h, F, S, pad, layer=op, axis="height")
-    wo = window_output_size(w, F, S, pad, layer=op, axis="width")
+    if rounding == "ceil" and not op.startswith(("maxpool", "pool")):
+        # average and L2 pooling divide by (or sum over) F*F: a window past the padding would
+        # need PyTorch's clipped divisor, which these kernels do not compute
+        raise OpArgumentError(f"{op}: rounding='ceil' is for max pooling only (use 'exact' or 'floor')")
+    ho = window_output_size(h, F, S, pad, layer=op, axis="height", rounding=rounding)
+    wo = window_output_size(w, F, S, pad, layer=op, axis="width", rounding=rounding)
     return (n, c, ho, wo), F, S, pad
 
 
-def pool_output_shape(x_shape: Sequence[int], F: int, S: int, pad: int = 0) -> tuple:
+def pool_output_shape(x_shape: Sequence[int], F: int, S: int, pad: int = 0, rounding: str = "exact") -> tuple:
     """(N, C, Ho, Wo) for pooling an (N, C, H, W) volume; GeometryError when it does not fit."""
-    return _geometry("pool", x_shape, F, S, pad)[0]
+    return _geometry("pool", x_shape, F, S, pad, rounding)[0]
 
 
 def _check_float(op: str, name: str, a: Any, *, like: Any = None, shape: Sequence[int] | None = None,
@@ -97,8 +105,23 @@ def _grid(total: int) -> tuple[int, int, int]:
 # NumPy reference
 # ------------------------------------------------------------------------------------------
 
-def _padded(x: np.ndarray, pad: int) -> np.ndarray:
-    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+def _span(n: int, F: int, S: int, pad: int, out: int) -> int:
+    """Size of the padded axis the windows cover: n + 2*pad, or more where a ceil window
+    reaches past the padding (floor's windows never do; the positions they skip are unread)."""
+    return max(n + 2 * pad, (out - 1) * S + F)
+
+
+def _padded(x: np.ndarray, F: int, S: int, pad: int, ho: int, wo: int) -> np.ndarray:
+    """x zero-padded by ``pad`` before and up to the windows' span after."""
+    _, _, h, w = x.shape
+    after_h, after_w = _span(h, F, S, pad, ho) - h - pad, _span(w, F, S, pad, wo) - w - pad
+    return np.pad(x, ((0, 0), (0, 0), (pad, after_h), (pad, after_w))) if pad or after_h or after_w else x
+
+
+def _acc(dx: np.ndarray, F: int, S: int, pad: int, ho: int, wo: int) -> np.ndarray:
+    """A zeroed gradient of the padded input (as ``_padded`` lays it out)."""
+    n, c, h, w = dx.shape
+    return np.zeros((n, c, _span(h, F, S, pad, ho), _span(w, F, S, pad, wo)), dx.dtype)
 
 
 def _window_view(a: np.ndarray, fh: int, fw: int, S: int, ho: int, wo: int) -> np.ndarray:
@@ -125,7 +148,7 @@ def maxpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray, 
     """
     _, _, h, w = x.shape
     ho, wo = y.shape[2:]
-    if pad == 0:
+    if pad == 0 and (ho - 1) * S + F <= h and (wo - 1) * S + F <= w:  # no window reaches past x
         # Whole-array passes, one per tap: y = max over the taps (np.maximum propagates
         # NaN), then the switch is the first tap equal to it (or the first NaN).
         views = [_window_view(x, k // F, k % F, S, ho, wo) for k in range(F * F)]
@@ -145,7 +168,7 @@ def maxpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray, 
             if k:
                 switches += hit.view(np.uint8) * np.uint8(k)
         return
-    xp = _padded(x, pad)
+    xp = _padded(x, F, S, pad, ho, wo)
     y.fill(0)
     switches.fill(255)  # 255 = no real element seen yet; pad < F guarantees one per window
     for fh in range(F):
@@ -154,8 +177,7 @@ def maxpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray, 
             v = _window_view(xp, fh, fw, S, ho, wo)
             # strict '>' keeps the first maximum; a NaN replaces a non-NaN best
             upd = (switches == 255) | (v > y) | (np.isnan(v) & ~np.isnan(y))
-            if pad:
-                upd &= rows[:, None] & _valid_offsets(wo, S, fw, pad, w)[None, :]
+            upd &= rows[:, None] & _valid_offsets(wo, S, fw, pad, w)[None, :]
             np.copyto(y, v, where=upd)
             np.copyto(switches, np.uint8(fh * F + fw), where=upd)
 
@@ -166,8 +188,9 @@ def maxpool_backward_cpu(dy: np.ndarray, switches: np.ndarray, F: int, S: int, p
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2:]
     tiles = _tiles(dx, F, S, pad, ho, wo)
-    acc = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dx.dtype) if pad else dx
-    if not pad and not tiles:
+    inside = pad == 0 and (ho - 1) * S + F <= h and (wo - 1) * S + F <= w  # no window reaches past x
+    acc = dx if inside else _acc(dx, F, S, pad, ho, wo)
+    if inside and not tiles:
         acc.fill(0)
     hit = np.empty(dy.shape, bool)
     routed = np.empty_like(dy)
@@ -178,13 +201,13 @@ def maxpool_backward_cpu(dy: np.ndarray, switches: np.ndarray, F: int, S: int, p
             view[...] = routed   # the taps of tiling windows cover every input exactly once
         else:
             view += routed
-    if pad:
+    if not inside:
         dx[...] = acc[:, :, pad:pad + h, pad:pad + w]
 
 
 def avgpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray) -> None:
     ho, wo = y.shape[2:]
-    xp = _padded(x, pad)
+    xp = _padded(x, F, S, pad, ho, wo)
     y.fill(0)
     for k in range(F * F):
         y += _window_view(xp, k // F, k % F, S, ho, wo)
@@ -194,7 +217,7 @@ def avgpool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray) 
 def avgpool_backward_cpu(dy: np.ndarray, F: int, S: int, pad: int, dx: np.ndarray) -> None:
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2:]
-    acc = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dx.dtype)
+    acc = _acc(dx, F, S, pad, ho, wo)
     g = dy / (F * F)
     for k in range(F * F):
         _window_view(acc, k // F, k % F, S, ho, wo)[...] += g
@@ -203,7 +226,7 @@ def avgpool_backward_cpu(dy: np.ndarray, F: int, S: int, pad: int, dx: np.ndarra
 
 def l2pool_forward_cpu(x: np.ndarray, F: int, S: int, pad: int, y: np.ndarray) -> None:
     ho, wo = y.shape[2:]
-    xp = _padded(x, pad)
+    xp = _padded(x, F, S, pad, ho, wo)
     y.fill(0)
     for k in range(F * F):
         v = _window_view(xp, k // F, k % F, S, ho, wo)
@@ -218,7 +241,7 @@ def l2pool_backward_cpu(dy: np.ndarray, x: np.ndarray, y: np.ndarray, F: int, S:
     ho, wo = dy.shape[2:]
     g = np.zeros_like(dy)
     np.divide(dy, y, out=g, where=y > 0)
-    acc = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dx.dtype)
+    acc = _acc(dx, F, S, pad, ho, wo)
     for k in range(F * F):
         _window_view(acc, k // F, k % F, S, ho, wo)[...] += g
     np.multiply(x, acc[:, :, pad:pad + h, pad:pad + w], out=dx)
@@ -248,7 +271,7 @@ def maxpool_forward_gpu(x: Any, F: int, S: int, pad: int, y: Any, switches: Any)
     nc, h, w, ho, wo = _dims(x.shape, y.shape)
     suf = _suffix(x.dtype)
     force64 = int(_FORCE_INDEX64)
-    vec = (F == 2 and S == 2 and pad == 0 and w % 4 == 0
+    vec = (F == 2 and S == 2 and pad == 0 and w % 4 == 0 and (h, w) == (2 * ho, 2 * wo)
            and x.data.ptr % 16 == 0 and y.data.ptr % (2 * y.itemsize) == 0 and switches.data.ptr % 2 == 0)
     if vec:  # two outputs per thread from 16-byte loads of both input rows
         cuda.launch("pool", f"maxpool_fwd_k2s2v_{suf}", _grid(nc * ho * (wo // 2)), (_BLOCK, 1, 1),
@@ -293,11 +316,12 @@ def l2pool_backward_gpu(dy: Any, x: Any, y: Any, F: int, S: int, pad: int, dx: A
 # ------------------------------------------------------------------------------------------
 
 def maxpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None,
-                    switches_out: Any = None) -> tuple[Any, Any]:
-    """Max pooling: (y, switches), switches uint8 = argmax position fh*F+fw inside each window."""
+                    switches_out: Any = None, rounding: str = "exact") -> tuple[Any, Any]:
+    """Max pooling: (y, switches), switches uint8 = argmax position fh*F+fw inside each window.
+    ``rounding``: the output size's ('exact', 'floor' or 'ceil')."""
     op = "maxpool_forward"
     _check_float(op, "x", x)
-    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad, rounding)
     _check_max_window(op, F)
     y = check_out(op, out, y_shape, x, dtype=x.dtype)
     if switches_out is None:
@@ -313,10 +337,10 @@ def maxpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None,
 
 
 def maxpool_backward(dy: Any, switches: Any, x_shape: Sequence[int], F: int, S: int, pad: int = 0,
-                     out: Any = None) -> Any:
+                     out: Any = None, rounding: str = "exact") -> Any:
     """dx (shaped x_shape): each dy[o] added to the input its switch names."""
     op = "maxpool_backward"
-    y_shape, F, S, pad = _geometry(op, x_shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x_shape, F, S, pad, rounding)
     _check_max_window(op, F)
     x_shape = tuple(int(d) for d in x_shape)
     _check_float(op, "dy", dy, shape=y_shape)
@@ -329,11 +353,11 @@ def maxpool_backward(dy: Any, switches: Any, x_shape: Sequence[int], F: int, S: 
     return dx
 
 
-def avgpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> Any:
+def avgpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None, rounding: str = "exact") -> Any:
     """Average pooling; the divisor is F*F everywhere (padding counts as zeros)."""
     op = "avgpool_forward"
     _check_float(op, "x", x)
-    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad, rounding)
     y = check_out(op, out, y_shape, x, dtype=x.dtype)
     if device.is_gpu_array(x):
         avgpool_forward_gpu(x, F, S, pad, y)
@@ -342,10 +366,11 @@ def avgpool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> An
     return y
 
 
-def avgpool_backward(dy: Any, x_shape: Sequence[int], F: int, S: int, pad: int = 0, out: Any = None) -> Any:
+def avgpool_backward(dy: Any, x_shape: Sequence[int], F: int, S: int, pad: int = 0, out: Any = None,
+                     rounding: str = "exact") -> Any:
     """dx: every input gets dy/(F*F) from each window that covers it."""
     op = "avgpool_backward"
-    y_shape, F, S, pad = _geometry(op, x_shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x_shape, F, S, pad, rounding)
     x_shape = tuple(int(d) for d in x_shape)
     _check_float(op, "dy", dy, shape=y_shape)
     dx = check_out(op, out, x_shape, dy, dtype=dy.dtype)
@@ -356,11 +381,11 @@ def avgpool_backward(dy: Any, x_shape: Sequence[int], F: int, S: int, pad: int =
     return dx
 
 
-def l2pool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> Any:
+def l2pool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None, rounding: str = "exact") -> Any:
     """L2-norm pooling: y = sqrt(sum of squares in the window), padding counts as zeros."""
     op = "l2pool_forward"
     _check_float(op, "x", x)
-    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad, rounding)
     y = check_out(op, out, y_shape, x, dtype=x.dtype)
     if device.is_gpu_array(x):
         l2pool_forward_gpu(x, F, S, pad, y)
@@ -369,11 +394,12 @@ def l2pool_forward(x: Any, F: int, S: int, pad: int = 0, out: Any = None) -> Any
     return y
 
 
-def l2pool_backward(dy: Any, x: Any, y: Any, F: int, S: int, pad: int = 0, out: Any = None) -> Any:
+def l2pool_backward(dy: Any, x: Any, y: Any, F: int, S: int, pad: int = 0, out: Any = None,
+                    rounding: str = "exact") -> Any:
     """dx = x * sum over covering windows of dy/y (0 for windows with y == 0)."""
     op = "l2pool_backward"
     _check_float(op, "x", x)
-    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad)
+    y_shape, F, S, pad = _geometry(op, x.shape, F, S, pad, rounding)
     _check_float(op, "y", y, shape=y_shape, dtype=x.dtype, like=x)
     _check_float(op, "dy", dy, shape=y_shape, dtype=x.dtype, like=x)
     dx = check_out(op, out, x.shape, x, dtype=x.dtype)
