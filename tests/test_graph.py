@@ -502,3 +502,54 @@ def test_emulated_capture_of_a_branching_step_replays_as_eager(rng):
             out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
     assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
     np.testing.assert_array_equal(out[True][0], out[False][0])
+
+
+def _ceil_pool_inception_net():
+    """GoogLeNet's pattern at toy size: a stem, a 3x3/2 max pool rounding up (12 -> 6, where floor
+    gives 5), an Inception module, a floor-rounded strided conv, GAP, FC."""
+    g = Graph((3, 12, 12), name="inception_ceil")
+    x = g.relu(g.conv(g.input(), 3, 8))
+    x = g.pool(x, 3, 2, rounding="ceil")
+    assert x.shape == (8, 6, 6)
+    x = g.inception(x, 4, 4, 6, 2, 4, 4)
+    x = g.relu(g.conv(x, 3, 8, stride=2, pad=1, rounding="floor"))   # 6 -> 3
+    g.gap(x)
+    return g.build(classes=5)
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+@pytest.mark.parametrize("make", ["resnet20", "inception_ceil"])
+def test_emulated_capture_of_rounded_nets_replays_as_eager(rng, make):
+    """Rounded CONV and max POOL (floor: ResNet's strided 3x3 and 1x1 projections; ceil: GoogLeNet's
+    pools) are single kernel launches on the rounded output size, with no padded copy, so the
+    planned step captures; the replays give the eager bits."""
+    from gpuconv import device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    from gpuconv.zoo import get_model
+
+    def build():
+        if make == "resnet20":
+            return get_model("resnet20", input_shape=(3, 8, 8), classes=5)
+        return _ceil_pool_inception_net()
+
+    probe = build()
+    rounded = [layer for layer in probe.layers if getattr(layer, "rounding", "exact") != "exact"]
+    assert rounded and not all(layer.exact for layer in rounded)
+    x = rng.standard_normal((2, *probe.input_shape)).astype(np.float32)
+    y = rng.integers(0, 5, 2).astype(np.int32)
+    out = {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        for graph in (False, True):
+            net = build()
+            ex = PlannedExecutor(net, make_plan(net, 2, optimizer="momentum"), dev, seed=3)
+            opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+            step = TrainStep(net, opt, ex, cuda_graph=graph)
+            for _ in range(3):
+                step.run(x, y)
+            out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
+    assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
+    np.testing.assert_array_equal(out[True][0], out[False][0])
