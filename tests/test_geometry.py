@@ -69,3 +69,11 @@ def test_rounding_errors():
     with pytest.raises(GeometryError, match="does not fit"):
         window_output_size(2, 5, 2, 0, rounding="floor")
     assert window_pad_after(224, 7, 2, 3, 112) == 2 and window_pad_after(8, 3, 2, 1, 5) == 2
+
+
+def test_stride_one_is_always_exact():
+    """Winograd F(2x2,3x3) runs only at stride 1, where no rounding changes the output size."""
+    for w in range(3, 20):
+        for p in range(3):
+            sizes = {window_output_size(w, 3, 1, p, rounding=r) for r in ("exact", "floor", "ceil")}
+            assert sizes == {w + 2 * p - 2}
