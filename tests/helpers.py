@@ -81,3 +81,38 @@ def configure(**overrides: Any) -> Any:
     cfg = kernel_config.current().replace(**overrides)
     kernel_config.reset_default(cfg)
     return cfg
+
+
+def net_grad_check(net: Any, rng: np.random.Generator, x: np.ndarray, samples: int = 40,
+                   tol: float = 1e-5) -> np.ndarray:
+    """A whole float64 net's analytic parameter and input gradients of the softmax loss against
+    central differences (``samples`` parameters drawn at random, every input coordinate): the one
+    gradient checker of chains and graphs alike.  Returns the analytic parameter gradient."""
+    y = rng.integers(0, net.output_shape[0], size=x.shape[0]).astype(np.int32)
+    # Biases and BN parameters off their initial 0/1: a zero bias over an all-zero (ReLU'd) pixel puts
+    # a conv output exactly on the ReLU's kink, where finite differences are meaningless.
+    net.param_buffer[net.num_decayed:] += 0.1 * rng.standard_normal(net.num_params - net.num_decayed)
+
+    def loss() -> float:
+        s = net.forward(x, train=True)
+        v, _ = net.loss_and_grad(s, y)
+        for layer in net.layers:
+            layer.clear_cache()
+        return float(v)
+
+    scores = net.forward(x, train=True)
+    _, ds = net.loss_and_grad(scores, y)
+    dx = net.backward(ds, input_grad=True)
+    analytic = net.grad_buffer.copy()
+    p = net.param_buffer
+    for i in rng.choice(p.size, size=min(samples, p.size), replace=False):
+        old = p[i]
+        p[i] = old + 1e-6
+        fp = loss()
+        p[i] = old - 1e-6
+        fm = loss()
+        p[i] = old
+        num = (fp - fm) / 2e-6
+        assert abs(num - analytic[i]) <= tol * max(1.0, abs(num)), (net.slots[:3], i, num, analytic[i])
+    assert rel_error(numeric_grad(loss, x), dx) < tol
+    return analytic

@@ -6,7 +6,7 @@ from gpuconv.geometry import GeometryError
 from gpuconv.layers import FC, AvgPool, BatchNorm, Conv, Dropout, Flatten, L2Pool, LocallyConnected, LRN, \
     MaxPool, ReLU
 from gpuconv.net import Net
-from tests.helpers import numeric_grad, rel_error
+from tests.helpers import net_grad_check, rel_error
 
 
 def _all_layers_net(dtype=np.float64, fuse=True):
@@ -18,32 +18,7 @@ def _all_layers_net(dtype=np.float64, fuse=True):
 
 def test_whole_net_gradient_check_float64(rng):
     net = _all_layers_net().bind("cpu", seed=int(rng.integers(1000)))
-    x = rng.standard_normal((3, 2, 10, 10))
-    y = rng.integers(0, 5, size=3).astype(np.int32)
-
-    def loss():
-        s = net.forward(x, train=True)
-        v, _ = net.loss_and_grad(s, y)
-        for layer in net.layers:
-            layer.clear_cache()
-        return float(v)
-
-    scores = net.forward(x, train=True)
-    _, ds = net.loss_and_grad(scores, y)
-    dx = net.backward(ds, input_grad=True)
-    analytic = net.grad_buffer.copy()
-    p = net.param_buffer
-    idx = rng.choice(p.size, size=40, replace=False)
-    for i in idx:
-        old = p[i]
-        p[i] = old + 1e-6
-        fp = loss()
-        p[i] = old - 1e-6
-        fm = loss()
-        p[i] = old
-        num = (fp - fm) / 2e-6
-        assert abs(num - analytic[i]) <= 1e-5 * max(1.0, abs(num)), (i, num, analytic[i])
-    assert rel_error(numeric_grad(loss, x), dx) < 1e-5
+    net_grad_check(net, rng, rng.standard_normal((3, 2, 10, 10)))
 
 
 def test_fused_relu_equals_separate_relu(rng):
