@@ -27,6 +27,10 @@
 //         mma.sync.m16n8k8 tf32 (operands rounded by to_tf32, ptx.cuh, when
 //         they are written to shared memory, or read from it for _async), fp32
 //         accumulation.
+// Forward epilogue (every forward entry, FwdProb::store): y = act(acc + b + r), the bias,
+// then the residual r[N,K,Ho,Wo] (has_res; r may be y itself, in place: each element is read
+// before the same thread writes it), then ReLU, in the order of the unfused conv + add + ReLU,
+// so the fused result is bit-identical to it (as cuDNN/CUTLASS fuse bias+residual+activation).
 // Index arithmetic: GEMM indices are 32-bit (the launcher checks they fit);
 // memory offsets are 64-bit.  Divisions by runtime sizes use multiply-shift
 // (FastDiv) set up once per thread.
@@ -109,9 +113,10 @@ __device__ __forceinline__ Geo make_geo(int N, int C, int H, int W, int K, int F
 
 // forward: rows m = filter k, cols = (n, ho, wo), reduction r = (c, fh, fw)
 struct FwdProb {
-    const float* x; const float* w; const float* b; float* y;
+    const float* x; const float* w; const float* b;
+    const float* r; float* y;  // r (residual) may be y itself: no __restrict__ on either
     Geo g; unsigned M, NC, R, FF; i64 HW, HoWo;
-    int has_bias, relu;
+    int has_bias, has_res, relu;
     FastDiv dFF, dFW, dHoWo, dWo;
 
     __device__ void init() {
@@ -148,9 +153,12 @@ struct FwdProb {
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHoWo.div(col);
         unsigned hw = col - n * (unsigned)HoWo;
+        const i64 o = ((i64)n * g.K + m) * HoWo + hw;
+        // epilogue: (acc + b) + r, then ReLU -- the order of the unfused conv, add (+ ReLU)
         if (has_bias) v += b[m];
+        if (has_res) v += r[o];  // read before the write of the same element (in place: r == y)
         if (relu) v = v > 0.f ? v : 0.f;
-        y[((i64)n * g.K + m) * HoWo + hw] = v;
+        y[o] = v;
     }
 };
 
@@ -549,11 +557,11 @@ __device__ __forceinline__ void igemm_async(const Prob& P) {
 #define CONV_ENTRIES(BM, BN, PREC, TF, SUF, LOOP)                                                  \
 extern "C" __global__ void __launch_bounds__(NT, MINB(BM, BN, TF))                                            \
 conv_fwd_f32_##BM##x##BN##_##PREC##SUF(const float* __restrict__ x, const float* __restrict__ w, \
-                                  const float* __restrict__ b, float* __restrict__ y,            \
-                                  GEO_PARAMS, int has_bias, int relu) {                          \
+                                  const float* __restrict__ b, const float* r, float* y,         \
+                                  GEO_PARAMS, int has_bias, int has_res, int relu) {             \
     FwdProb P;                                                                                    \
-    P.x = x; P.w = w; P.b = b; P.y = y; P.g = make_geo(GEO_ARGS);                                 \
-    P.has_bias = has_bias; P.relu = relu;                                                         \
+    P.x = x; P.w = w; P.b = b; P.r = r; P.y = y; P.g = make_geo(GEO_ARGS);                        \
+    P.has_bias = has_bias; P.has_res = has_res; P.relu = relu;                                    \
     P.init();                                                                                     \
     LOOP<FwdProb, BM, BN, TF>(P);                                                                 \
 }                                                                                                 \
@@ -794,8 +802,8 @@ BWDD_DIRECT_ENTRY(8, 32, 8, 32, 32)
 // ---------------------------------------------------------------------------------
 
 extern "C" __global__ void conv_fwd_direct_f64(const double* __restrict__ x, const double* __restrict__ w,
-                                               const double* __restrict__ b, double* __restrict__ y,
-                                               GEO_PARAMS, int has_bias, int relu) {
+                                               const double* __restrict__ b, const double* r, double* y,
+                                               GEO_PARAMS, int has_bias, int has_res, int relu) {
     const i64 total = (i64)N * K * Ho * Wo;
     for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
         int wo = (int)(idx % Wo);
@@ -817,6 +825,7 @@ extern "C" __global__ void conv_fwd_direct_f64(const double* __restrict__ x, con
                 }
             }
         }
+        if (has_res) acc += r[idx];  // r may be y (in place): read before the write
         if (relu && acc < 0.0) acc = 0.0;
         y[idx] = acc;
     }

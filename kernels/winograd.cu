@@ -114,11 +114,13 @@ extern "C" __global__ void wino_filter_f32(const float* __restrict__ w, float* _
     }
 }
 
-// A^T m A for a 4x4 product tile (A^T rows: [1,1,1,0], [0,1,-1,-1]) -> y, plus bias, then
-// ReLU.  Items: (k, p); outputs past Ho/Wo (odd sizes) are dropped.
-extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* __restrict__ y,
-                                           const float* __restrict__ bias, int n0, int nb, int K, int Ho, int Wo,
-                                           int TH, int TW, int has_bias, int relu) {
+// A^T m A for a 4x4 product tile (A^T rows: [1,1,1,0], [0,1,-1,-1]) -> y, plus bias, plus the
+// residual r[N,K,Ho,Wo] (has_res; r may be y itself, in place), then ReLU: the order of the
+// unfused conv + add + ReLU.  Items: (k, p); outputs past Ho/Wo (odd sizes) are dropped.
+extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* y,
+                                           const float* __restrict__ bias, const float* r, int n0, int nb,
+                                           int K, int Ho, int Wo, int TH, int TW, int has_bias, int has_res,
+                                           int relu) {
     const i64 P = (i64)nb * TH * TW, total = (i64)K * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
         const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel k
@@ -135,15 +137,18 @@ extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* _
         }
         const float add = has_bias ? bias[k] : 0.f;
         float* out = y + ((i64)n * K + k) * Ho * Wo;
+        const float* res = r + ((i64)n * K + k) * Ho * Wo;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const float o[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 if (h0 + i < Ho && w0 + j < Wo) {
-                    float r = o[j] + add;
-                    if (relu) r = r > 0.f ? r : 0.f;
-                    out[(i64)(h0 + i) * Wo + w0 + j] = r;
+                    const i64 at = (i64)(h0 + i) * Wo + w0 + j;
+                    float v = o[j] + add;
+                    if (has_res) v += res[at];
+                    if (relu) v = v > 0.f ? v : 0.f;
+                    out[at] = v;
                 }
             }
         }

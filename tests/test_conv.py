@@ -13,6 +13,7 @@ from gpuconv.ops import autotune
 from gpuconv.ops import conv as C
 from gpuconv.ops import conv_gpu as G
 from gpuconv.ops._checks import OpArgumentError
+from gpuconv.ops.add import add_forward
 from helpers import configure, device_tf32, numeric_grad, poison, rel_error, tf32_truncate
 
 # (N, Cin, H, W, K, FH, FW, stride, pad, dilation): odd sizes, batch 1, stride > 1,
@@ -773,6 +774,112 @@ def test_gpu_errors(cp, rng):
         C.conv_backward_filter(gx, cp.asnumpy(gy), w.shape, 1, 1)
     with pytest.raises(OpArgumentError, match="conv_backward_filter: out is on cpu"):
         C.conv_backward_filter(gx, gy, w.shape, 1, 1, dw_out=np.empty(w.shape, np.float32))
+
+
+# ----------------------------------------------------------------------------------
+# The residual fused into the forward epilogue: y = act(conv(x, w) + b + r), against the
+# unfused conv followed by add_forward (the reference), bit for bit: the same operations in
+# the same order.
+# ----------------------------------------------------------------------------------
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _check_fused_residual(xp, rng, g, dtype=np.float32, **kw):
+    """Fused == conv then add (with and without bias and ReLU), and in place (r is out)."""
+    x, w, b, s, p, d = _make(rng, g, dtype)
+    x, w, b = (xp.asarray(_exact(v, kw.get("precision", "fp32"))) for v in (x, w, b))
+    shape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    r = xp.asarray(rng.standard_normal(shape).astype(dtype))
+    for bias, relu in ((b, True), (None, False)):
+        want = _host(add_forward(C.conv_forward(x, w, bias, s, p, d, **kw), r, relu=relu))
+        out = xp.full(shape, np.nan, dtype=dtype)
+        got = C.conv_forward(x, w, bias, s, p, d, relu=relu, out=out, residual=r, **kw)
+        assert got is out
+        assert np.array_equal(_host(got), want), (g, bias is None, relu, kw)
+    inplace = r.copy()
+    C.conv_forward(x, w, b, s, p, d, relu=True, out=inplace, residual=inplace, **kw)
+    assert np.array_equal(_host(inplace), _host(add_forward(C.conv_forward(x, w, b, s, p, d, **kw), r, relu=True)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_residual_cpu_is_conv_then_add(rng, dtype):
+    for g in GEOMS[:5]:
+        _check_fused_residual(np, rng, g, dtype)
+
+
+def test_fused_residual_errors(rng):
+    x, w, b, s, p, d = _make(rng, GEOMS[0], np.float32)
+    shape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    with pytest.raises(OpArgumentError, match="conv_forward: residual must have shape"):
+        C.conv_forward(x, w, b, s, p, d, residual=np.zeros(shape[:3] + (shape[3] + 1,), np.float32))
+    with pytest.raises(OpArgumentError, match="conv_forward: residual must be float32"):
+        C.conv_forward(x, w, b, s, p, d, residual=np.zeros(shape, np.float64))
+    with pytest.raises(OpArgumentError, match="conv_forward: residual must be C-contiguous"):
+        C.conv_forward(x, w, b, s, p, d, residual=np.zeros(shape[::-1], np.float32).transpose(3, 2, 1, 0))
+
+
+RES_GEOMS = [(2, 5, 6, 7, 9, 3, 3, 1, 1, 1),      # Winograd-eligible, odd Wo
+             (1, 6, 10, 9, 70, 2, 3, 2, 1, 1)]    # stride 2, K > 64: two row tiles
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+def test_gpu_fused_residual_every_gemm_entry(cp, rng, monkeypatch, tile, precision, schedule):
+    configure(gemm_schedule=schedule)
+    monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], 1))
+    launches = _spy_launches(monkeypatch)
+    for g in RES_GEOMS:
+        _check_fused_residual(cp, rng, g, precision=precision, algo="gemm")
+    suffix = "" if schedule == "reg" else f"_{schedule}"
+    assert set(launches) == {f"conv_fwd_f32_{tile[0]}x{tile[1]}_{precision}{suffix}", "add_fwd_f32"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+def test_gpu_fused_residual_wgmma(cp, rng, monkeypatch, tile):
+    _use_wgmma(cp, monkeypatch)
+    monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], 1))
+    launches = _spy_launches(monkeypatch)
+    for g in RES_GEOMS:
+        _check_fused_residual(cp, rng, g, precision="tf32", algo="gemm")
+    assert f"conv_fwd_f32_{tile[0]}x{tile[1]}_tf32_wgmma" in launches
+
+
+@pytest.mark.gpu
+def test_gpu_fused_residual_float64_direct(cp, rng, monkeypatch):
+    launches = _spy_launches(monkeypatch)
+    for g in RES_GEOMS:
+        _check_fused_residual(cp, rng, g, np.float64)
+    assert "conv_fwd_direct_f64" in launches
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+def test_gpu_fused_residual_winograd(cp, rng, monkeypatch, precision):
+    launches = _spy_launches(monkeypatch)
+    _check_fused_residual(cp, rng, RES_GEOMS[0], precision=precision, algo="winograd")
+    assert "wino_output_f32" in launches
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algo", ["gemm", "auto"])
+def test_gpu_fused_residual_in_place_under_timed_trials(cp, rng, monkeypatch, tmp_path, algo):
+    """The autotuner and conv_algo=auto run every candidate into the output: an in-place
+    residual is kept intact for them (copied first), so the result is still conv + r."""
+    configure(autotune=True)
+    tuner = autotune.Autotuner(lambda fn: (fn(), 1.0)[1], tmp_path / "t.json")  # ties: the first candidate
+    monkeypatch.setattr(autotune, "_tuner", tuner)
+    x, w, b, gx, gw, gb, s, p, d = _gpu_case(cp, rng, RES_GEOMS[0])
+    r = rng.standard_normal(C.conv_output_shape(x.shape, w.shape, s, p, d)).astype(np.float32)
+    inplace = cp.asarray(r)
+    C.conv_forward(gx, gw, gb, s, p, d, relu=True, out=inplace, residual=inplace, algo=algo)  # trials run here
+    assert tuner.trials >= 2
+    want = add_forward(C.conv_forward(gx, gw, gb, s, p, d, algo=algo), cp.asarray(r), relu=True)
+    assert np.array_equal(_host(inplace), _host(want))
 
 
 # ----------------------------------------------------------------------------------

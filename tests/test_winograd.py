@@ -127,12 +127,15 @@ def test_gpu_transform_kernels_match_spec(cp, rng, g):
         cuda.launch("winograd", "wino_filter_f32", grid, blk, [cp.asarray(w), u, k, c, flip])
         assert rel_error(u, W.filter_transform(w.astype(np.float64), flip=bool(flip))) < 1e-6
     m = rng.standard_normal((16, k, nb * th * tw)).astype(np.float32)
-    for has_bias, relu in ((0, 0), (1, 1)):
+    r = rng.standard_normal((n, k, ho, wo)).astype(np.float32)
+    for has_bias, has_res, relu in ((0, 0, 0), (1, 0, 1), (1, 1, 1), (0, 1, 0)):
         y = poison(cp, (n, k, ho, wo))
         y[:n0] = 0  # images outside the chunk: untouched
         cuda.launch("winograd", "wino_output_f32", grid, blk,
-                    [cp.asarray(m), y, cp.asarray(b), n0, nb, k, ho, wo, th, tw, has_bias, relu])
-        want = W.output_transform(m.astype(np.float64), nb, ho, wo, b if has_bias else None, bool(relu))
+                    [cp.asarray(m), y, cp.asarray(b), cp.asarray(r), n0, nb, k, ho, wo, th, tw, has_bias, has_res,
+                     relu])
+        want = W.output_transform(m.astype(np.float64), nb, ho, wo, b if has_bias else None, bool(relu),
+                                  r[n0:].astype(np.float64) if has_res else None)
         assert rel_error(y[n0:], want) < 1e-6
         assert (device.to_host(y[:n0]) == 0).all()
     yy = poison(cp, (16, k, nb * th * tw))

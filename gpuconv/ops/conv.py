@@ -131,8 +131,13 @@ def use_winograd(algo: str | None, dtype: np.dtype, precision: str, w_shape: Seq
 
 def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, dilation: int = 1,
                  relu: bool = False, out: Any = None, precision: str | None = None, algo: str | None = None,
-                 workspace: Any = None, rounding: str = "exact") -> Any:
-    """y[N,K,Ho,Wo] = conv(x, w) + b, optionally followed by ReLU (fused on the GPU).
+                 workspace: Any = None, rounding: str = "exact", residual: Any = None) -> Any:
+    """y[N,K,Ho,Wo] = conv(x, w) + b (+ residual), optionally followed by ReLU (fused on the GPU).
+
+    ``residual`` (the shape of y, C-contiguous): added after the bias and before the ReLU, in the
+    epilogue of every kernel (as cuDNN/CUTLASS fuse bias+residual+activation); the result is
+    bit-identical to the conv followed by ``add_forward(y, residual, relu=relu)``.  It may be
+    ``out`` itself (in place).
 
     ``precision`` (GPU, float32): 'fp32' or 'tf32'; None: the kernel configuration's.
     ``algo`` (GPU, float32, either precision): 'gemm' (implicit GEMM), 'winograd' (F(2x2,3x3),
@@ -151,12 +156,14 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation, rounding)
     y = check_out(op, out, shape, like=x, dtype=dt)
+    if residual is not None:
+        check_array(op, "residual", residual, shape=shape, dtype=dt, like=x)
     if device.is_gpu_array(x):
         p = conv_gpu.problem("fwd", x.shape, w.shape, stride, pad, dilation, dt, precision, algo, b is not None, relu,
-                             rounding=rounding)
-        return conv_gpu.run(p, {"x": x, "w": w, "b": b, "y": y, "workspace": workspace})
+                             rounding=rounding, residual=residual is not None)
+        return conv_gpu.run(p, {"x": x, "w": w, "b": b, "r": residual, "y": y, "workspace": workspace})
     _check_algo(algo)  # a bad algo is an error on every device
-    return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y)
+    return conv_forward_cpu(x, w, b, stride, pad, dilation, relu, y, residual)
 
 
 def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
@@ -272,8 +279,9 @@ def _im2col(x: np.ndarray, fh: int, fw: int, ho: int, wo: int, stride: int, pad:
 # cache when its GEMM reads it; outside, one chunk is the whole batch.
 
 def conv_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: int, pad: int, dilation: int,
-                     relu: bool, out: np.ndarray) -> np.ndarray:
-    """NumPy forward into ``out``: y = W_row @ X_col (+ b, ReLU)."""
+                     relu: bool, out: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    """NumPy forward into ``out``: y = W_row @ X_col (+ b, + residual, ReLU); ``residual`` may be
+    ``out`` (each chunk reads its samples of it before writing them)."""
     n = x.shape[0]
     k, _, fh, fw = w.shape
     ho, wo = out.shape[2:]
@@ -284,6 +292,8 @@ def conv_forward_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride:
         y2 = (w_row @ cols).reshape(k, hi - lo, ho, wo)           # [K, n, Ho, Wo]
         if b is not None:
             y2 += b[:, None, None, None]
+        if residual is not None:
+            y2 += residual[lo:hi].transpose(1, 0, 2, 3)
         if relu:
             np.maximum(y2, 0, out=y2)
         out[lo:hi] = y2.transpose(1, 0, 2, 3)

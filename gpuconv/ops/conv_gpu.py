@@ -1,7 +1,7 @@
 """The GPU path of the conv ops: implicit-GEMM launchers and the selection of the kernel that runs.
 
-Implicit GEMM kernels from ``kernels/conv.cu`` (no im2col buffer), bias and ReLU fused into
-the forward epilogue; ``precision="tf32"`` uses tensor cores (mma.sync m16n8k8 tf32).  float64
+Implicit GEMM kernels from ``kernels/conv.cu`` (no im2col buffer), bias, residual and ReLU fused
+into the forward epilogue; ``precision="tf32"`` uses tensor cores (mma.sync m16n8k8 tf32).  float64
 runs simple direct kernels (they back the GPU gradient checks).  Backward-data with few input
 channels or stride >= 2 uses a direct "gather" kernel instead of the GEMM (``_choose_bwdd``):
 it visits only the filter taps that land on the output grid.
@@ -75,6 +75,7 @@ class ConvProblem:
     has_bias: bool = False                   # fwd: bias added; bwdf: bias gradient computed
     relu: bool = False                       # fwd: fused ReLU
     rounding: str = "exact"                  # the output size's (geometry.window_output_size)
+    residual: bool = False                   # fwd: a residual added in the epilogue (before the ReLU)
 
     @property
     def y_shape(self) -> tuple[int, int, int, int]:
@@ -101,13 +102,13 @@ class ConvProblem:
 def problem(pass_: str, x_shape: Sequence[int], w_shape: Sequence[int], stride: int = 1, pad: int = 0,
             dilation: int = 1, dtype: Any = np.float32, precision: str | None = None, algo: str | None = None,
             has_bias: bool = False, relu: bool = False, cfg: KernelConfig | None = None,
-            rounding: str = "exact") -> ConvProblem:
+            rounding: str = "exact", residual: bool = False) -> ConvProblem:
     """A ConvProblem with ``precision``/``algo`` None taken from ``cfg`` (default: current())."""
     cfg = current() if cfg is None else cfg
     return ConvProblem(pass_, tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape),  # type: ignore[arg-type]
                        int(stride), int(pad), int(dilation), np.dtype(dtype).name,
                        cfg.precision if precision is None else precision, winograd.chosen_algo(algo, cfg),
-                       bool(has_bias), bool(relu), rounding)
+                       bool(has_bias), bool(relu), rounding, residual=bool(residual))
 
 
 CONV: Selector[ConvProblem] = Selector("conv")
@@ -263,10 +264,7 @@ def gemm_launch(p: ConvProblem, a: dict[str, Any], v: Variant, splits: int) -> N
     grid = (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1)
     if p.pass_ == "fwd":
         _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
-        b = a["b"]
-        cuda.launch("conv", _kernel("fwd", v, p.precision), grid, (256, 1, 1),
-                    [a["x"], a["w"], b if b is not None else a["w"], a["y"], *geo, int(b is not None),
-                     int(bool(p.relu))], **_launch_opts(v))
+        cuda.launch("conv", _kernel("fwd", v, p.precision), grid, (256, 1, 1), _fwd_args(p, a), **_launch_opts(v))
     elif p.pass_ == "bwdd":
         _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
         cuda.launch("conv", _kernel("bwdd", v, p.precision), grid, (256, 1, 1), [a["dy"], a["w"], a["dx"], *geo],
@@ -277,6 +275,17 @@ def gemm_launch(p: ConvProblem, a: dict[str, Any], v: Variant, splits: int) -> N
             cuda.zero(a["dw"])  # the splits accumulate with atomicAdd
         cuda.launch("conv", _kernel("bwdf", v, p.precision), (grid[0], grid[1], splits), (256, 1, 1),
                     [a["x"], a["dy"], a["dw"], *geo, int(splits > 1)], **_launch_opts(v))
+
+
+def _fwd_args(p: ConvProblem, a: dict[str, Any]) -> list[Any]:
+    """Arguments of the forward entries (GEMM and float64 direct): x, w, b, r, y, geometry,
+    has_bias, has_res, relu.  An absent bias or residual is passed as y (never read)."""
+    b, r = a.get("b"), a.get("r")
+    if (r is not None) != p.residual:
+        raise OpArgumentError(f"conv_forward: the problem says residual={p.residual} but r is "
+                              f"{'absent' if r is None else 'given'}")
+    return [a["x"], a["w"], b if b is not None else a["y"], r if r is not None else a["y"], a["y"], *p.geo,
+            int(b is not None), int(r is not None), int(bool(p.relu))]
 
 
 def _result(p: ConvProblem, a: dict[str, Any]) -> Any:
@@ -323,10 +332,7 @@ def _f64_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 def _f64_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
     geo = p.geo
     if p.pass_ == "fwd":
-        b = a["b"]
-        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(a["y"].size), (256, 1, 1),
-                    [a["x"], a["w"], b if b is not None else a["w"], a["y"], *geo, int(b is not None),
-                     int(bool(p.relu))])
+        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(a["y"].size), (256, 1, 1), _fwd_args(p, a))
     elif p.pass_ == "bwdd":
         cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(a["dx"].size), (256, 1, 1),
                     [a["dy"], a["w"], a["dx"], *geo])
@@ -377,10 +383,12 @@ CONV.register("gemm", priority=100, applies=_gemm_applies,
 # --- the launchers of one pass without Winograd (the GEMM path: direct kernels where they apply) ---
 
 def conv_forward_gpu(x: Any, w: Any, b: Any, stride: int, pad: int, dilation: int, relu: bool, out: Any,
-                     precision: str = "fp32") -> Any:
-    """Forward into ``out`` with the bias + ReLU epilogue (implicit GEMM, or float64's direct kernel)."""
-    p = problem("fwd", x.shape, w.shape, stride, pad, dilation, x.dtype, precision, "gemm", b is not None, relu)
-    return run(p, {"x": x, "w": w, "b": b, "y": out})
+                     precision: str = "fp32", residual: Any = None) -> Any:
+    """Forward into ``out`` with the bias + residual + ReLU epilogue (implicit GEMM, or float64's
+    direct kernel); ``residual`` may be ``out`` (in place)."""
+    p = problem("fwd", x.shape, w.shape, stride, pad, dilation, x.dtype, precision, "gemm", b is not None, relu,
+                residual=residual is not None)
+    return run(p, {"x": x, "w": w, "b": b, "r": residual, "y": out})
 
 
 def conv_backward_data_gpu(dy: Any, w: Any, stride: int, pad: int, dilation: int, out: Any,

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from .. import cuda
 from ..kernel_config import KernelConfig
-from . import autotune
+from . import _views, autotune
 from .conv_gpu import (CONV, WGMMA, ConvProblem, Variant, _TILES, _result, gemm_choice, gemm_launch,
                    launch_gemm_choice)
 from .selector import Choice
@@ -69,6 +69,31 @@ def _tuned_tile(kind: str, precision: str, geo: Sequence[int], heuristic: Varian
     return autotune.get_tuner(cuda.time_ms).choose(key, candidates, run)
 
 
+def _trial_safe(a: dict[str, Any]) -> dict[str, Any]:
+    """The arrays for timed trials, which each overwrite the output: a residual that shares
+    memory with it (the in-place fused residual) is first copied, so every trial -- and the
+    final run -- reads the original residual."""
+    r, y = a.get("r"), a.get("y")
+    if r is None or y is None:
+        return a
+    r0, y0 = _views.address(r), _views.address(y)
+    if r0 < y0 + y.nbytes and y0 < r0 + r.nbytes:
+        return dict(a, r=r.copy())
+    return a
+
+
+def _lazy_trial_arrays(a: dict[str, Any]) -> tuple[Any, Any]:
+    """(arrays for a trial, arrays for the final run): the copy of ``_trial_safe`` is made only
+    if a trial runs (a cached choice runs once, in place)."""
+    made: dict[str, dict[str, Any]] = {}
+
+    def trial() -> dict[str, Any]:
+        if "a" not in made:
+            made["a"] = _trial_safe(a)
+        return made["a"]
+    return trial, lambda: made.get("a", a)
+
+
 def _autotune_applies(p: ConvProblem, cfg: KernelConfig) -> str | None:
     return "autotune on: fastest tile x schedule, timed on first use" if p.dtype == "float32" and cfg.autotune else None
 
@@ -83,11 +108,12 @@ def _autotune_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 def _autotune_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
     splits = c.params["splits"]
     geo = p.geo
-    key_geo = {"fwd": [*geo, int(a.get("b") is not None), int(bool(p.relu))], "bwdd": geo,
-               "bwdf": [*geo, splits]}[p.pass_]
+    key_geo = {"fwd": [*geo, int(a.get("b") is not None), int(bool(p.relu))] + ([1] if p.residual else []),
+               "bwdd": geo, "bwdf": [*geo, splits]}[p.pass_]
+    trial, final = _lazy_trial_arrays(a)
     v = _tuned_tile(p.pass_, p.precision, key_geo, c.params["heuristic"],
-                    lambda v: gemm_launch(p, a, v, splits), c.params["cfg"])
-    gemm_launch(p, a, v, splits)
+                    lambda v: gemm_launch(p, trial(), v, splits), c.params["cfg"])
+    gemm_launch(p, final(), v, splits)
     return _result(p, a)
 
 
@@ -111,18 +137,20 @@ def _auto_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 
 def _auto_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
     cands = c.params["candidates"]
+    trial, final = _lazy_trial_arrays(a)
 
-    def run(name: str) -> Any:
+    def run(name: str, arrays: Any = trial) -> Any:
         v, choice = cands[name]
-        return v.launch(replace(p, algo=name), choice, a)
+        return v.launch(replace(p, algo=name), choice, arrays())
 
-    geo = {"fwd": [*p.x_shape, p.w_shape[0], p.pad, int(a.get("b") is not None), int(bool(p.relu))],
+    geo = {"fwd": [*p.x_shape, p.w_shape[0], p.pad, int(a.get("b") is not None), int(bool(p.relu))]
+           + ([1] if p.residual else []),
            "bwdd": [*p.x_shape, p.w_shape[0], p.pad],
            "bwdf": [*p.x_shape, p.w_shape[0], p.pad, int(a.get("db") is not None)]}[p.pass_]
     key = f"{cuda.device_key()}|conv_algo_{p.pass_}|{p.precision}|" + ",".join(str(v) for v in geo)
     # The trials write only the op's own output, which the final run overwrites; ties keep the GEMM.
     best = autotune.get_tuner(cuda.time_ms).choose(key, ("gemm", "winograd"), run)
-    return run(best)
+    return run(best, final)
 
 
 CONV.register("auto", priority=11, applies=_auto_applies, plan=_auto_plan, launch=_auto_launch, opt_in=True)

@@ -116,14 +116,16 @@ def input_transform(x: np.ndarray, pad: int, th: int, tw: int) -> np.ndarray:
 
 
 def output_transform(m: np.ndarray, n: int, ho: int, wo: int, bias: np.ndarray | None = None,
-                     relu: bool = False) -> np.ndarray:
-    """y[N, K, Ho, Wo] from products M[16, K, P]: A^T m A per tile (+ bias, then ReLU)."""
+                     relu: bool = False, residual: np.ndarray | None = None) -> np.ndarray:
+    """y[N, K, Ho, Wo] from products M[16, K, P]: A^T m A per tile (+ bias, + residual, then ReLU)."""
     k = m.shape[1]
     th, tw = tiles(ho, wo)
     t = np.einsum("ia,abknts,jb->kntsij", AT, m.reshape(4, 4, k, n, th, tw), AT)  # [K, N, TH, TW, 2, 2]
     y = t.transpose(1, 0, 2, 4, 3, 5).reshape(n, k, 2 * th, 2 * tw)[:, :, :ho, :wo]
     if bias is not None:
         y = y + bias.reshape(1, k, 1, 1)
+    if residual is not None:
+        y = y + residual
     if relu:
         y = np.maximum(y, 0)
     return np.ascontiguousarray(y)
@@ -168,14 +170,15 @@ def _check_geometry(op: str, w_shape: Any, pad: int) -> None:
 
 
 def conv_forward_winograd_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int,
-                              relu: bool = False, rounding: Rounding = None) -> np.ndarray:
+                              relu: bool = False, rounding: Rounding = None,
+                              residual: np.ndarray | None = None) -> np.ndarray:
     """y = conv(x, w) + b (stride 1), by the transforms: the reference of the GPU pass."""
     _check_geometry("conv_forward_winograd", w.shape, pad)
     n, _, h, wd = x.shape
     ho, wo = h + 2 * pad - 2, wd + 2 * pad - 2
     th, tw = tiles(ho, wo)
     m = _gemm(filter_transform(w), input_transform(x, pad, th, tw), rounding)  # 16 GEMMs [K,C] x [C,P]
-    return output_transform(m, n, ho, wo, b, relu)
+    return output_transform(m, n, ho, wo, b, relu, residual)
 
 
 def conv_backward_data_winograd_cpu(dy: np.ndarray, w: np.ndarray, pad: int,
@@ -287,8 +290,9 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out: Any, flip: bool,
-                          ws: Workspace, flat: Any, precision: str) -> Any:
-    """out = conv(src, w') by F(2x2,3x3): w' = w (forward) or rotated+transposed (flip)."""
+                          ws: Workspace, flat: Any, precision: str, residual: Any = None) -> Any:
+    """out = conv(src, w') (+ bias, + residual, ReLU) by F(2x2,3x3): w' = w (forward) or
+    rotated+transposed (flip).  ``residual`` may be ``out`` (in place)."""
     from .fc_gpu import gemm_batched_gpu  # noqa: PLC0415
     n, c_in, h, wd = src.shape
     _, c_out, ho, wo = out.shape
@@ -296,7 +300,7 @@ def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out
     th, tw = tiles(ho, wo)
     u, pos = _take(flat, 0, (16, c_out, c_in))
     cuda.launch("winograd", "wino_filter_f32", _grid(k0 * c0), (256, 1, 1), [w, u, k0, c0, int(flip)])
-    has_bias = bias is not None
+    has_bias, has_res = bias is not None, residual is not None
     for n0, nb in _chunks(n, ws.chunk):
         p = nb * th * tw
         v, end = _take(flat, pos, (16, c_in, p))
@@ -305,17 +309,18 @@ def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out
                     [src, v, n0, nb, c_in, h, wd, pad, th, tw])
         gemm_batched_gpu(u, v, m, precision=precision)
         cuda.launch("winograd", "wino_output_f32", _grid(c_out * p), (256, 1, 1),
-                    [m, out, bias if has_bias else out, n0, nb, c_out, ho, wo, th, tw, int(has_bias), int(relu)])
+                    [m, out, bias if has_bias else out, residual if has_res else out, n0, nb, c_out, ho, wo, th, tw,
+                     int(has_bias), int(has_res), int(relu)])
     return out
 
 
 def conv_forward_winograd_gpu(x: Any, w: Any, b: Any, pad: int, relu: bool, out: Any, workspace: Any = None,
-                              precision: str = "fp32") -> Any:
+                              precision: str = "fp32", residual: Any = None) -> Any:
     """Forward pass into ``out`` (arguments validated by ops.conv): filters, then per chunk of
-    the batch input transform -> 16 GEMMs -> output transform with bias and ReLU."""
+    the batch input transform -> 16 GEMMs -> output transform with bias, residual and ReLU."""
     ws = workspace_plan("fwd", x.shape, w.shape, pad)
     flat = _workspace(device.array_module(x), ws, workspace)
-    return _transformed_conv_gpu(x, w, b, pad, relu, out, False, ws, flat, precision)
+    return _transformed_conv_gpu(x, w, b, pad, relu, out, False, ws, flat, precision, residual)
 
 
 def conv_backward_data_winograd_gpu(dy: Any, w: Any, pad: int, out: Any, workspace: Any = None,
@@ -377,7 +382,7 @@ def _variant_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 def _variant_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
     ws = a.get("workspace")
     if p.pass_ == "fwd":
-        return conv_forward_winograd_gpu(a["x"], a["w"], a["b"], p.pad, p.relu, a["y"], ws, p.precision)
+        return conv_forward_winograd_gpu(a["x"], a["w"], a["b"], p.pad, p.relu, a["y"], ws, p.precision, a.get("r"))
     if p.pass_ == "bwdd":
         return conv_backward_data_winograd_gpu(a["dy"], a["w"], p.pad, a["dx"], ws, p.precision)
     conv_backward_filter_winograd_gpu(a["x"], a["dy"], p.pad, a["dw"], ws, p.precision)
