@@ -43,6 +43,10 @@
 // per output element in a grid-stride loop (block 256, any grid): they serve the
 // GPU gradient checks, not speed.  conv_bias_grad_{f32,f64}: grid (K, G),
 // block 256, partial sums per block, atomicAdd into a zeroed db.
+//
+// Every entry takes, after the geometry, ys: the batch stride of y (forward; the residual has
+// y's layout) or of dy (backward-data, backward-filter, the bias gradient), so a conv writes
+// its output into, and reads its gradient from, its channel slice of a concat buffer.
 
 #include "ptx.cuh"  // to_tf32, mma_tf32 (inline PTX)
 
@@ -80,15 +84,18 @@ __device__ __forceinline__ Split3 split3(unsigned i, const FastDiv& outer, const
     return r;
 }
 
+// ys: elements between consecutive samples of y (forward) or dy (backward), K*Ho*Wo when it
+// is C-contiguous, more when it is a channel slice of a bigger buffer (a concat's): the
+// channels, rows and columns of one sample stay contiguous either way.
 struct Geo {
-    int N, C, H, W, K, FH, FW, Ho, Wo, s, p, d;
+    int N, C, H, W, K, FH, FW, Ho, Wo, s, p, d, ys;
 };
 
 __device__ __forceinline__ Geo make_geo(int N, int C, int H, int W, int K, int FH, int FW,
-                                        int Ho, int Wo, int s, int p, int d) {
+                                        int Ho, int Wo, int s, int p, int d, int ys) {
     Geo g;
     g.N = N; g.C = C; g.H = H; g.W = W; g.K = K; g.FH = FH; g.FW = FW;
-    g.Ho = Ho; g.Wo = Wo; g.s = s; g.p = p; g.d = d;
+    g.Ho = Ho; g.Wo = Wo; g.s = s; g.p = p; g.d = d; g.ys = ys;
     return g;
 }
 
@@ -153,7 +160,7 @@ struct FwdProb {
     __device__ void store(unsigned m, unsigned col, float v) const {
         unsigned n = dHoWo.div(col);
         unsigned hw = col - n * (unsigned)HoWo;
-        const i64 o = ((i64)n * g.K + m) * HoWo + hw;
+        const i64 o = (i64)n * g.ys + (i64)m * HoWo + hw;  // r has y's layout
         // epilogue: (acc + b) + r, then ReLU -- the order of the unfused conv, add (+ ReLU)
         if (has_bias) v += b[m];
         if (has_res) v += r[o];  // read before the write of the same element (in place: r == y)
@@ -192,7 +199,7 @@ struct BwdDataProb {
     struct BRed { i64 off; int fhd, fwd; };                  // k*Ho*Wo - (fh*d)*Wo - fw*d, fh*d, fw*d
     __device__ void b_col(BCol& b, unsigned col) const {
         const Split3 o = split3(col < NC ? col : 0u, dHW, dW);  // (n, h, w)
-        b.p = dy + ((i64)o.a * g.K * HoWo + (i64)((int)o.b + g.p) * g.Wo + ((int)o.c + g.p));
+        b.p = dy + ((i64)o.a * g.ys + (i64)((int)o.b + g.p) * g.Wo + ((int)o.c + g.p));
         b.hp = col < NC ? (int)o.b + g.p : OFF;
         b.wp = (int)o.c + g.p;
     }
@@ -244,7 +251,7 @@ struct BwdFilterProb {
         e.ok = r < R;
         const unsigned rr = e.ok ? r : 0u;
         const unsigned n = dHoWo.div(rr);
-        e.off = (i64)n * g.K * HoWo + (rr - n * (unsigned)HoWo);
+        e.off = (i64)n * g.ys + (rr - n * (unsigned)HoWo);
     }
     struct BCol { const float* p; int fhd, fwd; };           // &x[0, c], tap (fh, fw)*d - p
     struct BRed { i64 off; int hs, ws; };                    // image n, output (ho, wo) * s
@@ -541,8 +548,8 @@ __device__ __forceinline__ void igemm_async(const Prob& P) {
 // Entry points: conv_{fwd,bwdd,bwdf}_f32_<BM>x<BN>_{fp32,tf32}[_async]
 // ---------------------------------------------------------------------------------
 
-#define GEO_PARAMS int N, int C, int H, int W, int K, int FH, int FW, int Ho, int Wo, int s, int p, int d
-#define GEO_ARGS N, C, H, W, K, FH, FW, Ho, Wo, s, p, d
+#define GEO_PARAMS int N, int C, int H, int W, int K, int FH, int FW, int Ho, int Wo, int s, int p, int d, int ys
+#define GEO_ARGS N, C, H, W, K, FH, FW, Ho, Wo, s, p, d, ys
 
 // Blocks per SM that ptxas must fit in registers (65536 / (256 * MINB) per thread).  The
 // rule (bench/sass_stats.py, sm_90): the most blocks at which the main loops do not spill,
@@ -698,7 +705,7 @@ __device__ __forceinline__ void bwdd_direct(const float* __restrict__ dy, const 
         const int oh_base = th.o0 - (nvh - 1) * th.dstep + i0;  // dy row of smem row 0
         const int ow_base = tw.o0 - (nvw - 1) * tw.dstep + j0;
         const i64 HoWo = (i64)g.Ho * g.Wo;
-        const float* dyn = dy + n * g.K * HoWo;
+        const float* dyn = dy + n * g.ys;
         const int warp = tid / 32, lane = tid % 32;
         for (int k0 = 0; k0 < g.K; k0 += KC) {
             __syncthreads();  // the previous chunk has been consumed
@@ -825,9 +832,10 @@ extern "C" __global__ void conv_fwd_direct_f64(const double* __restrict__ x, con
                 }
             }
         }
-        if (has_res) acc += r[idx];  // r may be y (in place): read before the write
+        const i64 o = n * ys + ((i64)k * Ho + ho) * Wo + wo;  // r has y's layout
+        if (has_res) acc += r[o];  // r may be y (in place): read before the write
         if (relu && acc < 0.0) acc = 0.0;
-        y[idx] = acc;
+        y[o] = acc;
     }
 }
 
@@ -850,7 +858,7 @@ extern "C" __global__ void conv_bwdd_direct_f64(const double* __restrict__ dy, c
                 if (tw < 0 || tw % s != 0 || tw / s >= Wo) continue;
                 int wo = tw / s;
                 for (int k = 0; k < K; ++k)
-                    acc += dy[((n * K + k) * Ho + ho) * (i64)Wo + wo] * w[(((i64)k * C + c) * FH + fh) * FW + fw];
+                    acc += dy[n * ys + ((i64)k * Ho + ho) * Wo + wo] * w[(((i64)k * C + c) * FH + fh) * FW + fw];
             }
         }
         dx[idx] = acc;
@@ -869,7 +877,7 @@ extern "C" __global__ void conv_bwdf_direct_f64(const double* __restrict__ x, co
         double acc = 0.0;
         for (int n = 0; n < N; ++n) {
             const double* xc = x + ((i64)n * C + c) * (i64)H * W;
-            const double* dyk = dy + ((i64)n * K + k) * (i64)Ho * Wo;
+            const double* dyk = dy + (i64)n * ys + (i64)k * Ho * Wo;
             for (int ho = 0; ho < Ho; ++ho) {
                 int h = ho * s - p + fh * d;
                 if (h < 0 || h >= H) continue;
@@ -886,7 +894,8 @@ extern "C" __global__ void conv_bwdf_direct_f64(const double* __restrict__ x, co
 
 // db[k] += sum over this block's share of (n, hw) of dy[n, k, hw]; db must be zeroed.
 template <typename T>
-__device__ __forceinline__ void bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, i64 HoWo) {
+__device__ __forceinline__ void bias_grad(const T* __restrict__ dy, T* __restrict__ db, int N, int K, i64 HoWo,
+                                          i64 ys) {
     __shared__ T red[NT];
     const int k = blockIdx.x;
     const i64 total = (i64)N * HoWo;
@@ -894,7 +903,7 @@ __device__ __forceinline__ void bias_grad(const T* __restrict__ dy, T* __restric
     for (i64 i = (i64)blockIdx.y * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.y * blockDim.x) {
         i64 n = i / HoWo;
         i64 hw = i - n * HoWo;
-        acc += dy[(n * K + k) * HoWo + hw];
+        acc += dy[n * ys + k * HoWo + hw];
     }
     red[threadIdx.x] = acc;
     __syncthreads();
@@ -906,13 +915,13 @@ __device__ __forceinline__ void bias_grad(const T* __restrict__ dy, T* __restric
 }
 
 extern "C" __global__ void __launch_bounds__(NT)
-conv_bias_grad_f32(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int Ho, int Wo) {
-    bias_grad<float>(dy, db, N, K, (i64)Ho * Wo);
+conv_bias_grad_f32(const float* __restrict__ dy, float* __restrict__ db, int N, int K, int Ho, int Wo, int ys) {
+    bias_grad<float>(dy, db, N, K, (i64)Ho * Wo, ys);
 }
 
 extern "C" __global__ void __launch_bounds__(NT)
-conv_bias_grad_f64(const double* __restrict__ dy, double* __restrict__ db, int N, int K, int Ho, int Wo) {
-    bias_grad<double>(dy, db, N, K, (i64)Ho * Wo);
+conv_bias_grad_f64(const double* __restrict__ dy, double* __restrict__ db, int N, int K, int Ho, int Wo, int ys) {
+    bias_grad<double>(dy, db, N, K, (i64)Ho * Wo, ys);
 }
 #endif  // !GEMM_WGMMA
 

@@ -57,15 +57,16 @@ __device__ __forceinline__ void input_tile(const float d[4][4], float v[16]) {
     }
 }
 
-// x patch -> V.  Items: (c, p) for c < C, p < P = nb*TH*TW.
+// x patch -> V.  Items: (c, p) for c < C, p < P = nb*TH*TW.  xs: x's batch stride (C*H*W when
+// contiguous; more for a channel slice, e.g. backward-data's dy slice of a concat gradient).
 extern "C" __global__ void wino_input_f32(const float* __restrict__ x, float* __restrict__ V, int n0, int nb,
-                                          int C, int H, int W, int pad, int TH, int TW) {
+                                          int C, int H, int W, int pad, int TH, int TW, int xs) {
     const i64 P = (i64)nb * TH * TW, total = (i64)C * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
         const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel c
         const int c = it.row, h0 = it.h0 - pad, w0 = it.w0 - pad;
         const i64 p = it.p;
-        const float* img = x + ((i64)it.n * C + c) * H * W;
+        const float* img = x + (i64)it.n * xs + (i64)c * H * W;
         float d[4][4];
 #pragma unroll
         for (int i = 0; i < 4; ++i)
@@ -116,11 +117,12 @@ extern "C" __global__ void wino_filter_f32(const float* __restrict__ w, float* _
 
 // A^T m A for a 4x4 product tile (A^T rows: [1,1,1,0], [0,1,-1,-1]) -> y, plus bias, plus the
 // residual r[N,K,Ho,Wo] (has_res; r may be y itself, in place), then ReLU: the order of the
-// unfused conv + add + ReLU.  Items: (k, p); outputs past Ho/Wo (odd sizes) are dropped.
+// unfused conv + add + ReLU.  Items: (k, p); outputs past Ho/Wo (odd sizes) are dropped.  ys:
+// y's batch stride (K*Ho*Wo when contiguous; more for a channel slice), which r shares.
 extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* y,
                                            const float* __restrict__ bias, const float* r, int n0, int nb,
                                            int K, int Ho, int Wo, int TH, int TW, int has_bias, int has_res,
-                                           int relu) {
+                                           int relu, int ys) {
     const i64 P = (i64)nb * TH * TW, total = (i64)K * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
         const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel k
@@ -136,8 +138,9 @@ extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* y
             s[1][j] = m[4 + j] - m[8 + j] - m[12 + j];
         }
         const float add = has_bias ? bias[k] : 0.f;
-        float* out = y + ((i64)n * K + k) * Ho * Wo;
-        const float* res = r + ((i64)n * K + k) * Ho * Wo;
+        const i64 base = (i64)n * ys + (i64)k * Ho * Wo;
+        float* out = y + base;
+        const float* res = r + base;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const float o[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
@@ -156,15 +159,15 @@ extern "C" __global__ void wino_output_f32(const float* __restrict__ M, float* y
 }
 
 // A e A^T for a 2x2 gradient tile e = dy[n][k][2ti.., 2tj..] (zero past Ho/Wo), the
-// backward-filter's "filter-side" transform.  Items: (k, p).  Y[b][k][p].
+// backward-filter's "filter-side" transform.  Items: (k, p).  Y[b][k][p].  ys: dy's batch stride.
 extern "C" __global__ void wino_grad_output_f32(const float* __restrict__ dy, float* __restrict__ Y, int n0,
-                                                int nb, int K, int Ho, int Wo, int TH, int TW) {
+                                                int nb, int K, int Ho, int Wo, int TH, int TW, int ys) {
     const i64 P = (i64)nb * TH * TW, total = (i64)K * P;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
         const TileItem it = tile_item(idx, P, n0, TH, TW);  // row: channel k
         const int k = it.row, n = it.n, h0 = it.h0, w0 = it.w0;
         const i64 p = it.p;
-        const float* g = dy + ((i64)n * K + k) * Ho * Wo;
+        const float* g = dy + (i64)n * ys + (i64)k * Ho * Wo;
         float e[2][2];
 #pragma unroll
         for (int i = 0; i < 2; ++i)

@@ -974,3 +974,122 @@ def test_rounded_output_shape_and_cpu_gradients(rng):
             dx = C.conv_backward_data(dy, w, x.shape, s, p, d, rounding=rounding)
             dw, db = C.conv_backward_filter(x, dy, w.shape, s, p, d, rounding=rounding)
             assert rel_error(dx, numeric_grad(f, x)) < 1e-6 and rel_error(dw, numeric_grad(f, w)) < 1e-6
+
+
+# ----------------------------------------------------------------------------------
+# Channel-strided y and dy: a conv writes its output into its channel slice of a concat buffer
+# and reads its gradient from its slice; the neighbouring channels stay untouched.
+# ----------------------------------------------------------------------------------
+
+_SENTINEL = 12345.0
+
+
+def _slice_of(xp, a, before=3, after=2, fill=_SENTINEL):
+    """A channel slice holding ``a`` (or, with a None ``a``, nothing yet) in a bigger buffer whose
+    other channels are ``fill``; returns (buffer, slice)."""
+    n, k, ho, wo = a.shape
+    buf = xp.full((n, before + k + after, ho, wo), fill, dtype=a.dtype)
+    view = buf[:, before:before + k]
+    view[...] = a
+    return buf, view
+
+
+def _neighbours_untouched(buf, before=3, after=2):
+    h = _host(buf)
+    return (h[:, :before] == _SENTINEL).all() and (h[:, h.shape[1] - after:] == _SENTINEL).all()
+
+
+def _check_channel_slices(xp, rng, g, dtype=np.float32, **kw):
+    """Every pass on channel-slice views == on contiguous arrays (forward and backward-data bit
+    for bit; backward-filter and the bias gradient, atomic sums, to rounding), neighbours kept."""
+    x, w, b, s, p, d = _make(rng, g, dtype)
+    x, w, b = (xp.asarray(_exact(v, kw.get("precision", "fp32"))) for v in (x, w, b))
+    shape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    y_ref = C.conv_forward(x, w, b, s, p, d, relu=True, **kw)
+    buf, y = _slice_of(xp, xp.full(shape, np.nan, dtype=dtype))
+    assert C.conv_forward(x, w, b, s, p, d, relu=True, out=y, **kw) is y
+    assert np.array_equal(_host(y), _host(y_ref)), (g, kw)
+    assert _neighbours_untouched(buf)
+    r = xp.asarray(rng.standard_normal(shape).astype(dtype))
+    rbuf, ry = _slice_of(xp, r)  # the fused residual in place, in the slice
+    C.conv_forward(x, w, b, s, p, d, out=ry, residual=ry, **kw)
+    assert np.array_equal(_host(ry), _host(add_forward(C.conv_forward(x, w, b, s, p, d, **kw), r)))
+    assert _neighbours_untouched(rbuf)
+
+    dy_c = xp.asarray(_exact(rng.standard_normal(shape).astype(dtype), kw.get("precision", "fp32")))
+    dbuf, dy = _slice_of(xp, dy_c)
+    dx = C.conv_backward_data(dy, w, x.shape, s, p, d, **kw)
+    assert np.array_equal(_host(dx), _host(C.conv_backward_data(dy_c, w, x.shape, s, p, d, **kw))), (g, kw)
+    dw, db = C.conv_backward_filter(x, dy, w.shape, s, p, d, **kw)
+    dw_ref, db_ref = C.conv_backward_filter(x, dy_c, w.shape, s, p, d, **kw)
+    assert rel_error(dw, _host(dw_ref)) < 1e-6 and rel_error(db, _host(db_ref)) < 1e-6, (g, kw)
+    assert _neighbours_untouched(dbuf)
+
+
+SLICE_GEOMS = [(2, 5, 6, 7, 9, 3, 3, 1, 1, 1),      # Winograd-eligible; C < 32: direct backward-data
+               (2, 40, 5, 6, 70, 3, 3, 1, 1, 1),    # C >= 32 at stride 1: the GEMM backward-data
+               (2, 6, 10, 9, 12, 2, 3, 2, 1, 1)]    # stride 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channel_slices_cpu(rng, dtype):
+    for g in SLICE_GEOMS:
+        _check_channel_slices(np, rng, g, dtype)
+
+
+def test_channel_slice_errors(rng):
+    x, w, b, s, p, d = _make(rng, SLICE_GEOMS[0], np.float32)
+    shape = C.conv_output_shape(x.shape, w.shape, s, p, d)
+    crop = np.zeros(shape[:3] + (shape[3] + 1,), np.float32)[..., 1:]  # rows not contiguous
+    with pytest.raises(OpArgumentError, match="conv_forward: out must be C-contiguous, or a view"):
+        C.conv_forward(x, w, b, s, p, d, out=crop)
+    with pytest.raises(OpArgumentError, match="conv_backward_data: dy must be C-contiguous, or a view"):
+        C.conv_backward_data(crop, w, x.shape, s, p, d)
+    with pytest.raises(OpArgumentError, match="conv_backward_filter: dy must be C-contiguous, or a view"):
+        C.conv_backward_filter(x, crop, w.shape, s, p, d)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule", autotune.SCHEDULES)
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+def test_gpu_channel_slices_every_gemm_entry(cp, rng, monkeypatch, tile, precision, schedule):
+    configure(gemm_schedule=schedule)
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)  # the GEMM backward-data everywhere
+    for splits in (1, 3):
+        monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], splits))
+        for g in SLICE_GEOMS:
+            _check_channel_slices(cp, rng, g, precision=precision, algo="gemm")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", G._TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+def test_gpu_channel_slices_wgmma(cp, rng, monkeypatch, tile):
+    _use_wgmma(cp, monkeypatch)
+    monkeypatch.setattr(G, "_choose_bwdd", lambda *a: None)
+    monkeypatch.setattr(G, "_choose_variant", lambda *a, **k: (tile[0], tile[1], 2))
+    launches = _spy_launches(monkeypatch)
+    for g in SLICE_GEOMS:
+        _check_channel_slices(cp, rng, g, precision="tf32", algo="gemm")
+    assert f"conv_bwdf_f32_{tile[0]}x{tile[1]}_tf32_wgmma" in launches
+
+
+@pytest.mark.gpu
+def test_gpu_channel_slices_direct_kernels(cp, rng, monkeypatch):
+    """float64's direct kernels, and float32's direct backward-data (small C, stride 2)."""
+    launches = _spy_launches(monkeypatch)
+    for g in SLICE_GEOMS:
+        _check_channel_slices(cp, rng, g, np.float64)
+        _check_channel_slices(cp, rng, g, np.float32, algo="gemm")
+    assert {"conv_fwd_direct_f64", "conv_bwdd_direct_f64", "conv_bwdf_direct_f64", "conv_bias_grad_f64",
+            "conv_bias_grad_f32"} <= set(launches)
+    assert any(f.startswith("conv_bwdd_direct_f32") for f in launches)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", C.PRECISIONS)
+def test_gpu_channel_slices_winograd(cp, rng, monkeypatch, precision):
+    launches = _spy_launches(monkeypatch)
+    _check_channel_slices(cp, rng, SLICE_GEOMS[0], precision=precision, algo="winograd")
+    assert {"wino_output_f32", "wino_grad_output_f32", "wino_input_f32"} <= set(launches)
+    assert not any(f.startswith("conv_fwd") or f.startswith("conv_bwd") for f in launches)

@@ -120,7 +120,7 @@ def test_gpu_transform_kernels_match_spec(cp, rng, g):
     # input transform of images 1.. (a chunk not starting at 0)
     n0, nb = (1, n - 1) if n > 1 else (0, 1)
     v = poison(cp, (16, c, nb * th * tw))
-    cuda.launch("winograd", "wino_input_f32", grid, blk, [cp.asarray(x), v, n0, nb, c, h, wd, pad, th, tw])
+    cuda.launch("winograd", "wino_input_f32", grid, blk, [cp.asarray(x), v, n0, nb, c, h, wd, pad, th, tw, c * h * wd])
     assert rel_error(v, W.input_transform(x[n0:n0 + nb].astype(np.float64), pad, th, tw)) < 1e-6
     for flip in (0, 1):
         u = poison(cp, (16, c, k) if flip else (16, k, c))
@@ -133,13 +133,13 @@ def test_gpu_transform_kernels_match_spec(cp, rng, g):
         y[:n0] = 0  # images outside the chunk: untouched
         cuda.launch("winograd", "wino_output_f32", grid, blk,
                     [cp.asarray(m), y, cp.asarray(b), cp.asarray(r), n0, nb, k, ho, wo, th, tw, has_bias, has_res,
-                     relu])
+                     relu, k * ho * wo])
         want = W.output_transform(m.astype(np.float64), nb, ho, wo, b if has_bias else None, bool(relu),
                                   r[n0:].astype(np.float64) if has_res else None)
         assert rel_error(y[n0:], want) < 1e-6
         assert (device.to_host(y[:n0]) == 0).all()
     yy = poison(cp, (16, k, nb * th * tw))
-    cuda.launch("winograd", "wino_grad_output_f32", grid, blk, [cp.asarray(dy), yy, n0, nb, k, ho, wo, th, tw])
+    cuda.launch("winograd", "wino_grad_output_f32", grid, blk, [cp.asarray(dy), yy, n0, nb, k, ho, wo, th, tw, k * ho * wo])
     assert rel_error(yy, W.grad_output_transform(dy[n0:n0 + nb].astype(np.float64), th, tw)) < 1e-6
     for splits in (1, 3):
         d = rng.standard_normal((16, splits, k, c)).astype(np.float32)

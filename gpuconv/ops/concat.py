@@ -9,10 +9,18 @@ whose kernels take such views, as inputs and outputs, are listed in ``VIEW_OPS``
 * ``add`` (add_forward / add_backward / accumulate_), ``gap`` (gap_forward's x, gap_backward's
   out) and ``relu`` (activation.relu_forward / relu_backward, every operand).
 
-The others need C-contiguous operands today (``COPY_OPS``): conv (implicit GEMM, direct and
-Winograd), pool, batchnorm, lrn, local, dropout, fc and loss.  For a branch ending in one of
-those, the plan copies: ``concat_forward`` copies each branch's output into its slice (and skips
-an input that already *is* its slice, so a fully planned concat launches nothing), and
+``OUTPUT_VIEW_OPS`` take views on their output side only: conv, in every variant (the implicit
+GEMMs in both schedules and both precisions, the wgmma GEMMs, the direct float32 backward-data,
+the float64 direct kernels, Winograd), writes its output ``y`` (conv_forward's ``out``, and the
+fused residual, which has out's layout) into a channel slice and reads its gradient ``dy`` from
+one (conv_backward_data, conv_backward_filter and the bias gradient).  Its input ``x`` and
+backward-data's ``dx`` stay C-contiguous, so conv is also in ``COPY_OPS`` (for a branch that
+*reads* a slice).  A branch ending in a conv needs no copy in either direction.
+
+The others need C-contiguous operands today (``COPY_OPS``): pool, batchnorm, lrn, local,
+dropout, fc and loss, and conv's input side.  For a branch ending in one of those (conv aside),
+the plan copies: ``concat_forward`` copies each branch's output into its slice (and skips an
+input that already *is* its slice, so a fully planned concat launches nothing), and
 ``concat_backward`` copies the gradient's slices out for the branches that need them
 contiguous (``copy=False`` hands back the slices themselves, for the rest).
 
@@ -29,6 +37,7 @@ from . import _views
 from ._checks import OpArgumentError
 
 VIEW_OPS = frozenset({"add", "gap", "relu"})
+OUTPUT_VIEW_OPS = frozenset({"conv", "winograd"})  # y and dy may be slices; x and dx may not
 COPY_OPS = frozenset({"conv", "winograd", "pool", "batchnorm", "lrn", "local", "dropout", "fc", "loss"})
 
 

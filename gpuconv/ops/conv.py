@@ -27,7 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 from .. import device
 from ..geometry import window_output_size
 from ..kernel_config import current
-from . import cpu_threads
+from . import _views, cpu_threads
 from ._checks import PRECISIONS, OpArgumentError, check_array, check_out, check_precision
 
 __all__ = [
@@ -82,8 +82,11 @@ def conv_output_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: in
     return (n, k, ho, wo)
 
 
-def _check_dtype(op: str, name: str, a: Any) -> np.dtype:
-    check_array(op, name, a, ndim=4, dtype=None)
+def _check_dtype(op: str, name: str, a: Any, view: bool = False) -> np.dtype:
+    if view:  # y / dy may be a channel slice of a bigger buffer (a concat's): ``_views``
+        _views.check_view(op, name, a, ndim=4)
+    else:
+        check_array(op, name, a, ndim=4, dtype=None)
     if a.dtype not in _FLOAT_DTYPES:
         raise OpArgumentError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
     return a.dtype
@@ -134,7 +137,9 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
                  workspace: Any = None, rounding: str = "exact", residual: Any = None) -> Any:
     """y[N,K,Ho,Wo] = conv(x, w) + b (+ residual), optionally followed by ReLU (fused on the GPU).
 
-    ``residual`` (the shape of y, C-contiguous): added after the bias and before the ReLU, in the
+    ``out`` may be a channel slice of a bigger buffer (``concat.channel_slice``: the conv writes
+    its part of a concatenation in place).
+    ``residual`` (the shape and layout of out): added after the bias and before the ReLU, in the
     epilogue of every kernel (as cuDNN/CUTLASS fuse bias+residual+activation); the result is
     bit-identical to the conv followed by ``add_forward(y, residual, relu=relu)``.  It may be
     ``out`` itself (in place).
@@ -155,9 +160,11 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
     shape = conv_output_shape(x.shape, w.shape, stride, pad, dilation, rounding)
-    y = check_out(op, out, shape, like=x, dtype=dt)
+    if out is not None:  # out (and the residual, which has its layout) may be a channel slice
+        _views.check_view(op, "out", out, shape=shape, dtype=dt, like=x)
+    y = check_out(op, None, shape, like=x, dtype=dt) if out is None else out
     if residual is not None:
-        check_array(op, "residual", residual, shape=shape, dtype=dt, like=x)
+        _views.check_view(op, "residual", residual, shape=shape, dtype=dt, like=x)
     if device.is_gpu_array(x):
         p = conv_gpu.problem("fwd", x.shape, w.shape, stride, pad, dilation, dt, precision, algo, b is not None, relu,
                              rounding=rounding, residual=residual is not None)
@@ -169,15 +176,16 @@ def conv_forward(x: Any, w: Any, b: Any = None, stride: int = 1, pad: int = 0, d
 def conv_backward_data(dy: Any, w: Any, x_shape: Sequence[int], stride: int = 1, pad: int = 0,
                        dilation: int = 1, out: Any = None, precision: str | None = None, algo: str | None = None,
                        workspace: Any = None, rounding: str = "exact") -> Any:
-    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``precision``/``algo``/``workspace``: as conv_forward."""
+    """dx[N,C,H,W] = d(sum y*dy)/dx for y = conv(x, w).  ``precision``/``algo``/``workspace``: as conv_forward.
+    ``dy`` may be a channel slice of a bigger buffer (a concat's gradient)."""
     op = "conv_backward_data"
-    dt = _check_dtype(op, "dy", dy)
+    dt = _check_dtype(op, "dy", dy, view=True)
     check_array(op, "w", w, ndim=4, dtype=dt, like=dy)
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
     x_shape = _check_shape_tuple(op, "x_shape", x_shape)
     y_shape = conv_output_shape(x_shape, w.shape, stride, pad, dilation, rounding)
-    check_array(op, "dy", dy, shape=y_shape, dtype=dt)
+    _views.check_view(op, "dy", dy, shape=y_shape, dtype=dt)
     dx = check_out(op, out, x_shape, like=dy, dtype=dt)
     if device.is_gpu_array(dy):
         p = conv_gpu.problem("bwdd", x_shape, w.shape, stride, pad, dilation, dt, precision, algo, rounding=rounding)
@@ -193,16 +201,16 @@ def conv_backward_filter(x: Any, dy: Any, w_shape: Sequence[int], stride: int = 
     """(dw[K,C,FH,FW], db[K] or None): gradients of sum(y*dy) for y = conv(x, w) + b.
 
     The buffers are overwritten (not accumulated into).  ``precision``/``algo``/``workspace``:
-    as conv_forward.
+    as conv_forward.  ``dy`` may be a channel slice of a bigger buffer (a concat's gradient).
     """
     op = "conv_backward_filter"
     dt = _check_dtype(op, "x", x)
-    check_array(op, "dy", dy, ndim=4, dtype=dt, like=x)
+    _views.check_view(op, "dy", dy, ndim=4, dtype=dt, like=x)
     precision = current().precision if precision is None else precision
     check_precision(op, precision)
     w_shape = _check_shape_tuple(op, "w_shape", w_shape)
     y_shape = conv_output_shape(x.shape, w_shape, stride, pad, dilation, rounding)
-    check_array(op, "dy", dy, shape=y_shape, dtype=dt)
+    _views.check_view(op, "dy", dy, shape=y_shape, dtype=dt)
     dw = check_out(op, dw_out, w_shape, like=x, dtype=dt)
     db = check_out(op, db_out, (w_shape[0],), like=x, dtype=dt) if with_bias else None
     if device.is_gpu_array(x):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import cuda, device
 from ..kernel_config import KernelConfig, current
-from . import autotune
+from . import _views, autotune
 from ._checks import INT32_MAX, OpArgumentError
 from .conv import conv_output_shape, winograd_mode
 from .selector import Choice, Selector
@@ -256,15 +256,36 @@ def _direct_grid(total: int) -> tuple[int, int, int]:
 
 # --- the implicit GEMM: one launch of a (BM, BN, schedule) variant for a pass ---
 
+def strided(p: ConvProblem, a: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """(the arrays as the kernels take them, the geometry arguments).  y (forward; the residual
+    has its layout) or dy (backward) may be a channel slice of a bigger buffer (``_views``):
+    the kernel gets its span and, as the last geometry argument, its batch stride ys."""
+    op = {"fwd": "conv_forward", "bwdd": "conv_backward_data", "bwdf": "conv_backward_filter"}[p.pass_]
+    name = "y" if p.pass_ == "fwd" else "dy"
+    lay = _views.layout(op, "out" if name == "y" else name, a[name])
+    _check_int32(op, **{f"the batch stride of {name}": lay.batch_stride})
+    out = dict(a)
+    out[name] = _views.span(a[name], lay)
+    r = a.get("r")
+    if name == "y" and r is not None:
+        rl = _views.layout(op, "residual", r)
+        if rl.batch_stride != lay.batch_stride:
+            raise OpArgumentError(f"{op}: residual must have the layout of out (batch stride {lay.batch_stride} "
+                                  f"elements), got batch stride {rl.batch_stride}")
+        out["r"] = _views.span(r, rl)
+    return out, [*p.geo, lay.batch_stride]
+
+
 def gemm_launch(p: ConvProblem, a: dict[str, Any], v: Variant, splits: int) -> None:
     """Launch the implicit GEMM of pass ``p`` with tile/schedule ``v`` (writes only the pass's
     output, so the autotuner may call it repeatedly)."""
     rows, cols, red = p.gemm_dims()
-    geo = p.geo
+    a, geo = strided(p, a)
     grid = (cuda.cdiv(cols, v[1]), cuda.cdiv(rows, v[0]), 1)
     if p.pass_ == "fwd":
         _check_int32("conv_forward", **{"N*Ho*Wo": cols, "C*FH*FW": red})
-        cuda.launch("conv", _kernel("fwd", v, p.precision), grid, (256, 1, 1), _fwd_args(p, a), **_launch_opts(v))
+        cuda.launch("conv", _kernel("fwd", v, p.precision), grid, (256, 1, 1), _fwd_args(p, a, geo),
+                    **_launch_opts(v))
     elif p.pass_ == "bwdd":
         _check_int32("conv_backward_data", **{"N*H*W": cols, "K*FH*FW": red})
         cuda.launch("conv", _kernel("bwdd", v, p.precision), grid, (256, 1, 1), [a["dy"], a["w"], a["dx"], *geo],
@@ -277,14 +298,15 @@ def gemm_launch(p: ConvProblem, a: dict[str, Any], v: Variant, splits: int) -> N
                     [a["x"], a["dy"], a["dw"], *geo, int(splits > 1)], **_launch_opts(v))
 
 
-def _fwd_args(p: ConvProblem, a: dict[str, Any]) -> list[Any]:
-    """Arguments of the forward entries (GEMM and float64 direct): x, w, b, r, y, geometry,
-    has_bias, has_res, relu.  An absent bias or residual is passed as y (never read)."""
+def _fwd_args(p: ConvProblem, a: dict[str, Any], geo: list[int]) -> list[Any]:
+    """Arguments of the forward entries (GEMM and float64 direct): x, w, b, r, y, geometry (ys
+    last, ``strided``), has_bias, has_res, relu.  An absent bias or residual is passed as y
+    (never read)."""
     b, r = a.get("b"), a.get("r")
     if (r is not None) != p.residual:
         raise OpArgumentError(f"conv_forward: the problem says residual={p.residual} but r is "
                               f"{'absent' if r is None else 'given'}")
-    return [a["x"], a["w"], b if b is not None else a["y"], r if r is not None else a["y"], a["y"], *p.geo,
+    return [a["x"], a["w"], b if b is not None else a["y"], r if r is not None else a["y"], a["y"], *geo,
             int(b is not None), int(r is not None), int(bool(p.relu))]
 
 
@@ -330,15 +352,16 @@ def _f64_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 
 
 def _f64_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
-    geo = p.geo
+    k, geo = strided(p, a)
     if p.pass_ == "fwd":
-        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(a["y"].size), (256, 1, 1), _fwd_args(p, a))
+        n, kk, ho, wo = p.y_shape
+        cuda.launch("conv", "conv_fwd_direct_f64", _direct_grid(n * kk * ho * wo), (256, 1, 1), _fwd_args(p, k, geo))
     elif p.pass_ == "bwdd":
         cuda.launch("conv", "conv_bwdd_direct_f64", _direct_grid(a["dx"].size), (256, 1, 1),
-                    [a["dy"], a["w"], a["dx"], *geo])
+                    [k["dy"], k["w"], k["dx"], *geo])
     else:
         cuda.launch("conv", "conv_bwdf_direct_f64", _direct_grid(a["dw"].size), (256, 1, 1),
-                    [a["x"], a["dy"], a["dw"], *geo])
+                    [k["x"], k["dy"], k["dw"], *geo])
     return _result(p, a)
 
 
@@ -363,8 +386,9 @@ def _direct_bwdd_plan(p: ConvProblem, cfg: KernelConfig, why: str) -> Choice:
 
 def _direct_bwdd_launch(p: ConvProblem, c: Choice, a: dict[str, Any]) -> Any:
     plan = c.params["plan"]
+    k, geo = strided(p, a)
     cuda.launch("conv", plan["func"], (plan["blocks"], 1, 1), (256, 1, 1),
-                [a["dy"], a["w"], a["dx"], *p.geo, plan["kc"], plan["rs"], plan["pitch"], plan["ts"]],
+                [k["dy"], k["w"], k["dx"], *geo, plan["kc"], plan["rs"], plan["pitch"], plan["ts"]],
                 shared_mem=plan["smem"])
     return a["dx"]
 
@@ -410,13 +434,16 @@ def conv_backward_filter_gpu(x: Any, dy: Any, stride: int, pad: int, dilation: i
 
 
 def conv_bias_grad_gpu(dy: Any, db: Any) -> Any:
-    """db[k] = sum of dy[:, k] (overwritten)."""
+    """db[k] = sum of dy[:, k] (overwritten); dy may be a channel slice of a bigger buffer."""
     n, k, ho, wo = dy.shape
+    lay = _views.layout("conv_backward_filter", "dy", dy)
+    _check_int32("conv_backward_filter", **{"the batch stride of dy": lay.batch_stride})
     cuda.zero(db)
     per_k = n * ho * wo
     gy = max(1, min(cuda.cdiv(per_k, 256 * 16), max(1, 1024 // max(k, 1)), 65535))
     suffix = "f64" if dy.dtype == np.float64 else "f32"
-    cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1), [dy, db, n, k, ho, wo])
+    cuda.launch("conv", f"conv_bias_grad_{suffix}", (k, gy, 1), (256, 1, 1),
+                [_views.span(dy, lay), db, n, k, ho, wo, lay.batch_stride])
     return db
 
 

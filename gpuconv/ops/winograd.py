@@ -40,6 +40,7 @@ import numpy as np
 
 from .. import cuda, device
 from ..kernel_config import CONV_ALGOS, ENV, KernelConfig, current
+from . import _views
 from ._checks import OpArgumentError
 
 __all__ = [
@@ -292,10 +293,19 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out: Any, flip: bool,
                           ws: Workspace, flat: Any, precision: str, residual: Any = None) -> Any:
     """out = conv(src, w') (+ bias, + residual, ReLU) by F(2x2,3x3): w' = w (forward) or
-    rotated+transposed (flip).  ``residual`` may be ``out`` (in place)."""
+    rotated+transposed (flip).  ``residual`` may be ``out`` (in place).  ``src`` and ``out`` may
+    be channel slices of bigger buffers (``_views``; the residual has out's layout)."""
     from .fc_gpu import gemm_batched_gpu  # noqa: PLC0415
     n, c_in, h, wd = src.shape
     _, c_out, ho, wo = out.shape
+    src_lay, out_lay = _views.layout("conv (winograd)", "x", src), _views.layout("conv (winograd)", "out", out)
+    src, out_k = _views.span(src, src_lay), _views.span(out, out_lay)
+    if residual is not None:
+        res_lay = _views.layout("conv_forward", "residual", residual)
+        if res_lay.batch_stride != out_lay.batch_stride:
+            raise OpArgumentError(f"conv_forward: residual must have the layout of out (batch stride "
+                                  f"{out_lay.batch_stride} elements), got batch stride {res_lay.batch_stride}")
+        residual = _views.span(residual, res_lay)
     k0, c0 = w.shape[:2]
     th, tw = tiles(ho, wo)
     u, pos = _take(flat, 0, (16, c_out, c_in))
@@ -306,11 +316,11 @@ def _transformed_conv_gpu(src: Any, w: Any, bias: Any, pad: int, relu: bool, out
         v, end = _take(flat, pos, (16, c_in, p))
         m, _ = _take(flat, end, (16, c_out, p))
         cuda.launch("winograd", "wino_input_f32", _grid(c_in * p), (256, 1, 1),
-                    [src, v, n0, nb, c_in, h, wd, pad, th, tw])
+                    [src, v, n0, nb, c_in, h, wd, pad, th, tw, src_lay.batch_stride])
         gemm_batched_gpu(u, v, m, precision=precision)
         cuda.launch("winograd", "wino_output_f32", _grid(c_out * p), (256, 1, 1),
-                    [m, out, bias if has_bias else out, residual if has_res else out, n0, nb, c_out, ho, wo, th, tw,
-                     int(has_bias), int(has_res), int(relu)])
+                    [m, out_k, bias if has_bias else out_k, residual if has_res else out_k, n0, nb, c_out, ho, wo,
+                     th, tw, int(has_bias), int(has_res), int(relu), out_lay.batch_stride])
     return out
 
 
@@ -340,6 +350,8 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
     k = dw.shape[0]
     _, _, ho, wo = dy.shape
     th, tw = tiles(ho, wo)
+    dy_lay = _views.layout("conv_backward_filter", "dy", dy)  # dy may be a channel slice
+    dy_k = _views.span(dy, dy_lay)
     ws = workspace_plan("bwdf", x.shape, dw.shape, pad)
     flat = _workspace(device.array_module(x), ws, workspace)
     shape_d = (16, ws.splits, k, c) if ws.splits > 1 else (16, k, c)
@@ -348,8 +360,10 @@ def conv_backward_filter_winograd_gpu(x: Any, dy: Any, pad: int, dw: Any, worksp
         p = nb * th * tw
         v, end = _take(flat, pos, (16, c, p))
         y, _ = _take(flat, end, (16, k, p))
-        cuda.launch("winograd", "wino_input_f32", _grid(c * p), (256, 1, 1), [x, v, n0, nb, c, h, wd, pad, th, tw])
-        cuda.launch("winograd", "wino_grad_output_f32", _grid(k * p), (256, 1, 1), [dy, y, n0, nb, k, ho, wo, th, tw])
+        cuda.launch("winograd", "wino_input_f32", _grid(c * p), (256, 1, 1),
+                    [x, v, n0, nb, c, h, wd, pad, th, tw, c * h * wd])
+        cuda.launch("winograd", "wino_grad_output_f32", _grid(k * p), (256, 1, 1),
+                    [dy_k, y, n0, nb, k, ho, wo, th, tw, dy_lay.batch_stride])
         gemm_batched_gpu(y, v, d, trans_b=True, splits=ws.splits, beta=0.0 if i == 0 else 1.0,
                          precision=precision)
     cuda.launch("winograd", "wino_filter_grad_f32", _grid(k * c), (256, 1, 1), [d, dw, k, c, ws.splits])
