@@ -38,6 +38,7 @@ gradient buffer the plan already holds.  NCCL's own buffers (channels x peers x
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -47,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +314,7 @@ class World:
                       file=out, flush=True)
             if self.nccl is not None:
                 self.nccl.abort()
+            _note_exit(self.rank)   # it said why: not a rank that died without a message
             self.comm.Abort(code)
             raise  # not reached: Abort ends the process
 
@@ -635,10 +638,20 @@ _DIED_PID = re.compile(r"PID (\d+) RUNNING AT")
 
 
 def _note_pid(world: World) -> None:
+    """Leave ``rank<r>.pid`` now and ``rank<r>.exit`` when the interpreter exits: a rank with no
+    exit file was killed by a signal (it could not say anything itself)."""
     folder = os.environ.get(RANKS_DIR_ENV)
     if folder and os.path.isdir(folder):
         with contextlib.suppress(OSError):
             Path(folder, f"rank{world.rank}.pid").write_text(str(os.getpid()))
+        atexit.register(_note_exit, world.rank)
+
+
+def _note_exit(rank: int) -> None:
+    folder = os.environ.get(RANKS_DIR_ENV)
+    if folder and os.path.isdir(folder):
+        with contextlib.suppress(OSError):
+            Path(folder, f"rank{rank}.exit").write_text("")
 
 
 def _pid_ranks(folder: str) -> dict[int, int]:
@@ -647,6 +660,44 @@ def _pid_ranks(folder: str) -> dict[int, int]:
         with contextlib.suppress(OSError, ValueError):
             out[int(f.read_text().strip())] = int(f.stem[4:])
     return out
+
+
+class _VanishWatch:
+    """The order in which the ranks' processes disappear while mpiexec runs (polled): when a
+    rank is killed, it goes first and mpiexec then stops the others, so the first of the ranks
+    that left no exit file is the one that died (mpiexec does not always say which)."""
+
+    def __init__(self, folder: str, period: float = 0.02) -> None:
+        self.folder, self.period = folder, period
+        self.gone: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for pid in _pid_ranks(self.folder):
+                if pid in self.gone:
+                    continue
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    self.gone.append(pid)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def killed(self) -> list[int]:
+        """The first rank process to disappear without leaving an exit file, if any."""
+        folder = Path(self.folder)
+        ranks = _pid_ranks(self.folder)
+        for pid in self.gone:
+            if pid in ranks and not (folder / f"rank{ranks[pid]}.exit").exists():
+                return [pid]
+        return []
 
 
 def launch(ranks: int, argv: Sequence[str], *, program: Sequence[str] | None = None,
@@ -664,6 +715,7 @@ def launch(ranks: int, argv: Sequence[str], *, program: Sequence[str] | None = N
         env = {**os.environ, **extra, RANKS_DIR_ENV: folder}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)
         assert proc.stdout is not None
+        watch = _VanishWatch(folder)
         died: list[int] = []
         tail = ""
         try:
@@ -679,6 +731,9 @@ def launch(ranks: int, argv: Sequence[str], *, program: Sequence[str] | None = N
             code = proc.wait()
         finally:
             proc.stdout.close()
+            watch.stop()
+        if code != 0 and not died:
+            died = watch.killed()
         if code != 0 and died:
             by_pid = _pid_ranks(folder)
             for pid in died:

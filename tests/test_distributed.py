@@ -754,3 +754,32 @@ def test_dropout_masks_per_rank() -> None:
     x = np.ones((4, 8), dtype=np.float32)
     masks = [dropout_forward(x, 0.5, s[0], 7)[1] for s in seeds]
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+def test_the_rank_that_vanished_first_without_an_exit_file_is_named(tmp_path) -> None:
+    """mpiexec does not always name a killed rank: the launcher's watch does, from the order in which
+    the ranks' processes disappear and which of them left an exit file (a rank that said why it
+    stopped leaves one)."""
+    from gpuconv.distributed import _VanishWatch
+
+    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(3)]
+    try:
+        for r, p in enumerate(ranks):
+            (tmp_path / f"rank{r}.pid").write_text(str(p.pid))
+        watch = _VanishWatch(str(tmp_path), period=0.01)
+        (tmp_path / "rank2.exit").write_text("")      # rank 2 stops first, but said why
+        ranks[2].kill()
+        ranks[2].wait()
+        time.sleep(0.1)
+        ranks[1].kill()                               # rank 1 is killed outright
+        ranks[1].wait()
+        time.sleep(0.1)
+        ranks[0].kill()                               # then the launcher stops rank 0
+        ranks[0].wait()
+        time.sleep(0.1)
+        watch.stop()
+        assert watch.gone == [ranks[2].pid, ranks[1].pid, ranks[0].pid]
+        assert watch.killed() == [ranks[1].pid]
+    finally:
+        for p in ranks:
+            p.kill()
