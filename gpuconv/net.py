@@ -108,6 +108,8 @@ class Net:
                                 f"end the net with an FC layer")
         if fuse:
             self._fuse_relus()
+        self.concat_grad_views = False
+        self._mark_concat_grad_views()
         for i in self._readers_of_input():
             self.layers[i].input_grad = False  # the data's gradient is not needed (see backward)
         self.slots = self._layout()
@@ -189,6 +191,30 @@ class Net:
             elif getattr(prev, "kind", "") == "ADD" and not prev.relu:  # type: ignore[attr-defined]
                 prev.relu = True  # type: ignore[attr-defined]
                 layer.fused = True
+
+    def set_concat_grad_views(self, on: bool) -> None:
+        """Zero-copy CONCAT backward (opt-in; set it before planning, the plan depends on it): a
+        CONCAT whose dy is its own hands each branch that ends in a CONV its slice of dy as is
+        instead of a copy.  Off by default while ``memory.profile`` counts such a slice as new
+        memory (it recognises an alias of dy by its start address only)."""
+        self.concat_grad_views = bool(on)
+        self._mark_concat_grad_views()
+
+    def _mark_concat_grad_views(self) -> None:
+        """For each CONCAT, which inputs may be handed their slice of its dy itself (no copy):
+        those whose producer's backward takes channel-strided gradients, a CONV (every variant,
+        ``ops.concat.OUTPUT_VIEW_OPS``), also behind a fused RELU (the identity in backward)."""
+        def takes_views(p: int) -> bool:
+            if p < 0 or not self.concat_grad_views:
+                return False
+            layer = self.layers[p]
+            if isinstance(layer, ReLU) and layer.fused:
+                return takes_views(self.sources[p][0])
+            return isinstance(layer, Conv)
+
+        for i, layer in enumerate(self.layers):
+            if getattr(layer, "kind", "") == "CONCAT":
+                layer.view_inputs = [takes_views(p) for p in self.sources[i]]  # type: ignore[attr-defined]
 
     def _readers_of_input(self) -> list[int]:
         """Single-input layers that read the data: they can skip its gradient."""
@@ -337,6 +363,9 @@ class Net:
                         # a copy with the ops' kernel (a one-input concat), into planned memory if any
                         dy, tok = concat_forward([dy], out=buf.workspace.get("dy_copy")), _GradToken()
                         tok.holders = 1
+                    if getattr(layer, "kind", "") == "CONCAT":
+                        # its dy is ours alone: its slices may go to the branches as they are
+                        layer.grad_views = tok.holders == 1  # type: ignore[attr-defined]
                     out = layer.backward(dy, buf)
                     if after_layer is not None:  # layer i's parameter gradients are final (launched)
                         after_layer(i)

@@ -403,6 +403,74 @@ def test_planned_concat_backward_writes_into_planned_memory(monkeypatch):
     assert all(np.shares_memory(o, ex.arena) for o in outs[0])
 
 
+def test_planned_concat_backward_hands_conv_branches_their_slices(monkeypatch):
+    """Zero-copy concat backward (opt-in): every Inception branch ends in a CONV (+ fused RELU),
+    so the concat's backward copies nothing and the plan holds no per-branch gradient (they are
+    slices of the concat's dy)."""
+    from gpuconv.layers import merge
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    calls = []
+    real = merge.concat_ops.concat_backward
+
+    def spy(dy, channels, *, out=None, copy=True):
+        calls.append((out, copy))
+        return real(dy, channels, out=out, copy=copy)
+
+    monkeypatch.setattr(merge.concat_ops, "concat_backward", spy)
+    net = _inception_residual_net()
+    net.set_concat_grad_views(True)
+    plan = make_plan(net, 4, optimizer="sgd")
+    concat = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
+    assert plan.layer_tensors[concat]["dxs"] == []
+    ex = PlannedExecutor(net, plan, "cpu")
+    opt = Optimizer("sgd", 0.1).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
+    assert calls == [(None, False)]
+
+
+def _concat_of_mixed_branches():
+    g = Graph((3, 6, 6), name="mixed")
+    x = g.relu(g.conv(g.input(), 3, 4))
+    a = g.bn(g.conv(x, 3, 3))          # ends in BN: needs a contiguous gradient (a copy)
+    b = g.pool(x, 3, 1, pad=1)         # POOL: a copy
+    c = g.conv(x, 1, 2)                # CONV: its slice of dy as is
+    g.concat(a, b, c)
+    return g.build(classes=3)
+
+
+def test_planned_concat_backward_copies_for_the_other_branches(rng, monkeypatch):
+    from gpuconv.layers import merge
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    copies = []
+    real = merge.concat_ops.concat_forward
+
+    def spy(xs, *, out=None):
+        copies.append(out)
+        return real(xs, out=out)
+
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 4).astype(np.int32)
+    a, b = _concat_of_mixed_branches(), _concat_of_mixed_branches()
+    a.set_concat_grad_views(True)
+    b.set_concat_grad_views(True)
+    a.bind("cpu", seed=2)
+    TrainStep(a, Optimizer("sgd", 0.1).bind(a)).run(x, y)
+    monkeypatch.setattr(merge.concat_ops, "concat_forward", spy)
+    plan = make_plan(b, 4, optimizer="sgd")
+    concat = next(i for i, layer in enumerate(b.layers) if layer.kind == "CONCAT")
+    assert len(plan.layer_tensors[concat]["dxs"]) == 2
+    ex = PlannedExecutor(b, plan, "cpu", seed=2)
+    opt = Optimizer("sgd", 0.1).bind(b, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    TrainStep(b, opt, ex).run(x, y)
+    backward_copies = [o for o in copies if o is not None and o.ndim == 4 and o.shape[1] in (3, 4)]
+    assert len(backward_copies) == 2 and all(np.shares_memory(o, ex.arena) for o in backward_copies)
+    assert np.array_equal(a.param_buffer, b.param_buffer)  # planned == unplanned, bit for bit
+
+
 def _shared_gradient_net():
     g = Graph((2, 6, 6), name="shared")
     x = g.input()
@@ -521,3 +589,65 @@ def test_emulated_capture_of_rounded_nets_replays_as_eager(rng, make):
             out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
     assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
     np.testing.assert_array_equal(out[True][0], out[False][0])
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_zero_copy_concat_backward_planned_is_unplanned_and_the_copies(rng, views):
+    """With the concat's gradient slices handed to the branches, the planned step is still
+    bit-identical to the unplanned one, and both to the step that copies the slices."""
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    nets = [_inception_residual_net() for _ in range(3)]
+    for n in nets[:2]:
+        n.set_concat_grad_views(views)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 4).astype(np.int32)
+    unplanned, planned, copies = nets
+    unplanned.bind("cpu", seed=1)
+    copies.bind("cpu", seed=1)
+    steps = [TrainStep(unplanned, Optimizer("momentum", 0.05).bind(unplanned)),
+             TrainStep(copies, Optimizer("momentum", 0.05).bind(copies))]
+    ex = PlannedExecutor(planned, make_plan(planned, 4, optimizer="momentum"), "cpu", seed=1)
+    opt = Optimizer("momentum", 0.05).bind(planned, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    steps.append(TrainStep(planned, opt, ex))
+    for _ in range(3):
+        for s in steps:
+            s.run(x, y)
+    assert np.array_equal(unplanned.param_buffer, planned.param_buffer)
+    assert np.array_equal(unplanned.param_buffer, copies.param_buffer)
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+def test_emulated_zero_copy_concat_backward(rng):
+    """The conv kernels reading their gradient slices of the concat's dy in place (emulator):
+    planned == unplanned, and both == the step that copies the slices, bit for bit."""
+    from gpuconv import device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.spec import net_from_spec
+    from gpuconv.step import TrainStep
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 4).astype(np.int32)
+    params = {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        for mode in ("planned", "unplanned", "copies"):
+            net = net_from_spec(BRANCHY)
+            net.set_concat_grad_views(mode != "copies")
+            if mode == "planned":
+                ex = PlannedExecutor(net, make_plan(net, 4, optimizer="momentum"), dev, seed=3)
+                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+                step = TrainStep(net, opt, ex)
+                for _ in range(2):
+                    step.run(x, y)
+            else:
+                net.bind(dev, seed=3)
+                step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
+                for _ in range(2):
+                    step.run(xp.asarray(x), xp.asarray(y))
+            params[mode] = device.to_host(net.param_buffer)
+    np.testing.assert_array_equal(params["planned"], params["unplanned"])
+    np.testing.assert_array_equal(params["planned"], params["copies"])

@@ -11,8 +11,10 @@ both branches and their shapes.
   backward hands the same gradient to both inputs (no copy; the Net accounts for the
   sharing when it accumulates).
 - CONCAT: the branches stacked along channels (spatial sizes must match).  Backward
-  copies each branch's channel slice out of dy (the convolutions that read them need
-  C-contiguous gradients).
+  copies each branch's channel slice out of dy; with ``Net.set_concat_grad_views(True)``
+  it hands a branch that ends in a CONV its slice of dy itself (the conv kernels read
+  channel-strided gradients) when that dy is not shared with another node (the Net
+  decides: ``view_inputs``, ``grad_views``), and copies only for the other branches.
 - GAP: (C, H, W) -> (C,), the mean of each channel (GoogLeNet's and ResNet's head).
 """
 from __future__ import annotations
@@ -116,6 +118,8 @@ class Concat(_Merge):
     """The inputs stacked along channels, in order (every other axis must match)."""
 
     kind = "CONCAT"
+    view_inputs: list[bool] = []  # set by the Net: input j's producer takes its slice of dy as is
+    grad_views = False            # set by Net.backward: this backward's dy is not shared
 
     def infer_shapes(self, shapes: list[Shape], names: list[str]) -> Shape:
         first = shapes[0]
@@ -135,10 +139,22 @@ class Concat(_Merge):
     def forward(self, xs: Sequence[Any], train: bool, buf: Buffers = NO_BUFFERS) -> Any:  # type: ignore[override]
         return concat_ops.concat_forward(list(xs), out=buf.out)
 
+    def view_grads(self) -> list[bool]:
+        """Which inputs this backward hands their slice of dy (no copy)."""
+        views = list(self.view_inputs) if self.grad_views else []
+        return views if len(views) == len(self.in_shapes) else [False] * len(self.in_shapes)
+
     def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> list[Any]:  # type: ignore[override]
-        # The memory plan's per-branch gradients come as ``buf.dxs`` (see memory.liveness).
+        # The memory plan's per-branch gradients come as ``buf.dxs`` (see memory.liveness): one
+        # per copied input, in order.
         outs = list(buf.dxs)
-        return concat_ops.concat_backward(dy, self.channels, out=outs if len(outs) == len(self.in_shapes) else None)
+        views = self.view_grads()
+        if not any(views):
+            return concat_ops.concat_backward(dy, self.channels, out=outs if len(outs) == len(self.in_shapes) else None)
+        planned = len(outs) == views.count(False)
+        dst = iter(outs)
+        return [s if v else concat_ops.concat_forward([s], out=next(dst) if planned else None)
+                for s, v in zip(concat_ops.concat_backward(dy, self.channels, copy=False), views)]
 
 
 class GlobalAvgPool(Layer):

@@ -12,7 +12,8 @@ changes is who reads what:
   node by node, whether a reader's dx becomes the pending gradient, is accumulated in place
   into it (the pending one lives on, the other ends there), or (both shared) needs a sum of
   its own; an ADD hands its dy to both inputs (one tensor, alive until the later of their
-  backwards), a fused RELU or FLATTEN passes it through.
+  backwards), a fused RELU or FLATTEN passes it through, and a CONCAT whose dy is its own hands
+  the branches that end in a CONV their slices of it (no tensor of their own; dy lives on).
 
 For a chain this gives exactly the chain planner's tensors (a test holds the two equal).
 """
@@ -121,6 +122,8 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
         aliases = _grad_aliases_dy(layer)
         src = net.sources[i]
         merge = is_merge(layer)
+        # CONCAT with a dy of its own hands view-taking branches their slices of it (Net.backward)
+        views = layer.view_inputs if getattr(layer, "kind", "") == "CONCAT" and tok.holders == 1 else []
         for j, p in enumerate(src):
             if not merge and not (getattr(layer, "computes_input_grad", True) or p >= 0):
                 continue  # a layer reading the data skips its gradient
@@ -128,6 +131,9 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
                 t, tk = g, tok
                 if not merge:
                     g.aliases = (*g.aliases, f"{layer.name}.dx")
+            elif j < len(views) and views[j]:  # a slice of g: g lives until the branch is done with it
+                t, tk = g, _Token()
+                g.aliases = (*g.aliases, f"{layer.name}.dx{j}")
             else:
                 name = f"{layer.name}.dx" + (str(j) if merge else "")
                 t, tk = new_grad(name, p, shape_of(p), bwd(i)), _Token()
