@@ -110,6 +110,7 @@ class Net:
             self._fuse_relus()
         self.concat_grad_views = False
         self._mark_concat_grad_views()
+        self.fuse_residual = False
         for i in self._readers_of_input():
             self.layers[i].input_grad = False  # the data's gradient is not needed (see backward)
         self.slots = self._layout()
@@ -191,6 +192,33 @@ class Net:
             elif getattr(prev, "kind", "") == "ADD" and not prev.relu:  # type: ignore[attr-defined]
                 prev.relu = True  # type: ignore[attr-defined]
                 layer.fused = True
+
+    def set_fuse_residual(self, on: bool) -> None:
+        """Residual adds fused into the conv epilogue (opt-in; set it before planning): an ADD one
+        of whose inputs is a CONV read by nothing else runs that conv itself, with the other
+        input as the epilogue's residual, y = act(conv(x) + b + r) (``ops.conv``; bit-identical
+        to the conv, then the add).  Backward is unchanged.  See ``residual_fusions``."""
+        self.fuse_residual = bool(on)
+
+    def residual_fusions(self) -> dict[int, int]:
+        """{conv node: the ADD node that runs it} where the residual is fused (``fuse_residual``):
+        the CONV's one reader is the ADD, the ADD's other input is another node, the CONV has no
+        fused RELU (the ADD's ReLU comes after the sum) and does not run Winograd (its workspace
+        is planned for the conv's own step)."""
+        if not self.fuse_residual:
+            return {}
+        fused: dict[int, int] = {}
+        for i, layer in enumerate(self.layers):
+            src = self.sources[i]
+            if getattr(layer, "kind", "") != "ADD" or src[0] == src[1]:
+                continue
+            for p in src:
+                c = self.layers[p] if p >= 0 else None
+                if (isinstance(c, Conv) and self.consumers[p] == [i] and not c.fused_relu
+                        and not c.uses_winograd()):
+                    fused[p] = i
+                    break
+        return fused
 
     def set_concat_grad_views(self, on: bool) -> None:
         """Zero-copy CONCAT backward (opt-in; set it before planning, the plan depends on it): a
@@ -300,24 +328,38 @@ class Net:
         dev = self._require_bound()
         self.check_input(x)
         values: dict[int, Any] = {-1: x}
-        last = self._last_reader()
+        fused = self.residual_fusions()
+        runs_conv = {i: p for p, i in fused.items()}
+        last = self._last_reader(fused)
         with self._engine(dev):
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, Dropout):
                     layer.step = self.step
                 src = self.sources[i]
-                arg = [values[p] for p in src] if is_merge(layer) else values[src[0]]
-                values[i] = layer.forward(arg, train, buffers[i] if buffers is not None else Buffers())
+                if i in fused:  # its ADD runs it, with the residual in the epilogue
+                    values[i] = None
+                    continue
+                buf = buffers[i] if buffers is not None else Buffers()
+                if i in runs_conv:
+                    c = runs_conv[i]
+                    residual = values[src[1] if src[0] == c else src[0]]
+                    values[i] = layer.forward_conv_residual(  # type: ignore[attr-defined]
+                        self.layers[c], values[self.sources[c][0]], residual, train, buf,
+                        buffers[c] if buffers is not None else Buffers())
+                else:
+                    arg = [values[p] for p in src] if is_merge(layer) else values[src[0]]
+                    values[i] = layer.forward(arg, train, buf)
                 for p in src:  # nobody reads it after this node (the layers keep what backward needs)
                     if last[p] == i:
                         values.pop(p, None)
         return values[len(self.layers) - 1]
 
-    def _last_reader(self) -> dict[int, int]:
+    def _last_reader(self, fused: dict[int, int] | None = None) -> dict[int, int]:
+        """The last node whose forward reads each tensor (a fused conv reads at its ADD)."""
         last: dict[int, int] = {}
         for i, src in enumerate(self.sources):
             for p in src:
-                last[p] = i
+                last[p] = max(last.get(p, i), (fused or {}).get(i, i))
         return last
 
     @staticmethod

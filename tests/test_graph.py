@@ -651,3 +651,98 @@ def test_emulated_zero_copy_concat_backward(rng):
             params[mode] = device.to_host(net.param_buffer)
     np.testing.assert_array_equal(params["planned"], params["unplanned"])
     np.testing.assert_array_equal(params["planned"], params["copies"])
+
+
+def _residual_net_without_bn():
+    """Residual blocks whose second CONV feeds the ADD directly (no BN between): the ADD can run
+    that conv with the skip tensor as its epilogue's residual.  The second block's ADD has a
+    projection CONV on the shortcut and the main-path CONV as inputs."""
+    g = Graph((3, 8, 8), name="res-nobn")
+    x = g.relu(g.conv(g.input(), 3, 4))
+    y = g.conv(g.relu(g.conv(x, 3, 4)), 3, 4)
+    x = g.add(y, x, relu=True)
+    y = g.conv(g.relu(g.conv(x, 3, 6, stride=2, rounding="floor")), 3, 6)
+    x = g.add(y, g.conv(x, 1, 6, stride=2, rounding="floor"), relu=True)
+    g.add(g.conv(x, 1, 6), x)           # no ReLU after the sum
+    return g.build(classes=4)
+
+
+def test_residual_fusions_are_found():
+    net = _residual_net_without_bn()
+    assert net.residual_fusions() == {}
+    net.set_fuse_residual(True)
+    fused = net.residual_fusions()
+    adds = [i for i, layer in enumerate(net.layers) if layer.kind == "ADD"]
+    assert sorted(fused.values()) == adds and all(net.layers[p].kind == "CONV" for p in fused)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_residual_step_planned_is_unplanned_and_unfused(rng, train):
+    """The ADDs running their conv with the residual in the epilogue: planned == unplanned, and
+    both == the unfused net, bit for bit (training steps, or inference scores)."""
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 4).astype(np.int32)
+    unplanned, planned, unfused = (_residual_net_without_bn() for _ in range(3))
+    for n in (unplanned, planned):
+        n.set_fuse_residual(True)
+    unplanned.bind("cpu", seed=4)
+    unfused.bind("cpu", seed=4)
+    if not train:
+        ex = PlannedExecutor(planned, make_plan(planned, 4, inference=True), "cpu", seed=4)
+        want = unfused.forward(x)
+        assert np.array_equal(unplanned.forward(x), want)
+        ex.input_view()[...] = x
+        assert np.array_equal(planned.forward(ex.input_view(), train=False, buffers=ex.inference_buffers()), want)
+        return
+    steps = [TrainStep(n, Optimizer("momentum", 0.05).bind(n)) for n in (unplanned, unfused)]
+    ex = PlannedExecutor(planned, make_plan(planned, 4, optimizer="momentum"), "cpu", seed=4)
+    opt = Optimizer("momentum", 0.05).bind(planned, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    steps.append(TrainStep(planned, opt, ex))
+    for _ in range(3):
+        for s in steps:
+            s.run(x, y)
+    assert np.array_equal(unplanned.param_buffer, unfused.param_buffer)
+    assert np.array_equal(planned.param_buffer, unfused.param_buffer)
+    assert float(np.abs(planned.grad_buffer).max()) > 0
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+def test_emulated_fused_residual_steps(rng, monkeypatch):
+    """On the emulator: the fused nets' ADDs launch no add kernel in forward (the backward's
+    gradient sums still do), and the planned and unplanned fused steps give the bits of the
+    unfused one."""
+    from gpuconv import cuda, device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 2).astype(np.int32)
+    params, launched = {}, {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        real = cuda.launch
+        for mode in ("planned", "unplanned", "unfused"):
+            names: list[str] = []
+            monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (names.append(f), real(m, f, *a, **k))[1])
+            net = _residual_net_without_bn()
+            net.set_fuse_residual(mode != "unfused")
+            if mode == "planned":
+                ex = PlannedExecutor(net, make_plan(net, 2, optimizer="momentum"), dev, seed=5)
+                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+                step = TrainStep(net, opt, ex)
+                step.run(x, y)
+            else:
+                net.bind(dev, seed=5)
+                step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
+                step.run(xp.asarray(x), xp.asarray(y))
+            params[mode], launched[mode] = device.to_host(net.param_buffer), names
+    np.testing.assert_array_equal(params["planned"], params["unplanned"])
+    np.testing.assert_array_equal(params["planned"], params["unfused"])
+    adds = sum(layer.kind == "ADD" for layer in _residual_net_without_bn().layers)  # one add launch each
+    count = {mode: names.count("add_fwd_f32") for mode, names in launched.items()}  # (+ gradient sums)
+    assert count["planned"] == count["unplanned"] == count["unfused"] - adds

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from ..geometry import GeometryError
 from ..ops import add as add_ops
 from ..ops import concat as concat_ops
+from ..ops import conv as conv_ops
 from ..ops import gap as gap_ops
 from .base import NO_BUFFERS, Buffers, Layer, Shape
 
@@ -106,6 +107,22 @@ class Add(_Merge):
         y = add_ops.add_forward(a, b, relu=self.relu, out=buf.out)
         if train and self.relu:
             self._cache["y"] = y
+        return y
+
+    def forward_conv_residual(self, conv: Any, x: Any, residual: Any, train: bool, buf: Buffers = NO_BUFFERS,
+                              conv_buf: Buffers = NO_BUFFERS) -> Any:
+        """This ADD with its input ``conv`` (a Conv layer, reading ``x``) fused: the conv runs here,
+        the other input ``residual`` added in its epilogue before the ReLU, into this node's
+        output: act(conv(x) + b + residual), bit-identical to the conv followed by this ADD.  The
+        conv's own forward does not run; what its backward needs is kept for it."""
+        y = conv_ops.conv_forward(x, conv.params["w"], conv.params.get("b"), conv.S, conv.P, conv.dilation,
+                                  relu=self.relu, out=buf.out, precision=conv.precision, algo=conv.algo,
+                                  workspace=conv_buf.workspace.get("winograd"), rounding=conv.rounding,
+                                  residual=residual)
+        if train:
+            conv._cache["x"] = x  # what Conv.backward reads
+            if self.relu:
+                self._cache["y"] = y
         return y
 
     def backward(self, dy: Any, buf: Buffers = NO_BUFFERS) -> list[Any]:  # type: ignore[override]

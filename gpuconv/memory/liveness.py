@@ -15,6 +15,9 @@ changes is who reads what:
   backwards), a fused RELU or FLATTEN passes it through, and a CONCAT whose dy is its own hands
   the branches that end in a CONV their slices of it (no tensor of their own; dy lives on).
 
+A CONV whose residual ADD is fused (``Net.residual_fusions``) runs at its ADD's step, so its
+input lives until then.
+
 For a chain this gives exactly the chain planner's tensors (a test holds the two equal).
 """
 from __future__ import annotations
@@ -68,6 +71,9 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
             if p >= 0:
                 consumers[p].append(i)
 
+    # a conv whose residual add is fused runs at its ADD's step: it reads its input there
+    fused = net.residual_fusions() if hasattr(net, "residual_fusions") else {}
+
     # ---- activations: a node's output, or (in place) the tensor of the node it reads
     act_of: dict[int, PlannedTensor] = {-1: input_t}
     ends: dict[int, int] = {}
@@ -86,7 +92,7 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
         if i == L - 1:
             last = loss_step if not inference else num_steps - 1  # the scores outlive the pass
         else:
-            last = max(consumers[i])
+            last = max(fused.get(c, c) for c in consumers[i])
         if not inference:
             for c in consumers[i]:
                 if layers[c].keeps_input:
