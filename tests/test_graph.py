@@ -674,6 +674,10 @@ def test_residual_fusions_are_found():
     fused = net.residual_fusions()
     adds = [i for i, layer in enumerate(net.layers) if layer.kind == "ADD"]
     assert sorted(fused.values()) == adds and all(net.layers[p].kind == "CONV" for p in fused)
+    from gpuconv.memory import make_plan
+    plan = make_plan(net, 4, optimizer="sgd")  # a fused conv writes into its ADD's output
+    assert all(plan.layer_tensors[p]["out"] is None for p in fused)
+    assert all(plan.layer_tensors[i]["out"] is not None for i in adds)
 
 
 @pytest.mark.parametrize("train", [True, False])

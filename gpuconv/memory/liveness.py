@@ -15,8 +15,8 @@ changes is who reads what:
   backwards), a fused RELU or FLATTEN passes it through, and a CONCAT whose dy is its own hands
   the branches that end in a CONV their slices of it (no tensor of their own; dy lives on).
 
-A CONV whose residual ADD is fused (``Net.residual_fusions``) runs at its ADD's step, so its
-input lives until then.
+A CONV whose residual ADD is fused (``Net.residual_fusions``) runs at its ADD's step, into the
+ADD's output: it has no output tensor of its own, and its input lives until then.
 
 For a chain this gives exactly the chain planner's tensors (a test holds the two equal).
 """
@@ -78,7 +78,7 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
     act_of: dict[int, PlannedTensor] = {-1: input_t}
     ends: dict[int, int] = {}
     for i, layer in enumerate(layers):
-        if is_inplace(layer, inference):
+        if is_inplace(layer, inference) or i in fused:  # a fused conv writes nothing of its own
             t = act_of[net.sources[i][0]]
             t.aliases = (*t.aliases, f"{layer.name}.out")
         else:
