@@ -108,7 +108,8 @@ class Net:
                                 f"end the net with an FC layer")
         if fuse:
             self._fuse_relus()
-        self.concat_grad_views = False
+        self.concat_grad_views = True
+        self.concat_views = True
         self._mark_concat_grad_views()
         self.fuse_residual = False
         for i in self._readers_of_input():
@@ -221,12 +222,42 @@ class Net:
         return fused
 
     def set_concat_grad_views(self, on: bool) -> None:
-        """Zero-copy CONCAT backward (opt-in; set it before planning, the plan depends on it): a
-        CONCAT whose dy is its own hands each branch that ends in a CONV its slice of dy as is
-        instead of a copy.  Off by default while ``memory.profile`` counts such a slice as new
-        memory (it recognises an alias of dy by its start address only)."""
+        """Zero-copy CONCAT backward (on by default; set it before planning, the plan depends on
+        it): a CONCAT whose dy is its own hands each branch that ends in a CONV its slice of dy as
+        is instead of a copy.  Off: every branch gets a copy of its slice."""
         self.concat_grad_views = bool(on)
         self._mark_concat_grad_views()
+
+    def set_concat_views(self, on: bool) -> None:
+        """Zero-copy CONCAT forward in the memory plan (on by default; set it before planning): a
+        CONV that only a CONCAT reads (also behind its fused RELU) writes its output straight into
+        its channel slice of the concat's planned buffer, and the concat copies nothing for it
+        (see ``concat_output_views``).  The unplanned forward always copies (same bits)."""
+        self.concat_views = bool(on)
+
+    def concat_output_views(self) -> dict[int, tuple[int, int, int]]:
+        """{conv node: (concat node, c0, c1)} for the convs whose output the plan lays into channels
+        [c0:c1] of a CONCAT's output (``concat_views``): the CONV's one reader is the CONCAT, or
+        its fused RELU whose one reader is the CONCAT (each input read once).  The other inputs
+        (pool, BN, LRN, ... producers; an output another node also reads) keep the copy."""
+        if not self.concat_views:
+            return {}
+        views: dict[int, tuple[int, int, int]] = {}
+        for i, layer in enumerate(self.layers):
+            if getattr(layer, "kind", "") != "CONCAT":
+                continue
+            c0 = 0
+            for p, c in zip(self.sources[i], layer.channels):  # type: ignore[attr-defined]
+                q = p
+                if q >= 0 and isinstance(self.layers[q], ReLU) and self.layers[q].fused and self.consumers[q] == [i]:
+                    q, reader = self.sources[q][0], q
+                else:
+                    reader = i
+                if (q >= 0 and p >= 0 and isinstance(self.layers[q], Conv) and self.consumers[p] == [i]
+                        and self.consumers[q] == [reader] and q not in views):
+                    views[q] = (i, c0, c0 + c)
+                c0 += c
+        return views
 
     def _mark_concat_grad_views(self) -> None:
         """For each CONCAT, which inputs may be handed their slice of its dy itself (no copy):

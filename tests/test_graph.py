@@ -396,6 +396,7 @@ def test_planned_concat_backward_writes_into_planned_memory(monkeypatch):
 
     monkeypatch.setattr(merge.concat_ops, "concat_backward", spy)
     net = _inception_residual_net()
+    net.set_concat_grad_views(False)  # every branch gets a planned copy of its slice of dy
     ex = PlannedExecutor(net, make_plan(net, 4, optimizer="sgd"), "cpu")
     opt = Optimizer("sgd", 0.1).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
     TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
@@ -404,7 +405,7 @@ def test_planned_concat_backward_writes_into_planned_memory(monkeypatch):
 
 
 def test_planned_concat_backward_hands_conv_branches_their_slices(monkeypatch):
-    """Zero-copy concat backward (opt-in): every Inception branch ends in a CONV (+ fused RELU),
+    """Zero-copy concat backward (the default): every Inception branch ends in a CONV (+ fused RELU),
     so the concat's backward copies nothing and the plan holds no per-branch gradient (they are
     slices of the concat's dy)."""
     from gpuconv.layers import merge
@@ -420,7 +421,6 @@ def test_planned_concat_backward_hands_conv_branches_their_slices(monkeypatch):
 
     monkeypatch.setattr(merge.concat_ops, "concat_backward", spy)
     net = _inception_residual_net()
-    net.set_concat_grad_views(True)
     plan = make_plan(net, 4, optimizer="sgd")
     concat = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
     assert plan.layer_tensors[concat]["dxs"] == []
@@ -428,6 +428,75 @@ def test_planned_concat_backward_hands_conv_branches_their_slices(monkeypatch):
     opt = Optimizer("sgd", 0.1).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
     TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
     assert calls == [(None, False)]
+
+
+def test_planned_concat_forward_lays_conv_branches_into_their_slices(monkeypatch):
+    """Zero-copy concat forward (the default): each Inception branch's last CONV (its fused RELU
+    behind it) writes straight into its channel slice of the concat's buffer, so the plan holds no
+    tensor of its own for it, the concat's tensor lives from the first branch output on, and the
+    concat's forward copies nothing."""
+    from gpuconv.layers import merge
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.ops import _views
+    from gpuconv.ops.concat import channel_slices
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+    net = _inception_residual_net()
+    k = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
+    views = net.concat_output_views()
+    assert sorted(c0 for _, c0, _ in views.values()) == [0, 4, 10, 14] and all(v[0] == k for v in views.values())
+    assert all(net.layers[q].kind == "CONV" and net.layers[q].fused_relu for q in views)
+    L = len(net.layers)
+    for inference in (False, True):
+        plan = make_plan(net, 4, optimizer="sgd", inference=inference)
+        t = plan.tensor(plan.layer_tensors[k]["out"])
+        assert t.layer == k and t.start == min(views)
+        for q, (_, c0, c1) in views.items():
+            assert plan.layer_tensors[q]["out"] == t.name and plan.layer_tensors[q]["out_slice"] == (c0, c1)
+            assert plan.tensor(f"{net.layers[q].name}.out") is t
+            if not inference:  # a fused ReLU's backward reads the conv's output: the buffer outlives it
+                assert t.end >= 2 * L - 1 - q
+        ts = [u for u in plan.tensors if u.region == "arena"]
+        assert not any(a is not b and a.overlaps_in_time(b) and a.overlaps_in_memory(b) for a in ts for b in ts)
+    # with the views off, every branch output is a tensor of its own (and copied)
+    off = _inception_residual_net()
+    off.set_concat_views(False)
+    assert off.concat_output_views() == {}
+    plan_off, plan_on = make_plan(off, 4, optimizer="sgd"), make_plan(net, 4, optimizer="sgd")
+    assert all(plan_off.layer_tensors[q]["out"] == f"{off.layers[q].name}.out" for q in views)
+    assert plan_on.peak_live_bytes < plan_off.peak_live_bytes
+
+    calls = []
+    real = merge.concat_ops.concat_forward
+
+    def spy(xs, *, out=None):
+        calls.append((list(xs), out))
+        return real(xs, out=out)
+
+    monkeypatch.setattr(merge.concat_ops, "concat_forward", spy)
+    ex = PlannedExecutor(net, plan_on, "cpu")
+    opt = Optimizer("sgd", 0.1).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+    TrainStep(net, opt, ex).run(np.zeros((4, 3, 8, 8), np.float32), np.zeros(4, np.int32))
+    (xs, out), = [c for c in calls if len(c[0]) == 4]
+    assert out is ex.view(plan_on.layer_tensors[k]["out"])
+    assert all(_views.same_view(x, s) for x, s in zip(xs, channel_slices(out, net.layers[k].channels)))
+
+
+def test_concat_views_only_for_convs_read_by_the_concat_alone():
+    g = Graph((3, 6, 6), name="shared-branch")
+    x = g.relu(g.conv(g.input(), 3, 4))
+    a = g.conv(x, 1, 2)                # read by the concat only: its slice
+    b = g.relu(g.conv(x, 1, 3))        # also read by the ADD below: a planned copy
+    c = g.pool(x, 3, 1, pad=1)         # not a conv: a planned copy
+    y = g.concat(a, b, c)
+    g.add(g.conv(y, 1, 3), b)
+    net = g.build(classes=3)
+    views = net.concat_output_views()
+    (q, (k, c0, c1)), = views.items()
+    assert net.layers[q].kind == "CONV" and net.layers[q].out_shape[0] == 2 and (c0, c1) == (0, 2)
+    from gpuconv.memory import make_plan
+    plan = make_plan(net, 2, optimizer="sgd")
+    assert [i for i, lt in enumerate(plan.layer_tensors) if lt.get("out_slice")] == [q]
 
 
 def _concat_of_mixed_branches():
@@ -593,14 +662,18 @@ def test_emulated_capture_of_rounded_nets_replays_as_eager(rng, make):
 
 @pytest.mark.parametrize("views", [False, True])
 def test_zero_copy_concat_backward_planned_is_unplanned_and_the_copies(rng, views):
-    """With the concat's gradient slices handed to the branches, the planned step is still
-    bit-identical to the unplanned one, and both to the step that copies the slices."""
+    """With the branches writing into their slices of the concat's buffer and the concat's
+    gradient slices handed to them, the planned step is still bit-identical to the unplanned one,
+    and both to the step that copies the slices."""
     from gpuconv.memory import PlannedExecutor, make_plan
     from gpuconv.optim import Optimizer
     from gpuconv.step import TrainStep
     nets = [_inception_residual_net() for _ in range(3)]
     for n in nets[:2]:
         n.set_concat_grad_views(views)
+        n.set_concat_views(views)
+    nets[2].set_concat_grad_views(False)
+    nets[2].set_concat_views(False)
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 4).astype(np.int32)
     unplanned, planned, copies = nets
@@ -620,10 +693,12 @@ def test_zero_copy_concat_backward_planned_is_unplanned_and_the_copies(rng, view
 
 @pytest.mark.emu
 @pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
-def test_emulated_zero_copy_concat_backward(rng):
-    """The conv kernels reading their gradient slices of the concat's dy in place (emulator):
-    planned == unplanned, and both == the step that copies the slices, bit for bit."""
-    from gpuconv import device
+def test_emulated_zero_copy_concat_backward(rng, monkeypatch):
+    """The conv kernels writing their outputs into and reading their gradient slices of the
+    concat's buffers in place (emulator): planned == unplanned, and both == the step that copies
+    the slices, bit for bit.  The planned concat launches no copy in either direction; the
+    unplanned forward still copies each branch."""
+    from gpuconv import cuda, device
     from gpuconv.memory import PlannedExecutor, make_plan
     from gpuconv.optim import Optimizer
     from gpuconv.spec import net_from_spec
@@ -631,12 +706,16 @@ def test_emulated_zero_copy_concat_backward(rng):
 
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 4).astype(np.int32)
-    params = {}
+    params, launched = {}, {}
     with emu.emulated() as xp:
         dev = device.Device("cuda", xp)
+        real = cuda.launch
         for mode in ("planned", "unplanned", "copies"):
+            names: list[str] = []
+            monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (names.append(f), real(m, f, *a, **k))[1])
             net = net_from_spec(BRANCHY)
             net.set_concat_grad_views(mode != "copies")
+            net.set_concat_views(mode != "copies")
             if mode == "planned":
                 ex = PlannedExecutor(net, make_plan(net, 4, optimizer="momentum"), dev, seed=3)
                 opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
@@ -648,9 +727,14 @@ def test_emulated_zero_copy_concat_backward(rng):
                 step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
                 for _ in range(2):
                     step.run(xp.asarray(x), xp.asarray(y))
-            params[mode] = device.to_host(net.param_buffer)
+            params[mode], launched[mode] = device.to_host(net.param_buffer), names
     np.testing.assert_array_equal(params["planned"], params["unplanned"])
     np.testing.assert_array_equal(params["planned"], params["copies"])
+    copies = {mode: names.count("concat_copy_f32") for mode, names in launched.items()}
+    branches, steps = 4, 2  # every branch of BRANCHY's Inception module ends in a CONV (+ RELU)
+    assert copies["planned"] == 0
+    assert copies["unplanned"] == branches * steps                # forward only
+    assert copies["copies"] == 2 * branches * steps               # forward and backward
 
 
 def _residual_net_without_bn():

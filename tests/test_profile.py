@@ -115,14 +115,26 @@ def test_branching_net_measured_per_node_equals_planned(make) -> None:
         assert l.measured_bytes == l.planned_bytes, (l.name, l.stray)
         assert l.in_plan, (l.name, l.stray)
         assert l.reads == [net.node_name(p) for p in src]
-    # a merge's own output counts; CONCAT's per-branch gradients too; ADD hands dy on (no memory)
+    # a merge's own output counts; ADD hands dy on (no memory).  Every Inception branch ends in a
+    # CONV (+ fused RELU), so with the concat views (the default) the branches write into their
+    # slices of the concat's buffer and backward hands them their slices of dy: CONCAT's planned
+    # (and measured) bytes are its output once, and no branch counts its slice again.
     isz = 4
     for l, layer in zip(r.layers, net.layers):
         if layer.kind == "CONCAT":
             out = 2 * int(np.prod(layer.out_shape)) * isz
-            assert l.planned_bytes == 2 * out  # its output + one gradient per branch, which add up to it
+            assert l.planned_bytes == out
         if layer.kind == "ADD":
             assert l.planned_bytes == 2 * int(np.prod(layer.out_shape)) * isz  # the output only
+    if any(layer.kind == "CONCAT" for layer in net.layers):
+        plan = make_plan(net, 2, optimizer="momentum")
+        branch_ends = net.concat_output_views()
+        assert len(branch_ends) == 4
+        for q in branch_ends:  # the conv's output is the concat's memory: not counted at the conv
+            names = plan.layer_tensors[q]
+            assert names["out_slice"] and plan.tensor(names["out"]).layer == branch_ends[q][0]
+            own = [names["dx"], *names["saved"].values()]
+            assert r.layers[q].measured_bytes == sum(plan.tensor(n).nbytes for n in own if n)
     text = r.table()
     assert "reads" in text and "<- " in text and "merge node" in text
     page = r.to_html()
@@ -138,6 +150,7 @@ def test_a_chain_shows_no_branches() -> None:
 def test_profile_catches_an_unplanned_merge_gradient() -> None:
     # Without planned per-branch gradients CONCAT's backward allocates them: measured, not in plan.
     net = net_from_spec(INCEPTION_RES)
+    net.set_concat_grad_views(False)  # every branch gets a planned copy of its slice of dy
     plan = make_plan(net, 2)
     k = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
     assert len(plan.layer_tensors[k]["dxs"]) == 4
@@ -151,6 +164,7 @@ def test_profile_catches_an_unplanned_merge_gradient() -> None:
 
 def test_plan_counts_merge_gradients_as_gradients_not_scratch() -> None:
     net = net_from_spec(INCEPTION_RES)
+    net.set_concat_grad_views(False)  # planned copies of dy's slices
     plan = make_plan(net, 2)
     k = next(i for i, layer in enumerate(net.layers) if layer.kind == "CONCAT")
     names = plan.layer_tensors[k]["dxs"]

@@ -28,6 +28,10 @@ MIXED = ("INPUT[10x10x3] -> CONV3-6p1 -> BN -> LEAKYRELU0.1 -> LRN3 -> POOL2 -> 
          "-> AVGPOOL2/1 -> L2POOL2/1 -> FC-16 -> RELU -> DROPOUT0.5 -> FC-5")
 # D = 1200 >= 1024 inputs into 8 outputs at batch 4: the forward GEMM splits K (planned scratch).
 SPLIT_K = "INPUT[20x20x3] -> FC-8 -> RELU -> DROPOUT0.3 -> FC-5"
+# GoogLeNet's pattern at toy size: stacked Inception modules (every branch ends in a CONV+RELU that
+# the plan lays into its slice of the concat's buffer), a pool between them, GAP, dropout, FC.
+INCEPTIONS = ("INPUT[8x8x3] -> CONV3-8 -> RELU -> LRN3 -> INCEPTION(4,4-6,2-4,4) -> INCEPTION(6,4-8,2-4,4) "
+              "-> POOL2 -> INCEPTION(4,4-6,2-4,4) -> GAP -> DROPOUT0.4 -> FC-5")
 
 BATCH = 4
 STEPS = 4
@@ -270,7 +274,8 @@ def _modes(spec: str, xp, optimizer: str, batches) -> tuple[dict, dict]:
     return out[0], out[1]
 
 
-@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "nesterov"), ("lenet5", "rmsprop")])
+@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "nesterov"), ("lenet5", "rmsprop"),
+                                            (INCEPTIONS, "momentum")])
 def test_cpu_planned_and_unplanned_steps_are_identical(spec: str, optimizer: str, rng: np.random.Generator) -> None:
     net = parse_spec(spec) if spec.startswith("INPUT") else get_model(spec)
     planned, unplanned = _modes(spec, np, optimizer, _batches(net, net.output_shape[0], rng))
@@ -286,7 +291,7 @@ def test_cpu_planned_and_unplanned_steps_are_identical(spec: str, optimizer: str
 
 @pytest.mark.emu
 @pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
-@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "momentum")])
+@pytest.mark.parametrize("spec,optimizer", [(MIXED, "adam"), (SPLIT_K, "momentum"), (INCEPTIONS, "momentum")])
 def test_emulated_planned_and_unplanned_steps_are_identical(spec: str, optimizer: str,
                                                             rng: np.random.Generator) -> None:
     """The same kernels whether the scalars are arguments or read from planned memory, and

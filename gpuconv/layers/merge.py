@@ -10,11 +10,13 @@ both branches and their shapes.
   ReLU (one pass over memory, as cuDNN/CUTLASS fuse bias+residual+activation).  Its
   backward hands the same gradient to both inputs (no copy; the Net accounts for the
   sharing when it accumulates).
-- CONCAT: the branches stacked along channels (spatial sizes must match).  Backward
-  copies each branch's channel slice out of dy; with ``Net.set_concat_grad_views(True)``
-  it hands a branch that ends in a CONV its slice of dy itself (the conv kernels read
-  channel-strided gradients) when that dy is not shared with another node (the Net
-  decides: ``view_inputs``, ``grad_views``), and copies only for the other branches.
+- CONCAT: the branches stacked along channels (spatial sizes must match).  In a memory plan
+  a branch that ends in a CONV read only by the concat has already written its output into
+  its slice of ``buf.out`` (``Net.concat_output_views``), and forward copies only the other
+  inputs.  Backward hands a branch that ends in a CONV its slice of dy itself (the conv
+  kernels read channel-strided gradients; ``Net.set_concat_grad_views``, on by default)
+  when that dy is not shared with another node (the Net decides: ``view_inputs``,
+  ``grad_views``), and copies only for the other branches.
 - GAP: (C, H, W) -> (C,), the mean of each channel (GoogLeNet's and ResNet's head).
 """
 from __future__ import annotations
@@ -154,6 +156,7 @@ class Concat(_Merge):
         return "CONCAT(" + "+".join(str(c) for c in self.channels) + ")"
 
     def forward(self, xs: Sequence[Any], train: bool, buf: Buffers = NO_BUFFERS) -> Any:  # type: ignore[override]
+        # an input that already is its slice of buf.out (planned: a conv wrote there) is not copied
         return concat_ops.concat_forward(list(xs), out=buf.out)
 
     def view_grads(self) -> list[bool]:

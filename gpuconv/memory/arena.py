@@ -15,7 +15,8 @@ scratch, the loss, the running loss/accuracy totals and the per-step scalars
 (optimizer hyperparameters, dropout keys) are all planned tensors.  That is what
 lets :class:`gpuconv.step.TrainStep` capture the step as a CUDA graph.  NumPy
 and CuPy work alike: every view is
-``region[offset:offset + nbytes].view(dtype).reshape(shape)``.
+``region[offset:offset + nbytes].view(dtype).reshape(shape)``; a conv that writes into a
+concat's buffer gets ``channel_slice(concat_view, c0, c1)`` as its output.
 
 The executor only allocates and hands out views; it runs nothing.  Steps (training
 and inference) are :class:`gpuconv.step.TrainStep`'s.
@@ -231,13 +232,25 @@ class PlannedExecutor:
         out = []
         for i, names in enumerate(self.plan.layer_tensors):
             out.append(_make_buffers(
-                out=self._views[names["out"]] if names["out"] else None,
+                out=self._out_view(names),
                 dx=self._views[names["dx"]] if (train and names["dx"]) else None,
                 dxs=[self._views[n] for n in names.get("dxs", [])] if train else [],
                 saved={k: self._views[v] for k, v in names["saved"].items()},
                 workspace={k: self._views[v] for k, v in names["workspace"].items()},
                 step={"keys": keys[i]} if i in keys else {}))
         return out
+
+    def _out_view(self, names: dict[str, Any]) -> Any:
+        """A layer's output: its planned tensor, or its channel slice of a concat's (``out_slice``:
+        a conv writing straight into the concat buffer, batch stride Ctot*H*W)."""
+        if not names["out"]:
+            return None
+        view = self._views[names["out"]]
+        if names.get("out_slice"):
+            from ..ops.concat import channel_slice  # noqa: PLC0415  (lazily: the ops import the device)
+
+            return channel_slice(view, *names["out_slice"])
+        return view
 
     def train_step_buffers(self) -> list[Any]:
         if self._train is None:

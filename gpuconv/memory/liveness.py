@@ -15,6 +15,11 @@ changes is who reads what:
   backwards), a fused RELU or FLATTEN passes it through, and a CONCAT whose dy is its own hands
   the branches that end in a CONV their slices of it (no tensor of their own; dy lives on).
 
+A CONV that only a CONCAT reads (``Net.concat_output_views``) writes its output into its channel
+slice of the CONCAT's output: it has no tensor of its own (``layer_tensors[i]['out']`` names the
+concat's, ``'out_slice'`` gives channels (c0, c1)), and the concat's tensor is live from the first
+such branch output to the last use of any of them or of the concat.
+
 A CONV whose residual ADD is fused (``Net.residual_fusions``) runs at its ADD's step, into the
 ADD's output: it has no output tensor of its own, and its input lives until then.
 
@@ -74,20 +79,40 @@ def graph_tensors(net: Any, batch: int, *, inference: bool, fdt: np.dtype, cast:
     # a conv whose residual add is fused runs at its ADD's step: it reads its input there
     fused = net.residual_fusions() if hasattr(net, "residual_fusions") else {}
 
+    # a conv that only a concat reads writes into its channel slice of the concat's output
+    slices = net.concat_output_views() if hasattr(net, "concat_output_views") else {}
+
+    def new_act(i: int, start: int) -> PlannedTensor:
+        spec = layers[i].output_spec(batch)
+        d = cast(spec.dtype)
+        t = PlannedTensor(f"{layers[i].name}.out", "activation", i, tuple(spec.shape), d.name,
+                          nbytes(spec.shape, d), start=start)
+        tensors.append(t)
+        layer_tensors[i]["out"] = t.name
+        return t
+
     # ---- activations: a node's output, or (in place) the tensor of the node it reads
     act_of: dict[int, PlannedTensor] = {-1: input_t}
+    concat_t: dict[int, PlannedTensor] = {}  # concat node -> its output, made at its first slice's writer
     ends: dict[int, int] = {}
     for i, layer in enumerate(layers):
         if is_inplace(layer, inference) or i in fused:  # a fused conv writes nothing of its own
             t = act_of[net.sources[i][0]]
             t.aliases = (*t.aliases, f"{layer.name}.out")
-        else:
-            spec = layer.output_spec(batch)
-            d = cast(spec.dtype)
-            t = PlannedTensor(f"{layer.name}.out", "activation", i, tuple(spec.shape), d.name,
-                              nbytes(spec.shape, d), start=i)
-            tensors.append(t)
+        elif i in slices:
+            # the concat's buffer is live from here (its first branch output) to its last use: the
+            # conv's readers (and its own backward, for a fused ReLU's mask) extend it through ends
+            k, c0, c1 = slices[i]
+            if k not in concat_t:
+                concat_t[k] = new_act(k, i)
+            t = concat_t[k]
+            t.aliases = (*t.aliases, f"{layer.name}.out")
             layer_tensors[i]["out"] = t.name
+            layer_tensors[i]["out_slice"] = (c0, c1)
+        elif i in concat_t:
+            t = concat_t[i]
+        else:
+            t = new_act(i, i)
         act_of[i] = t
         if i == L - 1:
             last = loss_step if not inference else num_steps - 1  # the scores outlive the pass

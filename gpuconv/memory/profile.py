@@ -18,8 +18,10 @@ GPU the process' device memory from NVML is sampled after every step.
 A branching net (residual and Inception blocks) is measured node by node the same way: a
 merge node's forward takes all its inputs (its output is compared with each of them, so an
 alias is not counted), and its backward's gradients, one per input, count as what it produced
-(CONCAT's slices, planned as ``Buffers.dxs``; an ADD hands dy itself to both, which is no new
-memory).  ``LayerProfile.reads`` names each node's inputs; the table gets a ``reads`` column
+(CONCAT's copies, planned as ``Buffers.dxs``; an ADD hands dy itself to both, which is no new
+memory).  An array counts as an alias when it lies anywhere inside an input's memory, not only
+at its start: CONCAT's gradient slices of dy are no new memory, nor is a conv's output written
+into its slice of a concat's buffer (that memory is the concat's, counted at the concat).  ``LayerProfile.reads`` names each node's inputs; the table gets a ``reads`` column
 and the chart draws an arc from each input to a node that does not read the row above it.
 
 Output: ``table()``, ``to_json()``, and ``to_html()`` (an inline SVG bar chart of
@@ -231,6 +233,21 @@ def _ptr(a: Any) -> int:
     return int(np.asarray(a).__array_interface__["data"][0])
 
 
+def _extent(a: Any) -> tuple[int, int]:
+    """[first byte, one past the last) of the memory ``a`` addresses (a channel slice's span
+    includes the other channels between its samples, as a kernel's view of it does)."""
+    lo = _ptr(a)
+    return lo, lo + sum((int(d) - 1) * int(s) for d, s in zip(a.shape, a.strides)) + a.dtype.itemsize
+
+
+def _within(a: Any, o: Any) -> bool:
+    """Whether ``a`` lies inside the memory of ``o`` (the same array, a view or a slice of it)."""
+    if not _is_array(o) or o.size == 0 or devmod.is_gpu_array(a) != devmod.is_gpu_array(o):
+        return False
+    (a0, a1), (o0, o1) = _extent(a), _extent(o)
+    return o0 <= a0 and a1 <= o1
+
+
 def _is_array(a: Any) -> bool:
     return hasattr(a, "nbytes") and hasattr(a, "dtype") and hasattr(a, "shape")
 
@@ -343,6 +360,9 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
     counter = _Counter(gpu)
     timer = _Timer(gpu, dev.xp)
     planned_ptrs = {_ptr(v): name for name, v in ex._views.items() if v.size}
+    # a conv writing into its slice of a concat's buffer: that memory is the concat's (counted there)
+    buffers = ex.train_step_buffers()
+    borrowed = {i: _ptr(buffers[i].out) for i, names in enumerate(plan.layer_tensors) if names.get("out_slice")}
     L = len(net.layers)
     fwd_ms: list[list[float]] = [[] for _ in range(L)]
     bwd_ms: list[list[float]] = [[] for _ in range(L)]
@@ -354,11 +374,14 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
     recording = {"on": False}
 
     def produced(i: int, what: str, a: Any, *others: Any) -> None:
-        """Count an array layer i produced, unless it is one of its inputs (an alias)."""
+        """Count an array layer i produced, unless it lies inside one of its inputs (an alias or a
+        slice: CONCAT's gradient slices of dy), or is its planned slice of a concat's output."""
         if not _is_array(a) or a.size == 0:
             return
         p = _ptr(a)
-        if any(_is_array(o) and _ptr(o) == p for o in others):
+        if any(_within(a, o) for o in others):
+            return
+        if what == "output" and borrowed.get(i) == p:
             return
         measured[i] += int(a.nbytes)
         if p not in planned_ptrs:
@@ -452,7 +475,8 @@ def profile(net: Any, batch: int, device: Any = None, steps: int = 5, optimizer:
     rows = []
     for i, layer in enumerate(net.layers):
         names = plan.layer_tensors[i]
-        planned = sum(plan.tensor(n).nbytes for n in [names["out"], names["dx"], *names.get("dxs", []),
+        out = None if names.get("out_slice") else names["out"]  # a concat's slice: counted at the concat
+        planned = sum(plan.tensor(n).nbytes for n in [out, names["dx"], *names.get("dxs", []),
                                                       *names["saved"].values()] if n)
         rows.append(LayerProfile(
             index=i, name=layer.name, describe=layer.describe(), planned_bytes=planned,
