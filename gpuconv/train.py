@@ -471,9 +471,7 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
         raise
     except TrainingDiverged as exc:
         # The epoch loop says where the loss diverged; what is on disk is said here, from the disk.
-        text = str(exc)
-        where = text[:text.index("stopping.") + len("stopping.")] if "stopping." in text else text.split(". ")[0] + "."
-        raise TrainingDiverged(f"{where} {_divergence_note(out if cfg.save else None)}; try a lower --lr") from None
+        raise TrainingDiverged(f"{exc} {_divergence_note(out if cfg.save else None)}; try a lower --lr") from None
     finally:
         if metrics:
             metrics.close()
@@ -597,9 +595,8 @@ def _train_epoch(step: TrainStep, it: BatchIterator, cfg: TrainConfig, epoch: in
                 progress.close()
                 if world is not None:
                     world.together = world.distributed   # every rank saw the same loss: all stop here
-                raise TrainingDiverged(
-                    f"loss became {loss_sum / images_acc} at epoch {epoch + 1}, batch {b + 1}: stopping. The last "
-                    f"good checkpoint (end of epoch {epoch}) is kept; try a lower --lr")
+                raise TrainingDiverged(f"loss became {loss_sum / images_acc} at epoch {epoch + 1}, batch {b + 1}: "
+                                       f"stopping.")   # train() adds what is on disk
             progress.update(pending, loss=loss_sum / images_acc, acc=correct / images_acc, images=images_acc)
             epoch_loss += loss_sum
             epoch_images += images_acc
