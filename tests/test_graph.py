@@ -691,6 +691,37 @@ def test_zero_copy_concat_backward_planned_is_unplanned_and_the_copies(rng, view
     assert np.array_equal(unplanned.param_buffer, copies.param_buffer)
 
 
+def _emulated_steps(make_net, setup, modes, x, y, monkeypatch, *, seed, steps=1):
+    """On the emulator, per mode: ``steps`` momentum steps of ``make_net()`` (``setup(net, mode)``
+    sets its switches), planned where the mode is "planned", else unplanned.  Returns the
+    parameters and the kernels launched, per mode."""
+    from gpuconv import cuda, device
+    from gpuconv.memory import PlannedExecutor, make_plan
+    from gpuconv.optim import Optimizer
+    from gpuconv.step import TrainStep
+
+    params, launched = {}, {}
+    with emu.emulated() as xp:
+        dev = device.Device("cuda", xp)
+        real = cuda.launch
+        for mode in modes:
+            names: list[str] = []
+            monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (names.append(f), real(m, f, *a, **k))[1])
+            net = make_net()
+            setup(net, mode)
+            if mode == "planned":
+                ex = PlannedExecutor(net, make_plan(net, x.shape[0], optimizer="momentum"), dev, seed=seed)
+                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+                step, xb, yb = TrainStep(net, opt, ex), x, y
+            else:
+                net.bind(dev, seed=seed)
+                step, xb, yb = TrainStep(net, Optimizer("momentum", 0.05).bind(net)), xp.asarray(x), xp.asarray(y)
+            for _ in range(steps):
+                step.run(xb, yb)
+            params[mode], launched[mode] = device.to_host(net.param_buffer), names
+    return params, launched
+
+
 @pytest.mark.emu
 @pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
 def test_emulated_zero_copy_concat_backward(rng, monkeypatch):
@@ -698,36 +729,16 @@ def test_emulated_zero_copy_concat_backward(rng, monkeypatch):
     concat's buffers in place (emulator): planned == unplanned, and both == the step that copies
     the slices, bit for bit.  The planned concat launches no copy in either direction; the
     unplanned forward still copies each branch."""
-    from gpuconv import cuda, device
-    from gpuconv.memory import PlannedExecutor, make_plan
-    from gpuconv.optim import Optimizer
     from gpuconv.spec import net_from_spec
-    from gpuconv.step import TrainStep
+
+    def views(net, mode):
+        net.set_concat_grad_views(mode != "copies")
+        net.set_concat_views(mode != "copies")
 
     x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 4).astype(np.int32)
-    params, launched = {}, {}
-    with emu.emulated() as xp:
-        dev = device.Device("cuda", xp)
-        real = cuda.launch
-        for mode in ("planned", "unplanned", "copies"):
-            names: list[str] = []
-            monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (names.append(f), real(m, f, *a, **k))[1])
-            net = net_from_spec(BRANCHY)
-            net.set_concat_grad_views(mode != "copies")
-            net.set_concat_views(mode != "copies")
-            if mode == "planned":
-                ex = PlannedExecutor(net, make_plan(net, 4, optimizer="momentum"), dev, seed=3)
-                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
-                step = TrainStep(net, opt, ex)
-                for _ in range(2):
-                    step.run(x, y)
-            else:
-                net.bind(dev, seed=3)
-                step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
-                for _ in range(2):
-                    step.run(xp.asarray(x), xp.asarray(y))
-            params[mode], launched[mode] = device.to_host(net.param_buffer), names
+    params, launched = _emulated_steps(lambda: net_from_spec(BRANCHY), views, ("planned", "unplanned", "copies"),
+                                       x, y, monkeypatch, seed=3, steps=2)
     np.testing.assert_array_equal(params["planned"], params["unplanned"])
     np.testing.assert_array_equal(params["planned"], params["copies"])
     copies = {mode: names.count("concat_copy_f32") for mode, names in launched.items()}
@@ -803,32 +814,11 @@ def test_emulated_fused_residual_steps(rng, monkeypatch):
     """On the emulator: the fused nets' ADDs launch no add kernel in forward (the backward's
     gradient sums still do), and the planned and unplanned fused steps give the bits of the
     unfused one."""
-    from gpuconv import cuda, device
-    from gpuconv.memory import PlannedExecutor, make_plan
-    from gpuconv.optim import Optimizer
-    from gpuconv.step import TrainStep
-
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 4, 2).astype(np.int32)
-    params, launched = {}, {}
-    with emu.emulated() as xp:
-        dev = device.Device("cuda", xp)
-        real = cuda.launch
-        for mode in ("planned", "unplanned", "unfused"):
-            names: list[str] = []
-            monkeypatch.setattr(cuda, "launch", lambda m, f, *a, **k: (names.append(f), real(m, f, *a, **k))[1])
-            net = _residual_net_without_bn()
-            net.set_fuse_residual(mode != "unfused")
-            if mode == "planned":
-                ex = PlannedExecutor(net, make_plan(net, 2, optimizer="momentum"), dev, seed=5)
-                opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
-                step = TrainStep(net, opt, ex)
-                step.run(x, y)
-            else:
-                net.bind(dev, seed=5)
-                step = TrainStep(net, Optimizer("momentum", 0.05).bind(net))
-                step.run(xp.asarray(x), xp.asarray(y))
-            params[mode], launched[mode] = device.to_host(net.param_buffer), names
+    params, launched = _emulated_steps(_residual_net_without_bn,
+                                       lambda net, mode: net.set_fuse_residual(mode != "unfused"),
+                                       ("planned", "unplanned", "unfused"), x, y, monkeypatch, seed=5)
     np.testing.assert_array_equal(params["planned"], params["unplanned"])
     np.testing.assert_array_equal(params["planned"], params["unfused"])
     adds = sum(layer.kind == "ADD" for layer in _residual_net_without_bn().layers)  # one add launch each
