@@ -176,6 +176,9 @@ def make_net(cfg: TrainConfig, input_shape: tuple[int, ...], classes: int) -> Ne
     if tuple(net.input_shape) != tuple(input_shape):
         raise ValueError(f"model {cfg.model!r} takes {_hwc(net.input_shape)} inputs, the data has "
                          f"{_hwc(input_shape)}")
+    if net.output_shape[0] != classes:   # a pattern names its classes in its last FC
+        raise ValueError(f"model {cfg.model!r} ends in {net.output_shape[0]} class scores, the data has "
+                         f"{classes} classes: end the pattern with FC-{classes}")
     return net
 
 

@@ -97,6 +97,8 @@ BAD = [
     (["train", "--resume", "{run}", "--overwrite"], 2, ["--overwrite", "give one"]),
     (["train", "--overwrite", *SYN], 2, ["--overwrite needs the folder"]),
     (["train", "--data", "{run}", "--dataset", "mnist"], 2, ["--data", "--dataset", "give one"]),
+    (["train", *SYN, "--model", "INPUT[32x32x3] -> POOL4 -> FC-7"], 2, ["ends in 7 class scores", "10 classes",
+                                                                       "FC-10"]),
     (["train", *SYN, "--out", "{run}"], 2, ["already holds a run", "gpuconv train --resume", "--overwrite"]),
     (["train", "--resume", "{run}", "--optimizer", "sgd", "--seed", "3"], 2,
      ["cannot resume", "2 differ", "--optimizer: the run has 'adam', given 'sgd'", "--seed: the run has 0, given 3"]),
