@@ -194,21 +194,26 @@ def check_budget(cfg: TrainConfig, net: Net, dev: devmod.Device, plan: Any = Non
     this machine's memory (default: MemAvailable): a given budget is never ignored.
     """
     from .memory import fits, make_plan, max_batch  # noqa: PLC0415
-    from .memory.budget import BudgetError  # noqa: PLC0415
+    from .memory.budget import BudgetError, parse_budget  # noqa: PLC0415
 
     where = "cuda" if dev.is_gpu else "cpu"
     plan = plan or make_plan(net, cfg.batch_size, optimizer=cfg.optimizer)
+    # Ranks on one machine share its host memory (each GPU rank has a card of its own).
+    share = 1 if dev.is_gpu else get_world().local_size
     try:
-        ok, detail = fits(plan, cfg.budget, device=where)
+        limit = cfg.budget if share == 1 else parse_budget(cfg.budget, device=where) // share
+        ok, detail = fits(plan, limit, device=where)
     except BudgetError:
         if cfg.budget is None and where == "cpu":
             return  # no budget given and the machine does not say what it has: nothing to check against
         raise
     if ok:
         return
-    best = max_batch(net, cfg.budget, cfg.optimizer, device=where)
+    best = max_batch(net, limit, cfg.optimizer, device=where)
     budget = f"the budget {cfg.budget}" if cfg.budget is not None else (
         "the GPU's free memory" if dev.is_gpu else "this machine's available memory")
+    if share > 1:
+        budget += f" shared by the {share} ranks on this machine"
     ranks = max(1, cfg.batch_size // int(plan.batch))   # several ranks: each plans its share of the batch
     per_rank = f" per rank ({ranks} ranks)" if ranks > 1 else ""
     advice = (f"The largest batch that fits is {best}{per_rank}: run with --batch-size {best * ranks}"

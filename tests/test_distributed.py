@@ -783,3 +783,25 @@ def test_the_rank_that_vanished_first_without_an_exit_file_is_named(tmp_path) ->
     finally:
         for p in ranks:
             p.kill()
+
+
+@needs_mpi
+def test_cli_ranks_on_one_machine_share_its_memory_budget(tmp_path) -> None:
+    """On the CPU the ranks of one machine share its memory: a budget that holds one rank's plan
+    but not two is refused on 2 ranks (one message, before training), and accepted on 1."""
+    from gpuconv.memory import make_plan
+    from gpuconv.memory.budget import DEFAULT_SAFETY, resolve_overheads
+    from gpuconv.spec import net_from_spec
+
+    ctx, extra, _ = resolve_overheads(None, None, None, "cpu")
+    per_rank = make_plan(net_from_spec(CLI_NETS["chain"]), 6, optimizer="momentum").total_bytes + ctx + extra
+    whole = make_plan(net_from_spec(CLI_NETS["chain"]), 12, optimizer="momentum").total_bytes + ctx + extra
+    assert 2 * per_rank > whole      # each rank holds the parameters, gradients and state in full
+    usable = (whole + 2 * per_rank) // 2          # holds one process's plan, not two ranks' plans
+    budget = f"{int(usable / (1 - DEFAULT_SAFETY))}B"
+    base = [*CLI_BASE, "--model", CLI_NETS["chain"], "--epochs", "1", "--budget", budget]
+    r = _cli(tmp_path, *base, "--out", "two", ranks=2)
+    assert r.returncode == 1 and "shared by the 2 ranks on this machine" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "two" / "checkpoint.npz").exists()
+    r = _cli(tmp_path, *base, "--out", "one")
+    assert r.returncode == 0, r.stdout + r.stderr
