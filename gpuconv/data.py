@@ -90,6 +90,9 @@ class Dataset:
     classes: list[str]
     mean: np.ndarray | None = field(default=None, repr=False)
     std: np.ndarray | None = field(default=None, repr=False)
+    #: What the set was read from, where that can change under a run (an image folder's files):
+    #: saved with the run, so a resume on other files is refused.  "" for the fixed built-in sets.
+    source: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         # Catch loader bugs here rather than as a shape error deep inside training.

@@ -133,6 +133,15 @@ def _cache_key(root: Path, files: list[tuple[Path, int]], shape: Sequence[int]) 
     return h.hexdigest()[:32]
 
 
+def folder_fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
+    """The image folder's files (relative names, classes, sizes): what a run was trained and split
+    on.  Modification times are left out, so a copy of the folder on another machine matches."""
+    h = hashlib.sha256()
+    for p, k in files:
+        h.update(f"\0{p.relative_to(root)}\0{k}\0{p.stat().st_size}".encode())
+    return f"{len(files)} files, sha256 {h.hexdigest()[:16]}"
+
+
 def cached_images(root: str | os.PathLike[str], files: list[tuple[Path, int]], shape: Sequence[int],
                   cache: str | os.PathLike[str] | None = None) -> np.ndarray:
     """All ``files`` decoded to uint8 ``(N, C, H, W)``, memory-mapped from the cache (built on first use).
@@ -212,4 +221,5 @@ def load_image_folder(
     def to_float(idx: np.ndarray) -> np.ndarray:
         return images[idx].astype(np.float32) * np.float32(1.0 / 255.0)
 
-    return Dataset(root.name or str(root), to_float(tr), labels[tr], to_float(va), labels[va], classes)
+    return Dataset(root.name or str(root), to_float(tr), labels[tr], to_float(va), labels[va], classes,
+                   source=folder_fingerprint(root, files))

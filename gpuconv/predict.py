@@ -37,6 +37,8 @@ class RunError(ValueError):
 def write_run_classes(folder: str | os.PathLike[str], ds: Dataset) -> None:
     """Save the class names and input shape of a run's data beside its checkpoint."""
     info = {"dataset": ds.name, "classes": list(ds.classes), "input_shape": list(ds.input_shape)}
+    if ds.source:
+        info["source"] = ds.source
     path = Path(folder) / CLASSES_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")

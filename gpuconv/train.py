@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import shlex
 import sys
@@ -342,6 +343,23 @@ def check_run_folder(cfg: TrainConfig) -> dict[str, Any] | None:
     return runmod.progress_of(out)
 
 
+def check_same_source(cfg: TrainConfig, ds: Dataset) -> None:
+    """A resumed run must read the files it began on: an image folder whose files changed would
+    give another training set and another validation split (DataError, before training)."""
+    from .data import DataError  # noqa: PLC0415
+    from .predict import CLASSES_FILE  # noqa: PLC0415
+
+    path = Path(cfg.out_dir) / CLASSES_FILE
+    try:
+        saved = json.loads(path.read_text()).get("source", "")
+    except (OSError, ValueError):
+        return   # a run saved before its data's source was recorded: nothing to compare
+    if saved and ds.source and saved != ds.source:
+        raise DataError(f"--data {cfg.data}: the image folder changed since this run began (it had {saved}, it "
+                        f"has {ds.source}); resuming would train and validate on other images. Restore the "
+                        f"folder, or train a new run")
+
+
 def _progress_or_none(out: Path) -> dict[str, Any] | None:
     try:
         return runmod.progress_of(out)
@@ -386,6 +404,8 @@ def train(cfg: TrainConfig, stream: IO[str] | None = None) -> TrainResult:
     check_data(cfg)
     geometry = dataset_geometry(cfg)
     ds = None if geometry is not None else load_dataset(cfg)
+    if ds is not None and cfg.resume:
+        check_same_source(cfg, ds)
     # Each rank plans its share; a plan that does not fit stops every rank together (one message).
     net, opt, dev, executor = _together(world, build, cfg, ds, dev, geometry=geometry, batch=local)
     reducer = None

@@ -167,3 +167,26 @@ def test_errors_are_one_line_without_traceback(trained: tuple[Path, Path, list[d
     assert rc == code
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_resume_on_a_changed_image_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The run records its image folder's files: resuming after they changed (another training set,
+    another validation split) is one message and trains nothing; the same files resume."""
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(tmp_path / "cache"))
+    imgs = make_folder(tmp_path / "imgs", per_class=6)
+    run = tmp_path / "run"
+    args = ["--model", MODEL, "--data", str(imgs), "--val-fraction", "0.25", "--batch-size", "9",
+            "--device", "cpu", "--out", str(run)]
+    assert main(["train", *args, "--epochs", "1"]) == 0
+    assert "files, sha256" in json.loads((run / "classes.json").read_text())["source"]
+    extra = next((imgs / "blue").iterdir())
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(extra.with_name("added.png"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "the image folder changed since this run began" in err and "Traceback" not in err, err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    extra.with_name("added.png").unlink()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
