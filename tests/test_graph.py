@@ -581,32 +581,39 @@ CAPTURABLE = ("INPUT[8x8x3] -> CONV3-8 -> BN -> RELU -> INCEPTION(4,4-6,2-4,4) -
               "-> { CONV1-18 -> BN | }+ -> RELU -> { CONV3-18 -> RELU | }+ -> GAP -> FC-5")
 
 
-@pytest.mark.emu
-@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
-def test_emulated_capture_of_a_branching_step_replays_as_eager(rng):
-    """Concat, add (with a shared dy copied for a fused ReLU), GAP and accumulation all run in
-    planned memory as kernel launches, so the step captures; replays give the eager bits."""
+def _assert_capture_replays_as_eager(build, x, y, optimizer, lr):
+    """On the emulator: 3 planned steps of ``build()``, eager and with the step captured as a
+    graph (the first step eager, then replays), give the same bits."""
     from gpuconv import device
     from gpuconv.memory import PlannedExecutor, make_plan
     from gpuconv.optim import Optimizer
-    from gpuconv.spec import net_from_spec
     from gpuconv.step import TrainStep
 
-    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
-    y = rng.integers(0, 5, 4).astype(np.int32)
     out = {}
     with emu.emulated() as xp:
         dev = device.Device("cuda", xp)
         for graph in (False, True):
-            net = net_from_spec(CAPTURABLE)
-            ex = PlannedExecutor(net, make_plan(net, 4, optimizer="adam"), dev, seed=3)
-            opt = Optimizer("adam", 0.01).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
+            net = build()
+            ex = PlannedExecutor(net, make_plan(net, x.shape[0], optimizer=optimizer), dev, seed=3)
+            opt = Optimizer(optimizer, lr).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
             step = TrainStep(net, opt, ex, cuda_graph=graph)
             for _ in range(3):
                 step.run(x, y)
             out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
     assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
     np.testing.assert_array_equal(out[True][0], out[False][0])
+
+
+@pytest.mark.emu
+@pytest.mark.skipif(not emu.available(), reason="no C++ compiler: the kernel emulator is unavailable")
+def test_emulated_capture_of_a_branching_step_replays_as_eager(rng):
+    """Concat, add (with a shared dy copied for a fused ReLU), GAP and accumulation all run in
+    planned memory as kernel launches, so the step captures; replays give the eager bits."""
+    from gpuconv.spec import net_from_spec
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 4).astype(np.int32)
+    _assert_capture_replays_as_eager(lambda: net_from_spec(CAPTURABLE), x, y, "adam", 0.01)
 
 
 def _ceil_pool_inception_net():
@@ -629,10 +636,6 @@ def test_emulated_capture_of_rounded_nets_replays_as_eager(rng, make):
     """Rounded CONV and max POOL (floor: ResNet's strided 3x3 and 1x1 projections; ceil: GoogLeNet's
     pools) are single kernel launches on the rounded output size, with no padded copy, so the
     planned step captures; the replays give the eager bits."""
-    from gpuconv import device
-    from gpuconv.memory import PlannedExecutor, make_plan
-    from gpuconv.optim import Optimizer
-    from gpuconv.step import TrainStep
     from gpuconv.zoo import get_model
 
     def build():
@@ -645,19 +648,7 @@ def test_emulated_capture_of_rounded_nets_replays_as_eager(rng, make):
     assert rounded and not all(layer.exact for layer in rounded)
     x = rng.standard_normal((2, *probe.input_shape)).astype(np.float32)
     y = rng.integers(0, 5, 2).astype(np.int32)
-    out = {}
-    with emu.emulated() as xp:
-        dev = device.Device("cuda", xp)
-        for graph in (False, True):
-            net = build()
-            ex = PlannedExecutor(net, make_plan(net, 2, optimizer="momentum"), dev, seed=3)
-            opt = Optimizer("momentum", 0.05).bind(net, state_buffers=ex.state_views(), hyper=ex.hyper_view())
-            step = TrainStep(net, opt, ex, cuda_graph=graph)
-            for _ in range(3):
-                step.run(x, y)
-            out[graph] = (device.to_host(net.param_buffer), step.graph, step.eager_steps)
-    assert out[True][1] is not None and out[True][2] == 1 and out[False][1] is None
-    np.testing.assert_array_equal(out[True][0], out[False][0])
+    _assert_capture_replays_as_eager(build, x, y, "momentum", 0.05)
 
 
 @pytest.mark.parametrize("views", [False, True])
